@@ -1,0 +1,2 @@
+"""sarcomakit: deep learning for soft-tissue sarcoma imaging."""
+__version__ = "0.1.0"

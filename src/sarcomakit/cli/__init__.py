@@ -1,0 +1,1 @@
+"""The sarcomakit command line: a thin typer layer over the library API."""
