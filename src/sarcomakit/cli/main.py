@@ -5,20 +5,47 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import sys
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from sarcomakit.errors import UserInputError
 
+
+class _UserErrorGroup(TyperGroup):
+    """Top-level group that prints a :class:`UserInputError` as one message and exits with status 2.
+
+    Catching here (rather than around ``app()``) makes the CLI behave the same when it is
+    invoked by the console script, ``python -m sarcomakit`` or a test's ``CliRunner``.
+    """
+
+    def invoke(self, ctx):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except UserInputError as exc:
+            Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            Console(stderr=True).print("interrupted; completed outputs are kept, rerun the command to resume.")
+            raise typer.Exit(130) from None
+
+
 app = typer.Typer(
     name="sarcomakit",
+    cls=_UserErrorGroup,
     help="Deep learning for soft-tissue sarcoma imaging: radiology volumes and whole-slide histopathology.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debugging detail.")) -> None:
+    level = "DEBUG" if verbose else os.environ.get("SARCOMAKIT_LOG", "WARNING")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
 
 # Each module holds one command group and exposes ``register(app)``.
 COMMAND_MODULES = ("synth", "data", "planning", "training", "inference", "evaluation", "demo", "wsi")
@@ -28,27 +55,8 @@ for _name in COMMAND_MODULES:
 
 
 def run() -> None:
-    """Console-script entry: run the app, printing user errors as one message with exit status 2."""
-    logging.basicConfig(level=os.environ.get("SARCOMAKIT_LOG", "WARNING"), format="%(levelname)s %(message)s")
-    try:
-        app(standalone_mode=False)
-    except UserInputError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
-        sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        Console(stderr=True).print("interrupted; completed outputs are kept, rerun to resume.")
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click's usage errors come here too
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    """Console-script entry point."""
+    app()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,3 @@
+from sarcomakit.cli.main import run
+
+run()
