@@ -1,0 +1,1 @@
+"""Inference: sliding-window prediction, fold ensembles and restoring predictions to the input geometry."""

@@ -1,0 +1,74 @@
+"""What ``sarcomakit predict`` accepts as input, turned into cases: a manifest, a folder, or one case.
+
+- a manifest (``.csv`` / ``.json``);
+- a folder of images named nnU-Net style, ``{case}_{XXXX}.nii.gz`` with one index per channel in the
+  plan's channel order (a single-channel plan also takes plain ``{case}.nii.gz`` files);
+- one case: a single image file (single-channel plans), or one file per channel given as
+  ``T1=a.nii.gz,T2FS=b.nii.gz``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from sarcomakit.data.manifest import Case, Manifest
+from sarcomakit.errors import UserInputError
+from sarcomakit.io.image import is_image_path
+
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})$")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def cases_from_input(source: str | Path, channels: list[str]) -> list[Case]:
+    """Resolve a predict input into cases whose images cover ``channels``."""
+    text = str(source)
+    if "=" in text and not Path(text).exists():
+        images = {}
+        for item in text.split(","):
+            if "=" not in item:
+                raise UserInputError(f"'{item}' is not CHANNEL=path.", fix="write T1=a.nii.gz,T2FS=b.nii.gz.")
+            name, path = item.split("=", 1)
+            images[name.strip()] = Path(path.strip())
+        return [_checked(Case(case_id=_stem(next(iter(images.values()))), images=images), channels, Path(text))]
+    path = Path(text)
+    if not path.exists():
+        raise UserInputError("input not found.", path=path, fix="give a manifest, a folder of images or an image.")
+    if path.is_file() and path.suffix.lower() in (".csv", ".json"):
+        manifest = Manifest.load(path)
+        return [_checked(c, channels, path) for c in manifest.cases]
+    if path.is_file():
+        if len(channels) != 1:
+            raise UserInputError(f"one image given but the model needs {len(channels)} channels "
+                                 f"({', '.join(channels)}).", path=path,
+                                 fix="give CH=path pairs separated by commas, a folder or a manifest.")
+        return [Case(case_id=_stem(path), images={channels[0]: path})]
+    grouped: dict[str, dict[str, Path]] = defaultdict(dict)
+    for file in sorted(p for p in path.iterdir() if p.is_file() and is_image_path(p)):
+        match = _CHANNEL_SUFFIX.match(_stem(file))
+        if match:
+            index = int(match["index"])
+            if index < len(channels):
+                grouped[match["case"]][channels[index]] = file
+        elif len(channels) == 1:
+            grouped[_stem(file)][channels[0]] = file
+    if not grouped:
+        raise UserInputError("folder holds no images named {case}_{XXXX}.nii.gz.", path=path,
+                             fix="name one file per channel with a 4-digit channel index, as nnU-Net does.")
+    return [_checked(Case(case_id=cid, images=imgs), channels, path) for cid, imgs in sorted(grouped.items())]
+
+
+def _checked(case: Case, channels: list[str], where: Path) -> Case:
+    missing = [ch for ch in channels if ch not in case.images]
+    if missing:
+        raise UserInputError(f"case {case.case_id} lacks channel(s) {', '.join(missing)} that the model needs.",
+                             path=where, fix=f"provide {', '.join(channels)} for every case.")
+    return case

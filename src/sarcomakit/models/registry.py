@@ -1,0 +1,87 @@
+"""Registry of segmentation networks, built by name from the plan and the training config.
+
+Every factory takes ``in_channels``, ``out_channels`` and ``patch_size`` (z, y, x) plus its own
+keyword options, and returns a ``torch.nn.Module`` mapping (B, in, Z, Y, X) to (B, out, Z, Y, X) logits.
+The defaults use instance normalisation and leaky ReLU rather than MONAI's BatchNorm/PReLU
+defaults, because those do not work with per-sample gradient clipping (differential privacy).
+
+Example:
+    >>> net = build_network("resunet", in_channels=4, out_channels=2, patch_size=(32, 64, 64))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from monai.networks.nets import DynUNet, SegResNet, UNet
+
+from sarcomakit.errors import UserInputError
+
+NetworkFactory = Callable[..., torch.nn.Module]
+_REGISTRY: dict[str, NetworkFactory] = {}
+
+
+def register_network(name: str) -> Callable[[NetworkFactory], NetworkFactory]:
+    """Decorator adding a network factory under ``name``."""
+
+    def decorate(factory: NetworkFactory) -> NetworkFactory:
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def available_networks() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_network(name: str, *, in_channels: int, out_channels: int, patch_size: Sequence[int],
+                  **options: object) -> torch.nn.Module:
+    """Build the network registered as ``name``."""
+    if name not in _REGISTRY:
+        raise UserInputError(f"unknown network '{name}'.", fix=f"choose one of {', '.join(available_networks())}.")
+    return _REGISTRY[name](in_channels=in_channels, out_channels=out_channels, patch_size=tuple(patch_size),
+                           **options)
+
+
+def _strides_for(patch_size: Sequence[int], levels: int) -> list[tuple[int, ...]]:
+    """Per-level strides that halve each axis while it stays >= 8 voxels (keeps thick-slice axes coarse)."""
+    sizes = list(patch_size)
+    strides = []
+    for _ in range(levels):
+        step = tuple(2 if s >= 16 else 1 for s in sizes)
+        sizes = [s // st for s, st in zip(sizes, step, strict=True)]
+        strides.append(step)
+    return strides
+
+
+@register_network("resunet")
+def residual_unet(*, in_channels: int, out_channels: int, patch_size: Sequence[int],
+                  channels: Sequence[int] = (16, 32, 64, 128, 256), num_res_units: int = 2,
+                  dropout: float = 0.0) -> torch.nn.Module:
+    """MONAI's residual U-Net (Kerfoot et al. 2018) with instance norm and leaky ReLU (the default)."""
+    return UNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
+                strides=_strides_for(patch_size, len(channels) - 1), num_res_units=num_res_units,
+                norm=("instance", {"affine": True}), act=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+                dropout=dropout)
+
+
+@register_network("dynunet")
+def dynamic_unet(*, in_channels: int, out_channels: int, patch_size: Sequence[int],
+                 filters: Sequence[int] = (32, 64, 128, 256, 320)) -> torch.nn.Module:
+    """MONAI's DynUNet, the nnU-Net architecture (plain conv blocks, anisotropic strides from the patch)."""
+    strides = [(1, 1, 1), *_strides_for(patch_size, len(filters) - 1)]
+    kernels = [tuple(3 for _ in s) for s in strides]
+    return DynUNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, kernel_size=kernels,
+                   strides=strides, upsample_kernel_size=strides[1:], filters=list(filters),
+                   norm_name=("instance", {"affine": True}), act_name=("leakyrelu", {"negative_slope": 0.01}),
+                   res_block=True)
+
+
+@register_network("segresnet")
+def segmentation_resnet(*, in_channels: int, out_channels: int, patch_size: Sequence[int],
+                        init_filters: int = 16) -> torch.nn.Module:
+    """MONAI's SegResNet (Myronenko 2018) with group norm; the patch must be divisible by 8."""
+    return SegResNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
+                     init_filters=init_filters, norm=("group", {"num_groups": 8}))

@@ -1,0 +1,1 @@
+"""The training engine: configuration, folds, patch sampling, the loop, checkpoints, run folders."""

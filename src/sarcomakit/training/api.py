@@ -1,0 +1,65 @@
+"""Train a segmentation model on a manifest with a plan: the library call behind ``sarcomakit train``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from sarcomakit.data.manifest import Manifest
+from sarcomakit.errors import UserInputError
+from sarcomakit.planning.plan import Plan
+from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_cohort
+from sarcomakit.training.config import TrainConfig
+from sarcomakit.training.engine import FoldResult, train_fold
+from sarcomakit.training.run import RunFolder
+
+
+def load_preprocessed(folder: Path, case_ids: Sequence[str]) -> list[PreprocessedCase]:
+    return [PreprocessedCase.load(folder, cid) for cid in case_ids]
+
+
+def train(manifest: Manifest, plan: Plan, run_dir: str | Path, *, folds: Sequence[int] = (0,),
+          config: TrainConfig | None = None, resume: bool = False, preprocessed_dir: str | Path | None = None,
+          time_limit_s: float | None = None, console: Console | None = None) -> dict[int, FoldResult]:
+    """Preprocess (cached, resumable) and train the given folds of a run.
+
+    Args:
+        manifest: the training cohort (cases with labels).
+        plan: the conventional plan from :func:`sarcomakit.planning.plan_cohort`.
+        run_dir: the run folder (see :mod:`sarcomakit.training.run`).
+        folds: which cross-validation folds to train.
+        config: training options; defaults to :class:`TrainConfig` ().
+        resume: continue folds that have a last checkpoint.
+        preprocessed_dir: where preprocessed arrays are cached (default ``run_dir/preprocessed``).
+
+    Returns:
+        The result of each trained fold.
+    """
+    console = console or Console(stderr=True)
+    config = config or TrainConfig()
+    labelled = [c.case_id for c in manifest.cases if c.label is not None]
+    if len(labelled) < 2:
+        raise UserInputError("fewer than two cases have a label; nothing to train on.", path=manifest.source,
+                             fix="add label paths to the manifest.")
+    manifest = manifest.subset(labelled)
+    run = RunFolder.prepare(run_dir, manifest, plan, config)
+    cache = Path(preprocessed_dir) if preprocessed_dir else run.root / "preprocessed"
+    outcome = preprocess_cohort(manifest, plan, cache)
+    if outcome.failures:
+        outcome.print_summary(console)
+    usable = set(labelled) - set(outcome.failures)
+    splits = run.splits()
+    results = {}
+    for fold in folds:
+        if not 0 <= fold < len(splits):
+            raise UserInputError(f"fold {fold} does not exist; the run has {len(splits)} folds.",
+                                 path=run.splits_path, fix=f"use --fold between 0 and {len(splits) - 1}.")
+        train_ids = [c for c in splits[fold]["train"] if c in usable]
+        val_ids = [c for c in splits[fold]["val"] if c in usable]
+        console.print(f"fold {fold}: {len(train_ids)} training and {len(val_ids)} validation cases")
+        results[fold] = train_fold(load_preprocessed(cache, train_ids), load_preprocessed(cache, val_ids), plan,
+                                   config, run.fold_dir(fold), resume=resume, time_limit_s=time_limit_s,
+                                   console=console)
+    return results

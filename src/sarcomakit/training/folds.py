@@ -1,0 +1,57 @@
+"""Cross-validation splits by case, grouped by site when the cohort has enough sites.
+
+Rules, in order:
+1. when every case has a ``fold`` in the manifest, those folds are used as given;
+2. with a ``site`` per case and at least ``n_folds`` sites, sites are kept whole (GroupKFold):
+   a validation fold only holds hospitals the model never saw in training;
+3. with fewer sites than folds, the folds are stratified by site (each fold mixes sites alike),
+   because whole-site folds are impossible; this is said in a warning;
+4. otherwise a shuffled KFold.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
+
+from sarcomakit.data.manifest import Manifest
+from sarcomakit.errors import UserInputError
+from sarcomakit.io.atomic import write_json
+
+log = logging.getLogger(__name__)
+
+
+def make_folds(manifest: Manifest, n_folds: int = 5, seed: int = 0) -> list[dict[str, list[str]]]:
+    """Return ``n_folds`` splits as ``[{"train": [...ids], "val": [...ids]}, ...]``."""
+    ids = np.array(manifest.case_ids)
+    if len(ids) < n_folds:
+        raise UserInputError(f"{len(ids)} cases cannot be split into {n_folds} folds.",
+                             path=manifest.source, fix="use fewer folds (--folds) or add cases.")
+    given = [c.fold for c in manifest.cases]
+    if all(f is not None for f in given):
+        folds = sorted(set(given))
+        return [{"train": [c.case_id for c in manifest.cases if c.fold != k],
+                 "val": [c.case_id for c in manifest.cases if c.fold == k]} for k in folds]
+    sites = [c.site for c in manifest.cases]
+    index = np.arange(len(ids))
+    if all(s is not None for s in sites) and len(set(sites)) >= n_folds:
+        order = np.random.default_rng(seed).permutation(len(ids))  # GroupKFold is deterministic: shuffle first
+        splitter = GroupKFold(n_splits=n_folds)
+        splits = [(order[tr], order[va]) for tr, va in splitter.split(index, groups=np.array(sites)[order])]
+    elif all(s is not None for s in sites) and len(set(sites)) > 1:
+        log.warning("only %d sites for %d folds: folds are stratified by site instead of grouped by it",
+                    len(set(sites)), n_folds)
+        counts = {s: sites.count(s) for s in set(sites)}
+        strata = [s if counts[s] >= n_folds else "_rare" for s in sites]
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = list(splitter.split(index, strata))
+    else:
+        splits = list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(index))
+    return [{"train": sorted(ids[tr].tolist()), "val": sorted(ids[va].tolist())} for tr, va in splits]
+
+
+def save_folds(folds: list[dict[str, list[str]]], path: str | Path) -> Path:
+    return write_json(path, folds)
