@@ -92,7 +92,8 @@ def validation_dice(model: torch.nn.Module, cases: Sequence[PreprocessedCase], p
     model.eval()
     scores = []
     for case in cases:
-        volume = torch.from_numpy(np.array(case.data, dtype=np.float32)).to(device)  # copy: cases may be read-only mmaps
+        # copy: cached cases may be read-only memory maps
+        volume = torch.from_numpy(np.array(case.data, dtype=np.float32)).to(device)
         probs = predict_volume(model, volume, patch_size, overlap=config.sw_overlap,
                                sw_batch_size=config.sw_batch_size, amp=config.amp)
         prediction = probs.argmax(0).cpu().numpy()
