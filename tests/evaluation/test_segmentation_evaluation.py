@@ -1,0 +1,171 @@
+"""evaluate_predictions and the ``sarcomakit evaluate`` command on tiny NIfTI cohorts in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+from typer.testing import CliRunner
+
+from sarcomakit.cli.main import app
+from sarcomakit.data.manifest import Case, Manifest
+from sarcomakit.errors import UserInputError
+from sarcomakit.evaluation.metrics import segmentation_metrics
+from sarcomakit.evaluation.segmentation import evaluate_predictions
+
+SPACING_XYZ = (0.9, 0.8, 3.0)
+ORIGIN = (-10.0, 5.0, 20.0)
+SHAPE_ZYX = (12, 24, 28)
+
+
+def _image(array: np.ndarray, spacing=SPACING_XYZ, origin=ORIGIN) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    return image
+
+
+def _ellipsoid(centre_zyx, radii_mm) -> np.ndarray:
+    spacing_zyx = SPACING_XYZ[::-1]
+    grids = np.meshgrid(*[np.arange(n) * s for n, s in zip(SHAPE_ZYX, spacing_zyx, strict=True)], indexing="ij")
+    return sum(((g - c * s) / r) ** 2 for g, c, s, r in zip(grids, centre_zyx, spacing_zyx, radii_mm,
+                                                           strict=True)) <= 1
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    """Five cases: three good predictions, one on the wrong grid, one without prediction."""
+    images, labels, predictions = tmp_path / "images", tmp_path / "labels", tmp_path / "predictions"
+    for folder in (images, labels, predictions):
+        folder.mkdir()
+    rng = np.random.default_rng(0)
+    cases, expected = [], {}
+    for i in range(5):
+        case_id = f"case_{i:02d}"
+        reference = _ellipsoid((6, 12, 14), (9.0, 6.0, 7.0 + i)).astype(np.uint8)
+        prediction = np.roll(reference, i % 3, axis=2)
+        sitk.WriteImage(_image(rng.normal(size=SHAPE_ZYX).astype(np.float32)), str(images / f"{case_id}.nii.gz"))
+        sitk.WriteImage(_image(reference), str(labels / f"{case_id}.nii.gz"))
+        if i == 3:
+            sitk.WriteImage(_image(prediction, spacing=(0.9, 0.8, 2.0)), str(predictions / f"{case_id}.nii.gz"))
+        elif i != 4:
+            sitk.WriteImage(_image(prediction), str(predictions / f"{case_id}.nii.gz"))
+            expected[case_id] = segmentation_metrics(prediction > 0, reference > 0, SPACING_XYZ[::-1])
+        cases.append(Case(case_id=case_id, images={"T1": images / f"{case_id}.nii.gz"},
+                          label=labels / f"{case_id}.nii.gz", site="A" if i % 2 else "B"))
+    manifest_path = Manifest(channels=["T1"], cases=cases).save(tmp_path / "manifest.csv")
+    return {"root": tmp_path, "manifest": manifest_path, "predictions": predictions, "expected": expected}
+
+
+def test_evaluate_predictions_end_to_end(cohort):
+    out = cohort["root"] / "evaluation"
+    result = evaluate_predictions(cohort["predictions"], cohort["manifest"], out, show_progress=False,
+                                  n_resamples=500)
+
+    # Evaluated cases carry exactly the metrics of the library function with the files' spacing.
+    assert sorted(result.per_case["case_id"]) == sorted(cohort["expected"])
+    for row in result.per_case.itertuples():
+        expected = cohort["expected"][row.case_id]
+        assert row.label == "tumour" and row.label_value == 1
+        for metric in ("dice", "hd95", "surface_dice", "volume_diff_ml"):
+            assert getattr(row, metric) == pytest.approx(expected[metric])
+    assert result.per_case.loc[result.per_case.case_id == "case_00", "dice"].item() == 1.0
+    assert result.per_case.loc[result.per_case.case_id == "case_01", "hd95"].item() == pytest.approx(0.9)
+
+    # The wrong-grid case fails with a message naming the prediction file and the difference.
+    assert set(result.failures) == {"case_03"}
+    message = result.failures["case_03"]
+    assert "case_03.nii.gz" in message and "not on the grid" in message and "spacing" in message
+    assert set(result.missing) == {"case_04"}
+
+    # Outputs.
+    table = pd.read_csv(out / "metrics_per_case.csv")
+    assert len(table) == 3 and {"case_id", "site", "dice", "hd95", "surface_dice"} <= set(table.columns)
+    summary = json.loads((out / "summary.json").read_text())
+    dice_summary = summary["metrics"]["tumour"]["dice"]
+    dices = [cohort["expected"][c]["dice"] for c in cohort["expected"]]
+    assert dice_summary["n"] == 3
+    assert dice_summary["mean"] == pytest.approx(np.mean(dices))
+    assert dice_summary["sd"] == pytest.approx(np.std(dices, ddof=1))
+    assert dice_summary["ci_low"] <= dice_summary["mean"] <= dice_summary["ci_high"]
+    assert summary["n_evaluated"] == 3 and "case_03" in summary["failures"] and "case_04" in summary["missing"]
+    assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result.mean("dice") == pytest.approx(np.mean(dices))
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_case_selection_and_json_nan_as_null(cohort):
+    out = cohort["root"] / "held_out"
+    # Prediction equal to the reference except empty for one case: HD95 is undefined (NaN).
+    empty = cohort["predictions"] / "case_02.nii.gz"
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(empty))) * 0
+    sitk.WriteImage(_image(array), str(empty))
+    result = evaluate_predictions(cohort["predictions"], Manifest.load(cohort["manifest"]), out,
+                                  case_ids=["case_02"], show_progress=False, n_resamples=200)
+    assert list(result.per_case.case_id) == ["case_02"]
+    assert result.per_case.dice.item() == 0.0 and math.isnan(result.per_case.hd95.item())
+    summary = json.loads((out / "summary.json").read_text())  # strict JSON: no NaN tokens
+    assert summary["metrics"]["tumour"]["hd95"]["mean"] is None
+    assert summary["metrics"]["tumour"]["hd95"]["n_missing"] == 1
+
+
+def test_user_errors_name_the_problem(cohort, tmp_path):
+    with pytest.raises(UserInputError, match="prediction folder not found"):
+        evaluate_predictions(tmp_path / "nowhere", cohort["manifest"], tmp_path / "o", show_progress=False)
+    with pytest.raises(UserInputError, match="no case"):
+        evaluate_predictions(cohort["predictions"], cohort["manifest"], tmp_path / "o", case_ids=["zzz"],
+                             show_progress=False)
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    with pytest.raises(UserInputError, match="holds no prediction"):
+        evaluate_predictions(empty_dir, cohort["manifest"], tmp_path / "o", show_progress=False)
+
+
+def test_multiple_labels_give_one_row_per_label(tmp_path):
+    reference = np.zeros(SHAPE_ZYX, np.uint8)
+    reference[3:8, 5:15, 5:15] = 1
+    reference[4:7, 8:12, 8:12] = 2  # necrotic core inside the tumour
+    prediction = reference.copy()
+    prediction[prediction == 2] = 1  # core missed
+    sitk.WriteImage(_image(reference), str(tmp_path / "ref.nii.gz"))
+    (tmp_path / "pred").mkdir()
+    sitk.WriteImage(_image(prediction), str(tmp_path / "pred" / "c1.nrrd"))
+    manifest = Manifest(channels=["T1"], cases=[Case("c1", {"T1": tmp_path / "ref.nii.gz"}, tmp_path / "ref.nii.gz")],
+                        labels={"background": 0, "tumour": 1, "necrosis": 2})
+    result = evaluate_predictions(tmp_path / "pred", manifest, tmp_path / "out", show_progress=False,
+                                  n_resamples=200)
+    by_label = result.per_case.set_index("label")
+    assert list(by_label.index) == ["tumour", "necrosis"]
+    assert by_label.loc["necrosis", "dice"] == 0.0
+    assert 0 < by_label.loc["tumour", "dice"] < 1
+    only_core = evaluate_predictions(tmp_path / "pred", manifest, tmp_path / "out2", labels=[2],
+                                     show_progress=False, n_resamples=200)
+    assert list(only_core.per_case.label) == ["necrosis"]
+
+
+def test_cli_evaluate_prints_the_summary_and_writes_outputs(cohort):
+    out = cohort["root"] / "cli_out"
+    result = CliRunner().invoke(app, ["evaluate", str(cohort["predictions"]), str(cohort["manifest"]),
+                                      "--out", str(out), "--tolerance-mm", "1.5", "--bootstrap", "200"])
+    # case_03 is on the wrong grid: outputs are written, the exit status says a case failed.
+    assert result.exit_code == 1, result.output
+    for text in ("Dice", "HD95 (mm)", "Surface Dice", "mean", "sd", "median", "95% CI", "1.5 mm", "case_03"):
+        assert text in result.output
+    assert (out / "metrics_per_case.csv").is_file() and (out / "summary.json").is_file()
+    assert json.loads((out / "summary.json").read_text())["tolerance_mm"] == 1.5
+
+
+def test_cli_evaluate_selected_cases_succeeds_and_bad_path_is_one_line(cohort):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["evaluate", str(cohort["predictions"]), str(cohort["manifest"]),
+                             "--cases", "case_00,case_01", "--bootstrap", "200"])
+    assert ok.exit_code == 0, ok.output
+    assert (cohort["predictions"] / "evaluation" / "summary.json").is_file()
+    bad = runner.invoke(app, ["evaluate", str(cohort["root"] / "missing"), str(cohort["manifest"])])
+    assert bad.exit_code == 2
+    assert "prediction folder not found" in bad.output
+    assert "Traceback" not in bad.output
