@@ -1,0 +1,467 @@
+"""Import a folder of DICOM studies (image series plus RTSTRUCT contours) as a NIfTI cohort.
+
+Steps, per patient (one case per PatientID, made file-name safe):
+
+1. **Scan** every file with pydicom (headers only, ``stop_before_pixels``), grouping image
+   instances by SeriesInstanceUID and collecting RT Structure Sets.
+2. **Map series to channels** with ``channel_map`` (channel -> regular expression). A pattern
+   matches a series when it equals its Modality (full match, ignoring case) or is found in its
+   SeriesDescription; prefix it with ``modality:`` or ``description:`` to test one of the two
+   only. The first channel that matches wins. Default: ``CT``, ``PET`` (Modality PT) and ``MR``
+   by Modality alone. When several series map to one channel, the contoured series wins, else
+   the one with most slices.
+3. **Convert** each chosen series to a volume: slices sorted by ImagePositionPatient projected on
+   the slice normal (row x column cosines), RescaleSlope/Intercept applied per slice, geometry
+   from the DICOM tags (origin = first slice's position, direction = [row, column, normal],
+   spacing = PixelSpacing and the slice step). PET in Bq/ml with the dose tags becomes SUV
+   (body weight), noted in ``extra["pet_units"]``.
+4. **Rasterise** ROI ``roi_name`` of the patient's RTSTRUCT on the series it references
+   (RTReferencedSeriesSequence, else the series holding its referenced images, else the series of its
+   frame of reference); see :mod:`sarcomakit.data.importers.rtstruct`.
+5. **One grid per case**: channels on another grid than the contoured series are resampled onto
+   it (linear), listed in ``extra["resampled"]``; channels from another frame of reference (not
+   registered to the contoured series) are listed in ``extra["unregistered"]``.
+
+Outputs: ``{out_dir}/images/{case}_{channel}.nii.gz``, ``{out_dir}/labels/{case}.nii.gz`` and
+``{out_dir}/manifest.csv``; patients that fail are listed in ``{out_dir}/import_failures.json``.
+Every file is written atomically; the DICOM folder is only read.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut
+
+from sarcomakit.cohort_runner import run_per_case
+from sarcomakit.data.importers._common import sanitise_case_id
+from sarcomakit.data.importers.rtstruct import StructureSet, rasterise_roi, read_structure_set
+from sarcomakit.data.manifest import DEFAULT_LABELS, Case, Manifest
+from sarcomakit.errors import UserInputError
+from sarcomakit.io.atomic import write_json
+from sarcomakit.io.image import Geometry, write_image
+
+log = logging.getLogger("sarcomakit")
+
+DEFAULT_CHANNEL_MAP: dict[str, str] = {"CT": "modality:CT", "PET": "modality:PT", "MR": "modality:MR"}
+NON_IMAGE_MODALITIES = {"RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SEG", "SR", "KO", "PR", "REG", "DOC"}
+ORIENTATION_TOL = 1e-4  # cosine units
+SLICE_STEP_REL_TOL = 0.01  # relative deviation of a slice step from the median step
+SLICE_STEP_ABS_TOL = 0.01  # mm
+MANIFEST_NAME = "manifest.csv"
+
+
+# ---------------------------------------------------------------------- scanning
+@dataclass
+class Instance:
+    """Header facts of one image file needed to place it in its series."""
+
+    path: Path
+    sop_uid: str
+    position: np.ndarray  # ImagePositionPatient, mm
+    orientation: np.ndarray  # ImageOrientationPatient, 6 cosines
+    pixel_spacing: tuple[float, float]  # (row spacing, column spacing) as in DICOM
+    rows: int
+    columns: int
+
+
+@dataclass
+class Series:
+    """One image series: its identity, what it shows, and its instances."""
+
+    uid: str
+    patient_id: str
+    study_uid: str
+    modality: str
+    description: str
+    frame_of_reference: str
+    instances: list[Instance] = field(default_factory=list)
+    is_localizer: bool = False
+    multiframe: bool = False
+
+    @property
+    def sop_uids(self) -> set[str]:
+        return {i.sop_uid for i in self.instances}
+
+
+@dataclass
+class DicomIndex:
+    """Everything found in a DICOM folder: image series by UID and structure sets."""
+
+    series: dict[str, Series] = field(default_factory=dict)
+    structures: list[StructureSet] = field(default_factory=list)
+    unreadable: int = 0
+
+    def patients(self) -> list[str]:
+        ids = {s.patient_id for s in self.series.values()}
+        return sorted(ids)
+
+
+def scan_dicom_folder(folder: str | Path) -> DicomIndex:
+    """Read the headers of every DICOM file under ``folder`` and group them.
+
+    Files that are not DICOM (or not readable) are skipped and counted in ``unreadable``.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserInputError("is not a folder.", path=root, fix="point at the folder holding the DICOM files.")
+    index = DicomIndex()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if path.name.upper() == "DICOMDIR":
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError):
+            index.unreadable += 1
+            continue
+        modality = str(getattr(ds, "Modality", "")).upper()
+        if modality == "RTSTRUCT":
+            index.structures.append(read_structure_set(path, ds))
+            continue
+        if modality in NON_IMAGE_MODALITIES or "ImagePositionPatient" not in ds or "PixelSpacing" not in ds:
+            continue
+        uid = str(getattr(ds, "SeriesInstanceUID", ""))
+        series = index.series.get(uid)
+        if series is None:
+            series = Series(uid=uid, patient_id=str(getattr(ds, "PatientID", "")),
+                            study_uid=str(getattr(ds, "StudyInstanceUID", "")), modality=modality,
+                            description=str(getattr(ds, "SeriesDescription", "")),
+                            frame_of_reference=str(getattr(ds, "FrameOfReferenceUID", "")))
+            index.series[uid] = series
+        image_type = [str(v).upper() for v in getattr(ds, "ImageType", [])]
+        series.is_localizer |= "LOCALIZER" in image_type
+        series.multiframe |= int(getattr(ds, "NumberOfFrames", 1) or 1) > 1
+        series.instances.append(Instance(
+            path=path, sop_uid=str(getattr(ds, "SOPInstanceUID", "")),
+            position=np.asarray([float(v) for v in ds.ImagePositionPatient]),
+            orientation=np.asarray([float(v) for v in ds.ImageOrientationPatient]),
+            pixel_spacing=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
+            rows=int(ds.Rows), columns=int(ds.Columns)))
+    return index
+
+
+# ---------------------------------------------------------------------- channel mapping
+def match_channel(series: Series, channel_map: Mapping[str, str]) -> str | None:
+    """The first channel whose pattern matches the series (see the module docstring), or None."""
+    for channel, pattern in channel_map.items():
+        scope, _, body = pattern.partition(":") if pattern.lower().startswith(("modality:", "description:")) \
+            else ("", "", pattern)
+        regex = re.compile(body, re.IGNORECASE)
+        by_modality = scope.lower() in ("", "modality") and regex.fullmatch(series.modality) is not None
+        by_description = scope.lower() in ("", "description") and regex.search(series.description) is not None
+        if by_modality or by_description:
+            return channel
+    return None
+
+
+# ---------------------------------------------------------------------- series -> volume
+def series_geometry(series: Series) -> tuple[list[Instance], Geometry]:
+    """Sort the slices along the normal and derive the volume's geometry from the DICOM tags.
+
+    Raises:
+        UserInputError: mixed orientations or matrix sizes, repeated slice positions, uneven slice
+            steps (missing slices) or a sheared stack (gantry tilt).
+    """
+    where = series.instances[0].path.parent
+    label = f"series '{series.description or series.uid}' ({series.modality})"
+    first = series.instances[0]
+    for inst in series.instances:
+        if not np.allclose(inst.orientation, first.orientation, atol=ORIENTATION_TOL):
+            raise UserInputError(f"{label} mixes slice orientations.", path=where,
+                                 fix="split the series by orientation before importing.")
+        if (inst.rows, inst.columns) != (first.rows, first.columns) or \
+                not np.allclose(inst.pixel_spacing, first.pixel_spacing, atol=1e-4):
+            raise UserInputError(f"{label} mixes matrix sizes or pixel spacings.", path=where,
+                                 fix="split the series before importing.")
+    row, col = first.orientation[:3], first.orientation[3:]
+    normal = np.cross(row, col)
+    instances = sorted(series.instances, key=lambda i: float(i.position @ normal))
+    heights = np.asarray([i.position @ normal for i in instances])
+    steps = np.diff(heights)
+    if len(instances) > 1:
+        if np.any(steps < SLICE_STEP_ABS_TOL):
+            raise UserInputError(f"{label} has several images at the same slice position (echoes, phases or "
+                                 "repeated acquisitions in one series).", path=where,
+                                 fix="separate the images into one series per echo/phase.")
+        step = float(np.median(steps))
+        if np.any(np.abs(steps - step) > max(SLICE_STEP_ABS_TOL, SLICE_STEP_REL_TOL * step)):
+            raise UserInputError(f"{label} has uneven slice steps ({steps.min():.3f}..{steps.max():.3f} mm): "
+                                 "slices are missing or the spacing varies.", path=where,
+                                 fix="check that the whole series was exported.")
+        offsets = np.asarray([i.position - instances[0].position for i in instances])
+        in_plane = offsets - np.outer(offsets @ normal, normal)
+        if np.abs(in_plane).max() > max(0.01, 0.05 * min(first.pixel_spacing)):
+            raise UserInputError(f"{label} is sheared (slice origins drift in-plane, e.g. CT gantry tilt).",
+                                 path=where, fix="resample it to an orthogonal grid first (dcm2niix corrects "
+                                 "gantry tilt).")
+    else:
+        step = 1.0
+    direction = np.stack([row, col, normal], axis=1)  # columns: x, y, z axes
+    geometry = Geometry(size=(first.columns, first.rows, len(instances)),
+                        spacing=(first.pixel_spacing[1], first.pixel_spacing[0], step),
+                        origin=tuple(float(v) for v in instances[0].position),
+                        direction=tuple(float(v) for v in direction.ravel()))
+    return instances, geometry
+
+
+def _slice_values(path: Path) -> np.ndarray:
+    """Modality values (stored values x RescaleSlope + RescaleIntercept) of one slice, float32 (rows, cols)."""
+    ds = pydicom.dcmread(path)
+    try:
+        stored = ds.pixel_array
+    except (NotImplementedError, RuntimeError, ValueError):
+        # A transfer syntax pydicom has no decoder for here; GDCM (inside SimpleITK) decodes it and
+        # applies RescaleSlope/Intercept itself.
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32))[0]
+    return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+
+
+def _seconds(value: str) -> float:
+    """Seconds since midnight of a DICOM TM value (HHMMSS.FFFFFF)."""
+    text = str(value).strip().replace(":", "")
+    hours, minutes = int(text[0:2]), int(text[2:4] or 0)
+    seconds = float(text[4:] or 0)
+    return 3600 * hours + 60 * minutes + seconds
+
+
+def suv_factor(dataset: pydicom.Dataset) -> float | None:
+    """Factor from Bq/ml to body-weight SUV, or None when the tags needed are absent.
+
+    SUVbw = C(Bq/ml) x weight(g) / dose(Bq), where the injected dose is decayed to the time the
+    images are decay-corrected to (DecayCorrection START: series time; ADMIN: injection time):
+    dose x 2^(-(t_series - t_injection) / half-life).
+    """
+    try:
+        if str(dataset.Units).upper() != "BQML":
+            return None
+        weight_g = float(dataset.PatientWeight) * 1000.0
+        drug = dataset.RadiopharmaceuticalInformationSequence[0]
+        dose = float(drug.RadionuclideTotalDose)
+        half_life = float(drug.RadionuclideHalfLife)
+        correction = str(getattr(dataset, "DecayCorrection", "START")).upper()
+        if correction == "START":
+            elapsed = _seconds(dataset.SeriesTime) - _seconds(drug.RadiopharmaceuticalStartTime)
+            if elapsed < 0:
+                elapsed += 24 * 3600  # injection before midnight
+            dose *= 2.0 ** (-elapsed / half_life)
+        elif correction != "ADMIN":
+            return None
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return None
+    if weight_g <= 0 or dose <= 0:
+        return None
+    return weight_g / dose
+
+
+def series_to_image(series: Series, *, suv: bool = True) -> tuple[sitk.Image, dict[str, str]]:
+    """Convert one series to a 3D image with its DICOM geometry.
+
+    Returns:
+        The image (int16 when the values are integers that fit, else float32) and notes about it
+        (``pet_units`` for PET).
+    """
+    if series.multiframe:
+        raise UserInputError(f"series '{series.description}' is a multi-frame (enhanced) DICOM object, "
+                             "not supported.", path=series.instances[0].path,
+                             fix="convert it to single-frame files (e.g. with dcm2niix or emf2sf).")
+    instances, geometry = series_geometry(series)
+    volume = np.stack([_slice_values(i.path) for i in instances])
+    notes: dict[str, str] = {}
+    if series.modality == "PT":
+        header = pydicom.dcmread(instances[0].path, stop_before_pixels=True)
+        factor = suv_factor(header) if suv else None
+        if factor is not None:
+            volume = volume * np.float32(factor)
+            notes["pet_units"] = "SUVbw"
+        else:
+            notes["pet_units"] = str(getattr(header, "Units", "unknown"))
+    if np.array_equal(volume, np.round(volume)) and volume.min() >= -32768 and volume.max() <= 32767:
+        volume = volume.astype(np.int16)
+    image = sitk.GetImageFromArray(volume)
+    geometry.apply(image)
+    return image, notes
+
+
+# ---------------------------------------------------------------------- one patient
+def _referenced_series(structure: StructureSet, candidates: list[Series]) -> Series | None:
+    by_uid = {s.uid: s for s in candidates}
+    for uid in structure.referenced_series_uids:
+        if uid in by_uid:
+            return by_uid[uid]
+    for series in candidates:
+        if structure.referenced_sop_uids & series.sop_uids:
+            return series
+    same_frame = [s for s in candidates if s.frame_of_reference in structure.frame_of_reference_uids]
+    return max(same_frame, key=lambda s: len(s.instances)) if same_frame else None
+
+
+def _resample_onto(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    values = sitk.GetArrayViewFromImage(image)
+    outside = float(values.min())  # air for CT, background for MR/PET
+    return sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), reference, sitk.Transform(), sitk.sitkLinear,
+                         outside, sitk.sitkFloat32)
+
+
+@dataclass
+class _Patient:
+    case_id: str
+    patient_id: str
+    series: list[Series]
+    structures: list[StructureSet]
+
+
+def _import_patient(patient: _Patient, *, out_dir: Path, roi_name: str, channel_map: Mapping[str, str],
+                    suv: bool) -> Case:
+    usable = [s for s in patient.series if not s.is_localizer and len(s.instances) >= 2]
+    mapped: dict[str, list[Series]] = {}
+    for series in usable:
+        channel = match_channel(series, channel_map)
+        if channel is not None:
+            mapped.setdefault(channel, []).append(series)
+    if not mapped:
+        found = ", ".join(sorted({f"{s.modality} '{s.description}'" for s in patient.series})) or "none"
+        raise UserInputError(f"patient {patient.patient_id}: no series matches the channel map "
+                             f"{dict(channel_map)} (series: {found}).", fix="adjust the channel map.")
+
+    labelled: Series | None = None
+    structure: StructureSet | None = None
+    if patient.structures:
+        with_roi = [s for s in patient.structures if s.has_roi(roi_name)]
+        if not with_roi:
+            names = sorted({n for s in patient.structures for n in s.rois.values()})
+            raise UserInputError(f"patient {patient.patient_id}: no ROI named '{roi_name}' in its RTSTRUCT "
+                                 f"(available: {', '.join(names) or 'none'}).", path=patient.structures[0].path,
+                                 fix="pass the ROI name to use with --roi.")
+        channel_order = {s.uid: i for i, ch in enumerate(channel_map) for s in mapped.get(ch, [])}
+        options = [(st, _referenced_series(st, usable)) for st in with_roi]
+        options = [(st, se) for st, se in options if se is not None]
+        if not options:
+            raise UserInputError(f"patient {patient.patient_id}: the RTSTRUCT refers to a series that is not in "
+                                 "the folder.", path=with_roi[0].path,
+                                 fix="export the contoured image series together with the RTSTRUCT.")
+        structure, labelled = min(options, key=lambda o: channel_order.get(o[1].uid, len(channel_map)))
+
+    chosen: dict[str, Series] = {}
+    for channel in channel_map:
+        if channel in mapped:
+            series_list = mapped[channel]
+            chosen[channel] = labelled if labelled in series_list else max(series_list, key=lambda s: len(s.instances))
+
+    extra: dict[str, str] = {"patient_id": patient.patient_id} if patient.case_id != patient.patient_id else {}
+    images: dict[str, sitk.Image] = {}
+    for channel, series in chosen.items():
+        images[channel], notes = series_to_image(series, suv=suv)
+        extra.update(notes)
+    if labelled is not None and labelled not in chosen.values():
+        reference_image, _ = series_to_image(labelled, suv=suv)
+    else:
+        reference_channel = next(ch for ch, s in chosen.items() if labelled is None or s is labelled)
+        reference_image = images[reference_channel]
+    reference_series = labelled or chosen[next(iter(chosen))]
+    reference_geometry = Geometry.of(reference_image)
+
+    resampled, unregistered = [], []
+    for channel, series in chosen.items():
+        if series.frame_of_reference != reference_series.frame_of_reference:
+            unregistered.append(channel)
+        if not Geometry.of(images[channel]).matches(reference_geometry):
+            images[channel] = _resample_onto(images[channel], reference_image)
+            resampled.append(channel)
+    if resampled:
+        extra["resampled"] = ",".join(resampled)
+        extra["reference_series"] = reference_series.description or reference_series.uid
+    if unregistered:
+        extra["unregistered"] = ",".join(unregistered)
+        log.warning("patient %s: channels %s are in another frame of reference than the contoured series; "
+                    "resampled by scanner coordinates without registration", patient.patient_id, unregistered)
+
+    paths = {}
+    for channel, image in images.items():
+        paths[channel] = write_image(image, out_dir / "images" / f"{patient.case_id}_{channel}.nii.gz").resolve()
+    label_path = None
+    if structure is not None:
+        mask = rasterise_roi(structure.path, roi_name, reference_image)
+        label_path = write_image(mask, out_dir / "labels" / f"{patient.case_id}.nii.gz").resolve()
+        extra["label_roi"] = roi_name
+    else:
+        extra["label_roi"] = "none (no RTSTRUCT)"
+    return Case(case_id=patient.case_id, images=paths, label=label_path, extra=extra)
+
+
+def _patients(index: DicomIndex) -> list[_Patient]:
+    patients = []
+    taken: set[str] = set()
+    for patient_id in index.patients():
+        base = sanitise_case_id(patient_id) if patient_id.strip() else "anonymous"
+        case_id, n = base, 1
+        while case_id in taken:
+            n += 1
+            case_id = f"{base}_{n}"
+        taken.add(case_id)
+        patients.append(_Patient(case_id=case_id, patient_id=patient_id,
+                                 series=[s for s in index.series.values() if s.patient_id == patient_id],
+                                 structures=[s for s in index.structures if s.patient_id == patient_id]))
+    return patients
+
+
+def import_dicom(dicom_dir: str | Path, out_dir: str | Path, roi_name: str = "GTV_Mass",
+                 channel_map: Mapping[str, str] | None = None, *, suv: bool = True,
+                 out_manifest: str | Path | None = None, show_progress: bool = True) -> Manifest:
+    """Convert a DICOM folder (image series + RTSTRUCT) into NIfTI files and a manifest.
+
+    Args:
+        dicom_dir: folder with the DICOM files of one or more patients (any layout).
+        out_dir: where ``images/``, ``labels/`` and ``manifest.csv`` are written.
+        roi_name: the RTSTRUCT ROI to rasterise as the label (case-insensitive).
+        channel_map: channel name -> pattern (see the module docstring), e.g.
+            ``{"T1": "T1", "T2FS": "STIR|T2.*FS", "PET": "PT", "CT": "CT"}``; default by Modality.
+        suv: convert PET in Bq/ml to body-weight SUV when the dose tags are present.
+        out_manifest: where to save the manifest (default ``{out_dir}/manifest.csv``).
+        show_progress: show a progress bar.
+
+    Returns:
+        The manifest: one case per patient; channels are those of ``channel_map`` found in at least
+        one patient, in the map's order; label values ``background=0, tumour=1``.
+
+    Raises:
+        UserInputError: no DICOM image series in the folder, or no patient could be imported (the
+            reasons listed). Patients that fail while others succeed are reported and skipped.
+    """
+    root = Path(dicom_dir)
+    out = Path(out_dir)
+    channel_map = dict(channel_map or DEFAULT_CHANNEL_MAP)
+    for channel, pattern in channel_map.items():
+        try:
+            re.compile(pattern.partition(":")[2] if ":" in pattern else pattern)
+        except re.error as exc:
+            raise UserInputError(f"channel '{channel}' has an invalid pattern '{pattern}' ({exc}).",
+                                 fix="write a Python regular expression.") from exc
+    index = scan_dicom_folder(root)
+    if not index.series:
+        raise UserInputError(f"holds no DICOM image series ({index.unreadable} file(s) were not DICOM).",
+                             path=root, fix="point at the folder with the exported DICOM studies.")
+
+    def convert(patient: _Patient) -> Case:
+        return _import_patient(patient, out_dir=out, roi_name=roi_name, channel_map=channel_map, suv=suv)
+
+    result = run_per_case(_patients(index), convert, name=lambda p: p.case_id, description="converting DICOM",
+                          show_progress=show_progress)
+    if result.failures:
+        result.print_summary()
+        write_json(out / "import_failures.json", result.failures)
+    if not result.results:
+        raise UserInputError("no patient could be imported: " + " | ".join(list(result.failures.values())[:3]),
+                             path=root, fix="fix the problems listed above.")
+    cases = list(result.results.values())
+    channels = [ch for ch in channel_map if any(ch in c.images for c in cases)]
+    manifest = Manifest(channels=channels, cases=cases, labels=dict(DEFAULT_LABELS))
+    manifest.source = manifest.save(out_manifest if out_manifest is not None else out / MANIFEST_NAME)
+    return manifest

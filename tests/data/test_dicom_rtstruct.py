@@ -1,0 +1,231 @@
+"""DICOM series and RTSTRUCT import on files the tests write with pydicom: geometry, values, masks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from matplotlib.path import Path as PolygonPath
+from typer.testing import CliRunner
+
+from sarcomakit.cli.main import app
+from sarcomakit.data.importers import import_dicom, rasterise_roi
+from sarcomakit.data.importers.dicom import scan_dicom_folder, series_to_image
+from sarcomakit.data.manifest import Manifest
+from sarcomakit.data.validation import validate_manifest
+from sarcomakit.errors import UserInputError
+
+SHAPE = (8, 16, 16)
+# An L shape in voxel-index units of (x, y), vertices on half-voxel positions: its voxel set is exact.
+L_SHAPE_INDEX = np.array([[2.5, 3.5], [11.5, 3.5], [11.5, 6.5], [6.5, 6.5], [6.5, 12.5], [2.5, 12.5]])
+
+
+def _stored(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 2000, SHAPE).astype(np.int16)
+
+
+def _read(path: Path) -> tuple[sitk.Image, np.ndarray]:
+    image = sitk.ReadImage(str(path))
+    return image, sitk.GetArrayFromImage(image)
+
+
+def _expected_from_shape(series, inside_in_plane, slices: range) -> np.ndarray:
+    """Voxels whose centre lies inside a shape given by a test on in-plane (row, column) mm offsets."""
+    rel = series.voxel_centres() - series.origin
+    u = rel @ series.direction[:, 0]
+    v = rel @ series.direction[:, 1]
+    k = np.rint(rel @ series.direction[:, 2] / series.spacing[2]).astype(int)
+    return inside_in_plane(u, v) & np.isin(k, list(slices))
+
+
+def _assert_geometry(image: sitk.Image, series) -> None:
+    assert image.GetSize() == series.size
+    np.testing.assert_allclose(image.GetSpacing(), series.spacing, atol=1e-5)
+    np.testing.assert_allclose(image.GetOrigin(), series.origin, atol=1e-4)
+    np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)), series.direction, atol=1e-5)
+
+
+def test_axis_aligned_square_prism_exact_voxels_and_hounsfield(tmp_path, dicom):
+    stored = _stored()
+    ct = dicom.write_series(tmp_path / "dicom" / "ct", stored, modality="CT", intercept=-1024.0)
+    # a square whose edges lie half-way between voxel centres: x 3.5..9.5, y 4.5..10.5, slices 2..5
+    square = np.array([[3.5, 4.5], [9.5, 4.5], [9.5, 10.5], [3.5, 10.5]]) * ct.spacing[:2]
+    contours = [dicom.polygon(ct, k, square) for k in range(2, 6)]
+    dicom.write_rtstruct(tmp_path / "dicom" / "rs.dcm", ct, {"GTV_Mass": contours, "Skin": contours[:1]})
+    (tmp_path / "dicom" / "notes.txt").write_text("not a DICOM file")
+
+    manifest = import_dicom(tmp_path / "dicom", tmp_path / "out", roi_name="gtv_mass", show_progress=False)
+
+    assert manifest.channels == ["CT"] and manifest.case_ids == ["STS-001"]
+    case = manifest["STS-001"]
+    image, values = _read(case.images["CT"])
+    label_image, mask = _read(case.label)
+    expected = np.zeros(SHAPE, dtype=np.uint8)
+    expected[2:6, 5:11, 4:10] = 1
+    assert int(mask.sum()) == 6 * 6 * 4
+    np.testing.assert_array_equal(mask, expected)
+    np.testing.assert_array_equal(values, stored.astype(np.int32) - 1024)  # HU = stored + intercept
+    _assert_geometry(image, ct)
+    _assert_geometry(label_image, ct)
+    assert Manifest.load(tmp_path / "out" / "manifest.csv").case_ids == ["STS-001"]
+    assert validate_manifest(manifest).ok
+
+
+@pytest.mark.parametrize("name, direction_args", [
+    ("axial", {}),
+    ("flipped feet-first", {"flip": True}),
+    ("oblique", {"angle_deg": 30.0, "tilt_deg": 20.0}),
+])
+def test_orientation_keeps_geometry_and_mask_exact(tmp_path, dicom, name, direction_args):
+    direction = dicom.orientation(**direction_args)
+    stored = _stored(1)
+    mr = dicom.write_series(tmp_path / "dicom", stored, modality="MR", spacing=(0.9, 0.7, 3.0),
+                            origin=(12.0, -30.0, 55.0), direction=direction, slope=0.5, intercept=2.0,
+                            description="T1 AX")
+    polygon_mm = L_SHAPE_INDEX * mr.spacing[:2]
+    dicom.write_rtstruct(tmp_path / "dicom" / "rs.dcm", mr,
+                         {"GTV_Mass": [dicom.polygon(mr, k, polygon_mm) for k in (1, 2, 3, 4)]})
+
+    manifest = import_dicom(tmp_path / "dicom", tmp_path / "out", channel_map={"T1": "T1"}, show_progress=False)
+
+    case = manifest.cases[0]
+    image, values = _read(case.images["T1"])
+    _, mask = _read(case.label)
+    _assert_geometry(image, mr)
+    np.testing.assert_allclose(values, stored * 0.5 + 2.0, atol=1e-5)
+    outline = PolygonPath(polygon_mm)
+    expected = _expected_from_shape(
+        mr, lambda u, v: outline.contains_points(np.stack([u.ravel(), v.ravel()], 1)).reshape(u.shape), range(1, 5))
+    np.testing.assert_array_equal(mask.astype(bool), expected, err_msg=name)
+
+
+def test_circle_prism_on_oblique_series_matches_analytic_shape(tmp_path, dicom):
+    mr = dicom.write_series(tmp_path / "dicom", _stored(2), modality="MR", spacing=(0.5, 0.5, 2.0),
+                            direction=dicom.orientation(angle_deg=-25.0, tilt_deg=35.0), description="T2 FS")
+    centre, radius = np.array([4.0, 4.2]), 2.6
+    theta = np.linspace(0, 2 * np.pi, 128, endpoint=False)
+    circle = centre + radius * np.stack([np.cos(theta), np.sin(theta)], 1)
+    dicom.write_rtstruct(tmp_path / "dicom" / "rs.dcm", mr,
+                         {"GTV_Mass": [dicom.polygon(mr, k, circle) for k in range(2, 7)]})
+    index = scan_dicom_folder(tmp_path / "dicom")
+    reference, _ = series_to_image(next(iter(index.series.values())))
+
+    mask = sitk.GetArrayFromImage(rasterise_roi(tmp_path / "dicom" / "rs.dcm", "GTV_Mass", reference)).astype(bool)
+
+    expected = _expected_from_shape(mr, lambda u, v: (u - centre[0]) ** 2 + (v - centre[1]) ** 2 <= radius**2,
+                                    range(2, 7))
+    dice = 2 * (mask & expected).sum() / (mask.sum() + expected.sum())
+    assert dice > 0.95
+    # the area per slice also matches pi r^2 within a voxel ring
+    area = mask[3].sum() * 0.25
+    assert abs(area - np.pi * radius**2) < 2 * np.pi * radius * 0.5
+
+
+def test_ring_contours_cut_a_hole(tmp_path, dicom):
+    ct = dicom.write_series(tmp_path / "dicom", _stored(), modality="CT")
+    outer = np.array([[1.5, 1.5], [12.5, 1.5], [12.5, 12.5], [1.5, 12.5]]) * ct.spacing[:2]
+    inner = np.array([[4.5, 4.5], [8.5, 4.5], [8.5, 8.5], [4.5, 8.5]]) * ct.spacing[:2]
+    dicom.write_rtstruct(tmp_path / "dicom" / "rs.dcm", ct,
+                         {"GTV_Mass": [dicom.polygon(ct, 3, outer), dicom.polygon(ct, 3, inner)]})
+    reference, _ = series_to_image(next(iter(scan_dicom_folder(tmp_path / "dicom").series.values())))
+    mask = sitk.GetArrayFromImage(rasterise_roi(tmp_path / "dicom" / "rs.dcm", "GTV_Mass", reference))
+    assert mask[3].sum() == 11 * 11 - 4 * 4
+    assert mask[3, 6, 6] == 0 and mask[3, 2, 2] == 1
+
+
+def test_other_series_resampled_onto_contoured_grid(tmp_path, dicom):
+    study, frame = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
+    t2 = dicom.write_series(tmp_path / "dicom" / "t2", _stored(3), modality="MR", spacing=(1.0, 1.0, 3.0),
+                            study_uid=study, frame_uid=frame, description="AX T2 FS")
+    dicom.write_series(tmp_path / "dicom" / "ct", np.full((12, 20, 20), 1064, np.int16), modality="CT",
+                       spacing=(0.8, 0.8, 2.5), origin=(-2.0, -2.0, 28.0), intercept=-1024.0,
+                       study_uid=study, frame_uid=frame, description="CT CHEST")
+    square = np.array([[3.5, 4.5], [9.5, 4.5], [9.5, 10.5], [3.5, 10.5]])
+    dicom.write_rtstruct(tmp_path / "dicom" / "rs.dcm", t2, {"GTV_Mass": [dicom.polygon(t2, 3, square)]})
+
+    manifest = import_dicom(tmp_path / "dicom", tmp_path / "out", channel_map={"T2FS": "STIR|T2.*FS", "CT": "CT"},
+                            show_progress=False)
+
+    case = manifest.cases[0]
+    assert manifest.channels == ["T2FS", "CT"]
+    assert case.extra["resampled"] == "CT" and "unregistered" not in case.extra
+    ct_image, ct_values = _read(case.images["CT"])
+    _assert_geometry(ct_image, t2)
+    inside = ct_values[1:-1, 1:-1, 1:-1]
+    np.testing.assert_allclose(inside, 40.0, atol=1e-3)  # constant 40 HU survives linear resampling
+    report = validate_manifest(Manifest.load(manifest.source))
+    assert report.ok, report.to_dict()
+
+
+def test_missing_roi_lists_available_names(tmp_path, dicom):
+    ct = dicom.write_series(tmp_path / "dicom", _stored(), modality="CT")
+    square = np.array([[3.5, 4.5], [9.5, 4.5], [9.5, 10.5]])
+    dicom.write_rtstruct(tmp_path / "dicom" / "rs.dcm", ct, {"GTV_Edema": [dicom.polygon(ct, 2, square)],
+                                                             "Skin": [dicom.polygon(ct, 3, square)]})
+    with pytest.raises(UserInputError, match="GTV_Edema, Skin"):
+        import_dicom(tmp_path / "dicom", tmp_path / "out", roi_name="GTV_Mass", show_progress=False)
+
+
+def test_one_bad_patient_does_not_stop_the_others(tmp_path, dicom):
+    good = dicom.write_series(tmp_path / "dicom" / "a", _stored(), modality="CT", patient_id="A 01")
+    bad = dicom.write_series(tmp_path / "dicom" / "b", _stored(), modality="CT", patient_id="B02")
+    square = np.array([[3.5, 4.5], [9.5, 4.5], [9.5, 10.5]]) * good.spacing[:2]
+    dicom.write_rtstruct(tmp_path / "dicom" / "a" / "rs.dcm", good, {"GTV_Mass": [dicom.polygon(good, 2, square)]})
+    dicom.write_rtstruct(tmp_path / "dicom" / "b" / "rs.dcm", bad, {"PTV": [dicom.polygon(bad, 2, square)]})
+
+    manifest = import_dicom(tmp_path / "dicom", tmp_path / "out", show_progress=False)
+
+    assert manifest.case_ids == ["A_01"]
+    assert manifest.cases[0].extra["patient_id"] == "A 01"
+    failures = json.loads((tmp_path / "out" / "import_failures.json").read_text())
+    assert list(failures) == ["B02"] and "PTV" in failures["B02"]
+
+
+def test_missing_slice_is_reported(tmp_path, dicom):
+    ct = dicom.write_series(tmp_path / "dicom", _stored(), modality="CT")
+    removed = [p for p in ct.folder.glob("*.dcm") if p.stem == ct.sop_uids[4][-12:]]
+    removed[0].unlink()
+    with pytest.raises(UserInputError, match="uneven slice steps"):
+        import_dicom(tmp_path / "dicom", tmp_path / "out", show_progress=False)
+
+
+def test_pet_converted_to_suv(tmp_path, dicom):
+    weight, dose, half_life = 70.0, 3.7e8, 6586.2
+
+    def pet_tags(ds):
+        ds.Units = "BQML"
+        ds.DecayCorrection = "START"
+        ds.PatientWeight = weight
+        ds.SeriesTime = "110000"
+        drug = __import__("pydicom").Dataset()
+        drug.RadionuclideTotalDose = dose
+        drug.RadionuclideHalfLife = half_life
+        drug.RadiopharmaceuticalStartTime = "100000"
+        ds.RadiopharmaceuticalInformationSequence = [drug]
+
+    stored = _stored(4)
+    pet = dicom.write_series(tmp_path / "dicom", stored, modality="PT", slope=3.0, extra=pet_tags)
+    manifest = import_dicom(tmp_path / "dicom", tmp_path / "out", show_progress=False)
+
+    case = manifest.cases[0]
+    _, values = _read(case.images["PET"])
+    decayed = dose * 2 ** (-3600 / half_life)
+    np.testing.assert_allclose(values, pet.modality_values * weight * 1000 / decayed, rtol=1e-5)
+    assert case.extra["pet_units"] == "SUVbw" and case.label is None
+
+
+def test_cli_import_dicom(tmp_path, dicom):
+    ct = dicom.write_series(tmp_path / "dicom", _stored(), modality="CT", description="CT")
+    square = np.array([[3.5, 4.5], [9.5, 4.5], [9.5, 10.5]]) * ct.spacing[:2]
+    dicom.write_rtstruct(tmp_path / "dicom" / "rs.dcm", ct, {"Tumour": [dicom.polygon(ct, 2, square)]})
+    runner = CliRunner()
+    result = runner.invoke(app, ["import", "dicom", str(tmp_path / "dicom"), str(tmp_path / "out"),
+                                 "--roi", "Tumour", "--channel", "CT=modality:CT"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "manifest.csv").is_file()
+    result = runner.invoke(app, ["import", "dicom", str(tmp_path / "dicom"), str(tmp_path / "out2"),
+                                 "--roi", "GTV_Mass"])
+    assert result.exit_code == 2 and "Tumour" in result.output
