@@ -15,13 +15,17 @@ from sarcomakit.evaluation.metrics import (
     surface_dice,
     volume_difference,
 )
+from sarcomakit.evaluation.segmentation import SegmentationEvaluation, evaluate_case, evaluate_predictions
 
 __all__ = [
     "METRIC_LABELS",
     "METRIC_NAMES",
+    "SegmentationEvaluation",
     "bootstrap_ci",
     "bootstrap_indices",
     "dice",
+    "evaluate_case",
+    "evaluate_predictions",
     "hausdorff_distance_95",
     "paired_bootstrap_difference",
     "segmentation_metrics",

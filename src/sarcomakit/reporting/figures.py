@@ -24,13 +24,14 @@ DPI = 120
 
 def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: np.ndarray | None,
                    path: str | Path, *, title: str = "", spacing: Sequence[float] | None = None,
-                   n_slices: int = 3, crop_to_mask: bool = True) -> Path:
+                   n_slices: int = 3, crop_to_mask: bool = True,
+                   window: tuple[float, float] | None = None) -> Path:
     """Axial slices of a volume with the reference (green) and predicted (red) contours.
 
     Slices are spread over the axial extent of the masks (reference and prediction together) and
     always include the slice of largest mask area; without any mask, they are spread over the
     middle half of the volume. Pixels are drawn with their physical aspect ratio, and intensities
-    are windowed to the 0.5-99.5th percentiles of the volume.
+    are windowed to the 0.5-99.5th percentiles of the pixels shown unless ``window`` is given.
 
     Args:
         image: the volume, array order (z, y, x).
@@ -42,6 +43,7 @@ def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: 
         n_slices: number of axial slices shown side by side.
         crop_to_mask: zoom on the masks (their in-plane bounding box plus a margin of half its size,
             at least 15 mm) rather than showing whole slices.
+        window: display range ``(low, high)`` of the intensities, e.g. ``(-1000, 400)`` for lung CT.
 
     Returns:
         ``path``.
@@ -59,8 +61,12 @@ def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: 
     slices = _choose_slices(union, max(int(n_slices), 1))
     rows, cols = _in_plane_window(union, spacing_zyx) if crop_to_mask and union.any() else (
         slice(None), slice(None))
-    finite = volume[np.isfinite(volume)]
-    low, high = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+    if window is None:
+        shown = volume[slices][:, rows, cols]
+        finite = shown[np.isfinite(shown)]
+        low, high = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+    else:
+        low, high = window
 
     height_mm = (volume[0, rows, cols].shape[0]) * spacing_zyx[1]
     width_mm = (volume[0, rows, cols].shape[1]) * spacing_zyx[2]
