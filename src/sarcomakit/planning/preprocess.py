@@ -178,7 +178,8 @@ def preprocess_case(images: dict[str, sitk.Image] | Case, plan: Plan, label: sit
         "shape_before_crop": list(reoriented.array_shape),
         "shape_after_crop": [int(n) for n in data.shape[1:]],
         "spacing_before_resampling": list(reoriented.array_spacing),
-        "class_voxels": _class_voxels(out_label) if out_label is not None else None,
+        "class_voxels": ({str(k): n for k, n in _class_voxels(out_label).items()}
+                         if out_label is not None else None),
     }
     return PreprocessedCase(case_id=case_id, data=out, label=out_label, geometry=geometry,
                             reference=reference, crop_bbox=bbox, properties=properties)
