@@ -14,51 +14,7 @@ from typer.testing import CliRunner
 from sarcomakit.cli.main import app
 from sarcomakit.data.manifest import Case, Manifest
 from sarcomakit.errors import UserInputError
-from sarcomakit.evaluation.metrics import segmentation_metrics
 from sarcomakit.evaluation.segmentation import evaluate_predictions
-
-SPACING_XYZ = (0.9, 0.8, 3.0)
-ORIGIN = (-10.0, 5.0, 20.0)
-SHAPE_ZYX = (12, 24, 28)
-
-
-def _image(array: np.ndarray, spacing=SPACING_XYZ, origin=ORIGIN) -> sitk.Image:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    return image
-
-
-def _ellipsoid(centre_zyx, radii_mm) -> np.ndarray:
-    spacing_zyx = SPACING_XYZ[::-1]
-    grids = np.meshgrid(*[np.arange(n) * s for n, s in zip(SHAPE_ZYX, spacing_zyx, strict=True)], indexing="ij")
-    return sum(((g - c * s) / r) ** 2 for g, c, s, r in zip(grids, centre_zyx, spacing_zyx, radii_mm,
-                                                           strict=True)) <= 1
-
-
-@pytest.fixture
-def cohort(tmp_path):
-    """Five cases: three good predictions, one on the wrong grid, one without prediction."""
-    images, labels, predictions = tmp_path / "images", tmp_path / "labels", tmp_path / "predictions"
-    for folder in (images, labels, predictions):
-        folder.mkdir()
-    rng = np.random.default_rng(0)
-    cases, expected = [], {}
-    for i in range(5):
-        case_id = f"case_{i:02d}"
-        reference = _ellipsoid((6, 12, 14), (9.0, 6.0, 7.0 + i)).astype(np.uint8)
-        prediction = np.roll(reference, i % 3, axis=2)
-        sitk.WriteImage(_image(rng.normal(size=SHAPE_ZYX).astype(np.float32)), str(images / f"{case_id}.nii.gz"))
-        sitk.WriteImage(_image(reference), str(labels / f"{case_id}.nii.gz"))
-        if i == 3:
-            sitk.WriteImage(_image(prediction, spacing=(0.9, 0.8, 2.0)), str(predictions / f"{case_id}.nii.gz"))
-        elif i != 4:
-            sitk.WriteImage(_image(prediction), str(predictions / f"{case_id}.nii.gz"))
-            expected[case_id] = segmentation_metrics(prediction > 0, reference > 0, SPACING_XYZ[::-1])
-        cases.append(Case(case_id=case_id, images={"T1": images / f"{case_id}.nii.gz"},
-                          label=labels / f"{case_id}.nii.gz", site="A" if i % 2 else "B"))
-    manifest_path = Manifest(channels=["T1"], cases=cases).save(tmp_path / "manifest.csv")
-    return {"root": tmp_path, "manifest": manifest_path, "predictions": predictions, "expected": expected}
 
 
 def test_evaluate_predictions_end_to_end(cohort):
@@ -98,12 +54,12 @@ def test_evaluate_predictions_end_to_end(cohort):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-def test_case_selection_and_json_nan_as_null(cohort):
+def test_case_selection_and_json_nan_as_null(cohort, make_image):
     out = cohort["root"] / "held_out"
     # Prediction equal to the reference except empty for one case: HD95 is undefined (NaN).
     empty = cohort["predictions"] / "case_02.nii.gz"
     array = sitk.GetArrayFromImage(sitk.ReadImage(str(empty))) * 0
-    sitk.WriteImage(_image(array), str(empty))
+    sitk.WriteImage(make_image(array), str(empty))
     result = evaluate_predictions(cohort["predictions"], Manifest.load(cohort["manifest"]), out,
                                   case_ids=["case_02"], show_progress=False, n_resamples=200)
     assert list(result.per_case.case_id) == ["case_02"]
@@ -125,15 +81,15 @@ def test_user_errors_name_the_problem(cohort, tmp_path):
         evaluate_predictions(empty_dir, cohort["manifest"], tmp_path / "o", show_progress=False)
 
 
-def test_multiple_labels_give_one_row_per_label(tmp_path):
-    reference = np.zeros(SHAPE_ZYX, np.uint8)
+def test_multiple_labels_give_one_row_per_label(tmp_path, make_image, grid_shape):
+    reference = np.zeros(grid_shape, np.uint8)
     reference[3:8, 5:15, 5:15] = 1
     reference[4:7, 8:12, 8:12] = 2  # necrotic core inside the tumour
     prediction = reference.copy()
     prediction[prediction == 2] = 1  # core missed
-    sitk.WriteImage(_image(reference), str(tmp_path / "ref.nii.gz"))
+    sitk.WriteImage(make_image(reference), str(tmp_path / "ref.nii.gz"))
     (tmp_path / "pred").mkdir()
-    sitk.WriteImage(_image(prediction), str(tmp_path / "pred" / "c1.nrrd"))
+    sitk.WriteImage(make_image(prediction), str(tmp_path / "pred" / "c1.nrrd"))
     manifest = Manifest(channels=["T1"], cases=[Case("c1", {"T1": tmp_path / "ref.nii.gz"}, tmp_path / "ref.nii.gz")],
                         labels={"background": 0, "tumour": 1, "necrosis": 2})
     result = evaluate_predictions(tmp_path / "pred", manifest, tmp_path / "out", show_progress=False,

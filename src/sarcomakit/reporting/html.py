@@ -142,7 +142,7 @@ def _render_figure(path: Path) -> str:
     if not path.is_file():
         raise UserInputError("figure not found.", path=path, fix="write the figure before the report.")
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    caption = _escape(path.stem.replace("_", " "))
+    caption = _escape(path.stem)
     return (f'<figure><img src="data:{mime};base64,{data}" alt="{caption}">'
             f"<figcaption>{caption}</figcaption></figure>")
 
@@ -155,7 +155,7 @@ def _render_metadata(metadata: dict[str, Any]) -> str:
 
 def _metadata_value(value: Any) -> str:
     if isinstance(value, numbers.Real) and not isinstance(value, bool | numbers.Integral):
-        return _format_number(float(value))
+        return f"{float(value):.6g}"
     if isinstance(value, list | tuple):
         return ", ".join(str(v) for v in value)
     return str(value)
