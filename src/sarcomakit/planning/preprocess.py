@@ -258,29 +258,38 @@ def restore_to_input_geometry(probabilities: np.ndarray,
     if probabilities.ndim != 4 or tuple(probabilities.shape[1:]) != tuple(geometry.array_shape):
         raise ValueError(f"probabilities of shape {probabilities.shape} do not fit the preprocessed grid "
                          f"(K, {', '.join(map(str, geometry.array_shape))})")
-    image = channels_to_image(probabilities, geometry)
+    # Background is resampled implicitly as 1 - sum(foreground): linear weights sum to one, so this
+    # equals resampling it, at the cost of one map less.
     target = reference.reference_image()
-    resampled = sitk.Resample(image, target, sitk.Transform(), sitk.sitkLinear, 0.0, image.GetPixelID(),
-                              True)  # nearest-neighbour extrapolation at the rim; the crop mask decides
-    out = image_to_channels(resampled)
-    inside = _crop_region(case, geometry, target)
-    out[:, ~inside] = 0.0
-    out[0, ~inside] = 1.0
+    foreground = probabilities[1:]
+    out = np.empty((probabilities.shape[0], *reference.array_shape), dtype=np.float32)
+    if foreground.shape[0]:
+        image = channels_to_image(foreground, geometry)
+        resampled = sitk.Resample(image, target, sitk.Transform(), sitk.sitkLinear, 0.0, image.GetPixelID(),
+                                  True)  # nearest-neighbour extrapolation at the rim; the crop mask decides
+        out[1:] = image_to_channels(resampled)
+    out[0] = 1.0 - out[1:].sum(axis=0)
+    outside = _outside_crop(case, geometry, target)
+    if outside is not None:
+        out[:, outside] = 0.0
+        out[0, outside] = 1.0
     return out
 
 
-def _crop_region(case: PreprocessedCase | tuple[Geometry, Geometry], geometry: Geometry,
-                 target: sitk.Image) -> np.ndarray:
-    """Boolean (z, y, x) mask on the reference grid of the voxels inside the crop."""
+def _outside_crop(case: PreprocessedCase | tuple[Geometry, Geometry], geometry: Geometry,
+                  target: sitk.Image) -> np.ndarray | None:
+    """Boolean (z, y, x) mask on the reference grid of the voxels outside the crop; None when there are none."""
     if isinstance(case, PreprocessedCase) and "reoriented_geometry" in case.properties:
         reoriented = Geometry.from_dict(case.properties["reoriented_geometry"])
+        if [list(b) for b in case.crop_bbox] == [[0, n] for n in reoriented.array_shape]:
+            return None
         box = np.zeros(reoriented.array_shape, dtype=np.uint8)
         box[bbox_slices(case.crop_bbox)] = 1
         source = reoriented.apply(sitk.GetImageFromArray(box))
     else:
         source = geometry.apply(sitk.GetImageFromArray(np.ones(geometry.array_shape, dtype=np.uint8)))
     mask = sitk.Resample(source, target, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return sitk.GetArrayViewFromImage(mask).astype(bool)
+    return sitk.GetArrayViewFromImage(mask) == 0
 
 
 def read_case_for_prediction(case: Case, plan: Plan) -> PreprocessedCase:
