@@ -54,8 +54,8 @@ def site_protocol(seed: int, site_index: int) -> SiteProtocol:
     return SiteProtocol(
         name=site_name(site_index),
         orientation=_SITE_ORIENTATIONS[site_index % len(_SITE_ORIENTATIONS)],
-        inplane_mm=rng.uniform(1.5, 2.3),
-        slice_mm=rng.uniform(5.0, 5.5) if thick else rng.uniform(2.7, 4.5),
+        inplane_mm=rng.uniform(1.7, 2.4),
+        slice_mm=rng.uniform(5.0, 5.5) if thick else rng.uniform(3.0, 4.5),
         mri_scale=(float(np.exp(rng.uniform(np.log(100), np.log(3000)))),
                    float(np.exp(rng.uniform(np.log(100), np.log(3000))))),
         noise_fraction=rng.uniform(0.02, 0.07),
@@ -126,14 +126,14 @@ def draw_acquisition(rng: np.random.Generator, scene: Scene, *, seed: int, n_sit
     limb = scene.limb
     low, high = scene.tumour.bounds_mm()
     z_extent = float(high[2] - low[2]) + 20.0
-    fov_z = float(np.clip(max(rng.uniform(120, 180), z_extent), 120, 200))
+    fov_z = float(np.clip(max(rng.uniform(120, 170), z_extent), 120, 200))
     slack = max((fov_z - z_extent) / 2, 0.0)
     z_centre = float((low[2] + high[2]) / 2 + rng.uniform(-slack, slack))
     angles = np.linspace(-np.pi, np.pi, 90, endpoint=False)
     limb_width = 2 * max(float(limb.outer_radius(angles, np.array(z)).max()) for z in (z_centre - fov_z / 2,
                                                                                          z_centre + fov_z / 2))
     tilt_shift = 2 * float(np.hypot(*limb.tilt)) * fov_z / 2
-    fov_xy = max(rng.uniform(140, 180), limb_width + tilt_shift + 8.0)
+    fov_xy = max(rng.uniform(140, 170), limb_width + tilt_shift + 8.0)
     axis = np.array(limb.centre) + np.array(limb.tilt) * z_centre
     centre = np.array([axis[0] + rng.uniform(-4, 4), axis[1] + rng.uniform(-4, 4), z_centre])
     extent = np.array([fov_xy, fov_xy, fov_z])
