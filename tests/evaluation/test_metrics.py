@@ -175,4 +175,4 @@ def test_fast_on_a_typical_volume():
     pred = ndimage.binary_dilation(ref, iterations=2) & (rng.random(ref.shape) > 0.01)
     start = time.perf_counter()
     segmentation_metrics(pred, ref, (3.0, 0.8, 0.8))
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 5.0  # about 0.2 s on one core; generous for shared machines

@@ -16,14 +16,14 @@ def register(app: typer.Typer) -> None:
         prediction_dir: Path = typer.Argument(..., help="Folder of predicted masks named {case_id}.nii.gz."),
         manifest: Path = typer.Argument(..., help="Cohort manifest (.csv or .json) with the reference labels."),
         out: Path | None = typer.Option(None, "--out", "-o",
-                                        help="Output folder [default: PREDICTION_DIR/evaluation]."),
+                                        help="Output folder (default: PREDICTION_DIR/evaluation)."),
         tolerance_mm: float = typer.Option(2.0, "--tolerance-mm", min=0.0,
                                            help="Surface Dice tolerance in mm."),
         label: list[int] | None = typer.Option(None, "--label",
-                                               help="Foreground label value to evaluate (repeatable) "
-                                                    "[default: every declared non-zero label]."),
+                                               help="Foreground label value to evaluate, repeat for several "
+                                                    "(default: every declared non-zero label)."),
         cases: str | None = typer.Option(None, "--cases",
-                                         help="Comma-separated case ids to evaluate [default: all cases]."),
+                                         help="Comma-separated case ids to evaluate (default: all cases)."),
         n_resamples: int = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap resamples for the CIs."),
         report: bool = typer.Option(False, "--report", help="Also write report.html with overlays of chosen cases."),
     ) -> None:
