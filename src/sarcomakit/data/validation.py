@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from rich.console import Console
@@ -314,9 +315,13 @@ def _geometry_differences(a: Geometry, b: Geometry) -> list[str]:
 
 
 def _read_voxels(path: Path, what: str, cid: str, out: _Collector) -> np.ndarray | None:
+    """Voxel values as stored. NIfTI goes through nibabel: ITK's NIfTI reader turns NaN/Inf into 0,
+    which would hide exactly what this check looks for (and silently corrupt the image downstream)."""
     try:
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            return np.asanyarray(nib.load(str(path)).dataobj)
         return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    except RuntimeError as exc:
+    except Exception as exc:  # nibabel/zlib/ITK raise many types for a damaged file; report, never stop
         out.error("unreadable_file", cid, f"{what} voxels cannot be read ({_reason(exc)}).",
                   "replace the file with a readable image (it may be truncated).", path)
         return None
@@ -351,8 +356,9 @@ def _check_case_files(case: Case, manifest: Manifest, out: _Collector, *, check_
                 n_inf = int(np.isinf(array).sum())
                 if n_nan or n_inf:
                     out.error("non_finite_voxels", cid,
-                              f"channel {channel} has {n_nan} NaN and {n_inf} infinite voxel(s).",
-                              "recompute the image, or replace the non-finite voxels (e.g. by 0) before "
+                              f"channel {channel} has {n_nan} NaN and {n_inf} infinite voxel(s) (SimpleITK "
+                              "reads NIfTI NaN/Inf as 0).",
+                              "recompute the image, or replace the non-finite voxels deliberately before "
                               "training.", path)
 
     header = _open(case.label, "label", cid, out, check_images=check_images)
