@@ -115,3 +115,28 @@ def test_shape_errors_are_reported():
         grade_metrics([0, 1], np.ones((3, 3)) / 3)
     with pytest.raises(ValueError, match="grade index"):
         grade_metrics([0, 5], np.ones((2, 3)) / 3)
+
+
+def test_roc_points_match_sklearn(tmp_path):
+    from sklearn.metrics import roc_curve
+
+    from sarcomakit.evaluation.figures_clinical import roc_points
+
+    y, proba = predictions(80, 6)
+    fpr, tpr = roc_points(y == 2, proba[:, 2])
+    expected_fpr, expected_tpr, _ = roc_curve(y == 2, proba[:, 2], drop_intermediate=False)
+    np.testing.assert_allclose(fpr, expected_fpr)
+    np.testing.assert_allclose(tpr, expected_tpr)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(y == 2, proba[:, 2]))
+
+
+def test_roc_and_reliability_figures_are_written(tmp_path):
+    from sarcomakit.evaluation.figures_clinical import plot_reliability_diagram, plot_roc_curves
+
+    y, proba = predictions(60, 7)
+    grades = np.array(["low", "intermediate", "high"], dtype=object)[y].tolist()
+    grades[0] = None
+    for path in (plot_roc_curves(grades, proba, tmp_path / "roc.png"),
+                 plot_reliability_diagram(y, proba, tmp_path / "figures" / "reliability.png")):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["figures", "reliability.png", "roc.png"]

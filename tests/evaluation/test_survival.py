@@ -179,3 +179,14 @@ def test_survival_metrics_without_reference_and_with_bad_inputs():
         harrell_c_index(-time, event, risk)
     with pytest.raises(ValueError, match="0 \\(censored\\)"):
         harrell_c_index(time, event * 2, risk)
+
+
+def test_kaplan_meier_figure_is_written(tmp_path):
+    from sarcomakit.evaluation.figures_clinical import plot_kaplan_meier
+
+    time, event, risk = cohort(50, seed=4)
+    path = plot_kaplan_meier(time, event, risk, tmp_path / "km.png", cutoff=0.0)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one group only (cutoff above every risk) still draws, with the p-value marked n/a
+    assert plot_kaplan_meier(time, event, risk, tmp_path / "one.png", cutoff=99.0).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["km.png", "one.png"]
