@@ -148,8 +148,8 @@ def _liposarcoma_concentrations(rng: np.random.Generator, period: int,
     haem = np.full((period, period), 0.08, np.float32)
     vacuoles = np.zeros((period, period), np.float32)
     area_um2 = (period * mpp) ** 2
-    count = int(0.75 * area_um2 / (np.pi * 24.0**2))
-    radius = rng.uniform(12.0, 40.0, count)
+    count = int(0.6 * area_um2 / (np.pi * 21.0**2))
+    radius = rng.uniform(10.0, 32.0, count)
     radii = np.stack([radius, radius * rng.uniform(0.8, 1.0, count)], axis=1)
     _stamp_ellipses(vacuoles, rng, count, radii, rng.uniform(-np.pi, np.pi, count), np.ones(count), mpp)
     # Shrink each vacuole by a septum width so that neighbours stay separated by pink membranes.
@@ -271,7 +271,7 @@ def _tissue_layout(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarr
 def _pen_strokes(rng: np.random.Generator, shape: tuple[int, int], count: int) -> list[np.ndarray]:
     """Curved marker strokes (quadratic Bezier curves stamped with disks)."""
     height, width = shape
-    radius = max(2.0, 0.008 * max(shape))
+    radius = max(2.0, 0.012 * max(shape))
     strokes = []
     for _ in range(count):
         points = np.array([[rng.uniform(0.05, 0.95) * height, rng.uniform(0.03, 0.3) * width],
@@ -411,7 +411,7 @@ def write_synthetic_slide(path: str | Path, *, subtype: str, size: tuple[int, in
     tumour_field = _smooth_field(rng, layout_shape, 6)
     threshold = np.quantile(tumour_field[tissue], 1.0 - tumour_fraction) if tissue.any() else np.inf
     tumour = tissue & (tumour_field >= threshold)
-    strokes = _pen_strokes(rng, layout_shape, count=int(rng.integers(2, 4)))
+    strokes = _pen_strokes(rng, layout_shape, count=int(rng.integers(1, 3)))
     dust = _dust(rng, layout_shape, count=25) & ~tissue
     classes = np.full(layout_shape, BACKGROUND, np.uint8)
     classes[tissue] = STROMA
