@@ -43,12 +43,13 @@ def register(app: typer.Typer) -> None:
                                       labels=label or None, case_ids=case_ids, n_resamples=n_resamples)
         console = Console()
         result.print(console)
-        console.print(f"Wrote {out_dir / 'metrics_per_case.csv'}, summary.json and metrics.png.", highlight=False)
+        console.print(f"Wrote {out_dir / 'metrics_per_case.csv'}, summary.json and metrics.png.", highlight=False,
+                      soft_wrap=True)
         if report:
             from sarcomakit.reporting.segmentation_report import write_segmentation_report
 
             path = write_segmentation_report(result, cohort, prediction_dir, out_dir / "report.html",
                                              metadata={"tolerance (mm)": tolerance_mm})
-            console.print(f"Wrote {path}", highlight=False)
+            console.print(f"Wrote {path}", highlight=False, soft_wrap=True)
         if result.failures:
             raise typer.Exit(1)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sarcomakit.cohort_runner import run_per_case
@@ -105,17 +106,17 @@ class SegmentationEvaluation:
         for name in ("n", "mean", "sd", "median", "95% CI"):
             table.add_column(name, justify="right")
         for row in summary.itertuples(index=False):
-            cells = [row.label] if show_label else []
+            cells = [escape(str(row.label))] if show_label else []
             cells += [row.metric, str(row.n), _fmt(row.mean), _fmt(row.sd), _fmt(row.median),
                       f"{_fmt(row.ci95_low)} to {_fmt(row.ci95_high)}"]
             table.add_row(*cells)
         console.print(table)
         if self.missing:
             shown = ", ".join(list(self.missing)[:8]) + (" ..." if len(self.missing) > 8 else "")
-            console.print(f"{len(self.missing)} case(s) not evaluated (no prediction or no label): {shown}",
+            console.print(f"{len(self.missing)} case(s) not evaluated (no prediction or no label): {escape(shown)}",
                           highlight=False)
         for case_id, message in self.failures.items():
-            console.print(f"[red]failed[/red] {case_id}: {message}", highlight=False, soft_wrap=True)
+            console.print(f"[red]failed[/red] {escape(case_id)}: {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def evaluate_predictions(prediction_dir: str | Path, manifest: Manifest | str | Path, out_dir: str | Path, *,
