@@ -77,10 +77,11 @@ def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: 
     for ax, z in zip(axes, slices, strict=True):
         ax.imshow(volume[z, rows, cols], cmap="gray", vmin=low, vmax=high, interpolation="nearest",
                   aspect=spacing_zyx[1] / spacing_zyx[2])
-        for name, colour in (("reference", REFERENCE_COLOUR), ("prediction", PREDICTION_COLOUR)):
+        # The reference is drawn wider underneath, so it stays visible where the contours coincide.
+        for name, colour, width in (("reference", REFERENCE_COLOUR, 2.2), ("prediction", PREDICTION_COLOUR, 1.2)):
             mask = masks[name]
             if mask is not None and mask[z, rows, cols].any():
-                ax.contour(mask[z, rows, cols].astype(float), levels=[0.5], colors=colour, linewidths=1.4)
+                ax.contour(mask[z, rows, cols].astype(float), levels=[0.5], colors=colour, linewidths=width)
         ax.set_title(f"axial slice {z + 1}/{volume.shape[0]}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
