@@ -229,3 +229,41 @@ def test_cli_import_dicom(tmp_path, dicom):
     result = runner.invoke(app, ["import", "dicom", str(tmp_path / "dicom"), str(tmp_path / "out2"),
                                  "--roi", "GTV_Mass"])
     assert result.exit_code == 2 and "Tumour" in result.output
+
+
+REAL_SCANS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "radiology"
+
+
+@pytest.mark.skipif(not (REAL_SCANS / "brain1_image.nrrd").is_file(), reason="real sample scans not present")
+def test_real_mri_through_dicom_and_rtstruct_round_trip(tmp_path, dicom):
+    """A real brain MRI and its tumour mask, written as DICOM + RTSTRUCT, come back voxel for voxel.
+
+    The scan's direction has a flipped y axis, so the DICOM slice normal (row x column) points to -z:
+    the importer must sort slices against the order they were written in.
+    """
+    from skimage.measure import find_contours
+
+    source = sitk.ReadImage(str(REAL_SCANS / "brain1_image.nrrd"))
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(REAL_SCANS / "brain1_label.nrrd"))).astype(bool)
+    values = sitk.GetArrayFromImage(source)
+    direction = np.reshape(source.GetDirection(), (3, 3))
+    series = dicom.write_series(tmp_path / "dicom", values, modality="MR", spacing=source.GetSpacing(),
+                                origin=source.GetOrigin(), direction=direction, description="T1 AX")
+    contours = []
+    for k in np.flatnonzero(label.any(axis=(1, 2))):
+        for outline in find_contours(np.pad(label[k], 1).astype(float), 0.5):
+            yx = outline - 1  # undo the padding
+            index = np.column_stack([yx[:, 1], yx[:, 0], np.full(len(yx), k)]) * np.asarray(series.spacing)
+            contours.append(series.origin + index @ direction.T)
+    dicom.write_rtstruct(tmp_path / "dicom" / "rs.dcm", series, {"GTV_Mass": contours})
+
+    manifest = import_dicom(tmp_path / "dicom", tmp_path / "out", channel_map={"T1": "T1"}, show_progress=False)
+
+    image, imported = _read(manifest.cases[0].images["T1"])
+    _, mask = _read(manifest.cases[0].label)
+    np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)), np.diag([1.0, -1.0, -1.0]), atol=1e-6)
+    top = np.asarray(source.TransformIndexToPhysicalPoint((0, 0, values.shape[0] - 1)))
+    np.testing.assert_allclose(image.GetOrigin(), top, atol=1e-3)
+    np.testing.assert_array_equal(imported[::-1], values)
+    np.testing.assert_array_equal(mask[::-1].astype(bool), label)
+    assert validate_manifest(manifest).ok

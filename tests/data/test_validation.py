@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
-from sarcomakit.data.manifest import Manifest
+from sarcomakit.data.manifest import Case, Manifest
 from sarcomakit.data.validation import validate_manifest
 
 SHAPE = (8, 16, 16)
@@ -241,3 +242,27 @@ def test_cli_exit_codes_and_json_report(nifti_cohort, volume_writer, tmp_path):
 
     result = runner.invoke(app, ["validate", str(tmp_path / "nope.csv")])
     assert result.exit_code == 2 and "manifest not found" in result.output
+
+
+def test_label_map_without_background_or_with_repeats(nifti_cohort):
+    manifest = nifti_cohort()
+    manifest.labels = {"tumour": 1, "oedema": 1}
+    issues = _issues(validate_manifest(manifest, check_images=False), "labels_declaration")
+    assert len(issues) == 2 and any("no background" in i.message for i in issues)
+
+
+REAL_SCANS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "radiology"
+
+
+@pytest.mark.skipif(not (REAL_SCANS / "brain1_image.nrrd").is_file(), reason="real sample scans not present")
+def test_real_scans(tmp_path):
+    """Real NRRD scans validate cleanly; a mask from another scan is caught with its values."""
+    manifest = Manifest(channels=["image"], cases=[
+        Case("brain1", {"image": REAL_SCANS / "brain1_image.nrrd"}, REAL_SCANS / "brain1_label.nrrd"),
+        Case("lung1", {"image": REAL_SCANS / "lung1_image.nrrd"}, REAL_SCANS / "lung1_label.nrrd"),
+        Case("mixed", {"image": REAL_SCANS / "brain1_image.nrrd"}, REAL_SCANS / "lung1_label.nrrd"),
+    ])
+    report = validate_manifest(manifest)
+    [issue] = report.issues
+    assert issue.check == "label_geometry_mismatch" and issue.case_id == "mixed"
+    assert "shape (512, 512, 48) vs (256, 256, 25)" in issue.message and "spacing (0.5703, 0.5703, 5)" in issue.message

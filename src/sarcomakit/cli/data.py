@@ -83,7 +83,13 @@ def import_dicom_command(
     channel_map: Path = typer.Option(None, "--channel-map", help="JSON file {channel: pattern}."),
     no_suv: bool = typer.Option(False, "--no-suv", help="Keep PET in Bq/ml instead of SUV."),
 ) -> None:
-    """Convert DICOM series to NIfTI and rasterise an RTSTRUCT ROI as the label, one case per patient."""
+    """Convert DICOM series to NIfTI and rasterise an RTSTRUCT ROI as the label, one case per patient.
+
+    A channel pattern matches a series whose Modality equals it or whose SeriesDescription contains it
+    (regular expression, any case); prefix it with 'modality:' or 'description:' to test only one.
+    Default channels: CT, PET (Modality PT) and MR, by Modality. Channels on another grid than the
+    contoured series are resampled onto it.
+    """
     from sarcomakit.data.importers.dicom import import_dicom
 
     manifest = import_dicom(dicom_dir, out_dir, roi_name=roi, channel_map=_channel_map(channel, channel_map),
@@ -98,7 +104,14 @@ def import_table_command(
     mapping: Path = typer.Option(..., "--mapping", help="JSON mapping: id_column, images, label, grade, "
                                  "survival_time, event, site, fold, keep."),
 ) -> None:
-    """Import a plain table of image paths and clinical columns."""
+    """Import a plain table of image paths and clinical columns.
+
+    The mapping is JSON, e.g. {"id_column": "Patient ID", "images": {"T1": "t1_path", "T2FS": "t2fs_path"},
+    "label": "mask_path", "grade": {"column": "Grade", "map": {"G1": "low", "G2": "intermediate", "G3": "high"}},
+    "survival_time": {"column": "Days to last follow-up", "unit": "days"},
+    "event": {"column": "Vital status", "map": {"D": 1, "NED": 0, "AWD": 0}}, "site": "Centre", "fold": "Fold",
+    "keep": ["Age"]}. Image paths are relative to the table's folder.
+    """
     from sarcomakit.data.importers.table import import_table, load_table_mapping
 
     spec = load_table_mapping(mapping)
@@ -115,7 +128,11 @@ def import_clinical_command(
     mapping: Path = typer.Option(..., "--mapping", help="JSON mapping (id_column, grade, survival_time, event, "
                                  "site, fold, keep)."),
 ) -> None:
-    """Merge a hospital's clinical table (grade, survival, status) into a manifest."""
+    """Merge a hospital's clinical table (grade, survival, status) into a manifest.
+
+    Rows match cases by the mapping's id_column (also after making ids file-name safe, as the DICOM
+    importer does with PatientID). The mapping format is that of 'import table' without images/label.
+    """
     from sarcomakit.data.importers.table import load_table_mapping, merge_clinical
 
     merged = merge_clinical(Manifest.load(manifest_path), table, load_table_mapping(mapping))

@@ -278,7 +278,7 @@ def _open(path: Path | None, what: str, cid: str, out: _Collector, *, check_imag
         return None
     try:
         header = _read_header(path)
-    except RuntimeError as exc:
+    except Exception as exc:  # ITK raises RuntimeError, but nothing about one file may stop the others
         out.error("unreadable_file", cid, f"{what} cannot be read as an image ({_reason(exc)}).",
                   "replace the file with a readable NIfTI/NRRD/MHA image.", path)
         return None

@@ -5,6 +5,22 @@
 - :func:`import_dicom`: DICOM studies with an RTSTRUCT, converted to NIfTI with the ROI as label;
 - :func:`import_table`: a CSV/XLSX with one image path per channel;
 - :func:`merge_clinical`: a hospital's clinical spreadsheet merged into an existing manifest.
+
+Importing a TCIA-style sarcoma collection (MR T1/T2FS and PET/CT studies with RTSTRUCT contours
+named ``GTV_Mass``, plus a clinical spreadsheet)::
+
+    sarcomakit import dicom STS_DICOM/ sts/ --roi GTV_Mass \
+        --channel 'T1=description:T1' --channel 'T2FS=description:STIR|T2.*FS' \
+        --channel 'PET=modality:PT' --channel 'CT=modality:CT'
+    sarcomakit import clinical sts/manifest.csv clinical.xlsx sts/manifest_clinical.csv --mapping map.json
+    sarcomakit validate sts/manifest_clinical.csv
+
+with ``map.json`` such as ``{"id_column": "Patient ID", "grade": {"column": "Grade", "map": {"G1": "low",
+"G2": "intermediate", "G3": "high"}}, "survival_time": {"column": "Days to last follow-up"},
+"event": {"column": "Status", "map": {"D": 1, "NED": 0, "AWD": 0}}}``. Channels from a study with
+another frame of reference than the contoured series (MR vs PET/CT) are resampled by scanner
+coordinates and flagged in the manifest's ``unregistered`` column: register them first when they
+must overlap voxel for voxel.
 """
 
 from sarcomakit.data.importers.dicom import import_dicom, scan_dicom_folder

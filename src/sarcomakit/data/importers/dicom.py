@@ -85,7 +85,6 @@ class Series:
     frame_of_reference: str
     instances: list[Instance] = field(default_factory=list)
     is_localizer: bool = False
-    multiframe: bool = False
 
     @property
     def sop_uids(self) -> set[str]:
@@ -99,6 +98,7 @@ class DicomIndex:
     series: dict[str, Series] = field(default_factory=dict)
     structures: list[StructureSet] = field(default_factory=list)
     unreadable: int = 0
+    multiframe: int = 0  # enhanced multi-frame image files, which this importer does not convert
 
     def patients(self) -> list[str]:
         ids = {s.patient_id for s in self.series.values()}
@@ -126,7 +126,12 @@ def scan_dicom_folder(folder: str | Path) -> DicomIndex:
         if modality == "RTSTRUCT":
             index.structures.append(read_structure_set(path, ds))
             continue
-        if modality in NON_IMAGE_MODALITIES or "ImagePositionPatient" not in ds or "PixelSpacing" not in ds:
+        if modality in NON_IMAGE_MODALITIES:
+            continue
+        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+            index.multiframe += 1
+            continue
+        if "ImagePositionPatient" not in ds or "PixelSpacing" not in ds:
             continue
         uid = str(getattr(ds, "SeriesInstanceUID", ""))
         series = index.series.get(uid)
@@ -138,7 +143,6 @@ def scan_dicom_folder(folder: str | Path) -> DicomIndex:
             index.series[uid] = series
         image_type = [str(v).upper() for v in getattr(ds, "ImageType", [])]
         series.is_localizer |= "LOCALIZER" in image_type
-        series.multiframe |= int(getattr(ds, "NumberOfFrames", 1) or 1) > 1
         series.instances.append(Instance(
             path=path, sop_uid=str(getattr(ds, "SOPInstanceUID", "")),
             position=np.asarray([float(v) for v in ds.ImagePositionPatient]),
@@ -268,10 +272,6 @@ def series_to_image(series: Series, *, suv: bool = True) -> tuple[sitk.Image, di
         The image (int16 when the values are integers that fit, else float32) and notes about it
         (``pet_units`` for PET).
     """
-    if series.multiframe:
-        raise UserInputError(f"series '{series.description}' is a multi-frame (enhanced) DICOM object, "
-                             "not supported.", path=series.instances[0].path,
-                             fix="convert it to single-frame files (e.g. with dcm2niix or emf2sf).")
     instances, geometry = series_geometry(series)
     volume = np.stack([_slice_values(i.path) for i in instances])
     notes: dict[str, str] = {}
@@ -445,9 +445,14 @@ def import_dicom(dicom_dir: str | Path, out_dir: str | Path, roi_name: str = "GT
             raise UserInputError(f"channel '{channel}' has an invalid pattern '{pattern}' ({exc}).",
                                  fix="write a Python regular expression.") from exc
     index = scan_dicom_folder(root)
+    if index.multiframe:
+        log.warning("%s: %d enhanced multi-frame file(s) skipped (not supported; convert them to single-frame "
+                    "files, e.g. with dcm2niix or dcmtk's emf2sf)", root, index.multiframe)
     if not index.series:
-        raise UserInputError(f"holds no DICOM image series ({index.unreadable} file(s) were not DICOM).",
-                             path=root, fix="point at the folder with the exported DICOM studies.")
+        raise UserInputError(f"holds no single-frame DICOM image series ({index.unreadable} file(s) were not "
+                             f"DICOM, {index.multiframe} enhanced multi-frame file(s) are not supported).",
+                             path=root, fix="point at the folder with the exported DICOM studies (convert "
+                             "multi-frame objects to single-frame files first).")
 
     def convert(patient: _Patient) -> Case:
         return _import_patient(patient, out_dir=out, roi_name=roi_name, channel_map=channel_map, suv=suv)

@@ -67,7 +67,7 @@ class ClinicalMapping:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: Path | None = None) -> ClinicalMapping:
-        """Parse the clinical part of a mapping (``grade``, ``survival_time``, ``event``, ``site``, ``fold``, ``keep``)."""
+        """Parse the clinical keys of a mapping: grade, survival_time, event, site, fold, keep."""
         grade = _field(data.get("grade"), "grade", where)
         time = _field(data.get("survival_time"), "survival_time", where)
         event = _field(data.get("event"), "event", where)
@@ -167,7 +167,8 @@ def load_table_mapping(path: str | Path) -> TableMapping:
     """Read a mapping file (``.json``, or ``.yaml``/``.yml`` when PyYAML is installed)."""
     p = Path(path)
     if not p.is_file():
-        raise UserInputError("mapping file not found.", path=p, fix="give a JSON mapping file (see 'import table --help').")
+        raise UserInputError("mapping file not found.", path=p,
+                             fix="give a JSON mapping file (format in 'sarcomakit import table --help').")
     text = p.read_text(encoding="utf-8-sig")
     if p.suffix.lower() in (".yaml", ".yml"):
         try:
@@ -243,9 +244,12 @@ def import_table(table: str | Path, image_columns: dict[str, str], *, label_colu
     path = Path(table)
     frame = read_table(path)
     if not image_columns:
-        raise UserInputError("no image columns given.", path=path, fix='map channels to columns, e.g. {"T1": "t1_path"}.')
-    mapping = clinical_map if isinstance(clinical_map, ClinicalMapping) else \
-        ClinicalMapping.from_dict(clinical_map or {}, path)
+        raise UserInputError("no image columns given.", path=path,
+                             fix='map channels to columns, e.g. {"T1": "t1_path"}.')
+    if isinstance(clinical_map, ClinicalMapping):
+        mapping = clinical_map
+    else:
+        mapping = ClinicalMapping.from_dict(clinical_map or {}, path)
     needed = [id_column, *image_columns.values(), *([label_column] if label_column else []), *mapping.columns]
     _require_columns(frame, needed, path)
     rows = []
