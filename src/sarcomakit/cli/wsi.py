@@ -58,7 +58,7 @@ def tile_command(
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     target_mpp: float = typer.Option(0.5, "--target-mpp", help="Microns per pixel of the tiles."),
     tile_size: int = typer.Option(224, "--tile-size", help="Tile side in pixels at --target-mpp."),
-    overlap: int = typer.Option(0, "--overlap", help="Overlap between tiles in pixels at --target-mpp."),
+    overlap: float = typer.Option(0.0, "--overlap", help="Fraction of a tile shared with its neighbour."),
     min_tissue: float = typer.Option(0.5, "--min-tissue", help="Minimum tissue fraction of a kept tile."),
     mpp: float = typer.Option(None, "--mpp", help="Level-0 microns per pixel for slides without metadata."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo slides already tiled."),

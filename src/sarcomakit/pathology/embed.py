@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader
 
 from sarcomakit.cohort_runner import CohortResult, run_per_case
 from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import atomic_path
 from sarcomakit.pathology.encoders import PatchEncoder
 from sarcomakit.pathology.slide_manifest import SlideManifest, SlideRecord
 
@@ -119,11 +118,9 @@ def embed_slide(slide_path: str | Path, tiles: Any, encoder: PatchEncoder, out_h
     features = encode_tiles(loader, encoder, device)
     attrs = {"encoder": encoder.name, "embed_dim": encoder.embed_dim, "input_size": encoder.input_size,
              "patch_size": int(grid.tile_size), "patch_level": int(grid.level),
-             "target_mpp": float(grid.target_mpp), "size_level0": float(np.mean(grid.size_level0)),
+             "target_mpp": float(grid.target_mpp), "size_level0": int(grid.size_level0),
              "slide_path": str(slide_path)}
-    with atomic_path(out_h5) as tmp:
-        h5io.save_features(tmp, features, coords, attrs)
-    return Path(out_h5)
+    return h5io.save_features(out_h5, features, coords, attrs)  # written atomically
 
 
 @dataclass

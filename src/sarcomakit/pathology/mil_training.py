@@ -196,7 +196,7 @@ def train_mil(bags: Sequence[torch.Tensor], labels: Sequence[int], n_classes: in
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            running += float(loss)
+            running += loss.item()
         record = {"epoch": epoch, "train_loss": running / len(order)}
         if len(val_bags):
             record["val_loss"] = evaluate_loss(model, val_bags, val_labels, device)
@@ -308,9 +308,10 @@ def make_patient_folds(manifest: SlideManifest, n_folds: int = 5, seed: int = 0)
 def _inner_split(ids: list[str], labels: list[int], patients: list[str], fraction: float,
                  seed: int) -> tuple[list[int], list[int]]:
     """Indices (train, validation) of a patient-grouped, stratified split for early stopping."""
-    n_splits = max(2, round(1 / fraction)) if fraction > 0 else 0
     counts = np.bincount(labels)
-    if n_splits == 0 or len(set(patients)) < n_splits or counts[counts > 0].min() < 2:
+    # As many splits as 1 / fraction asks, but no more than the smallest class can stratify.
+    n_splits = min(round(1 / fraction), int(counts[counts > 0].min())) if fraction > 0 else 0
+    if n_splits < 2 or len(set(patients)) < n_splits:
         return list(range(len(ids))), []
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     train_idx, val_idx = next(splitter.split(np.zeros(len(ids)), labels, patients))

@@ -35,11 +35,12 @@ COORDS, THUMBNAILS, FEATURES, SSL, MIL, HEATMAPS, CLUSTERS = (
 
 @dataclass
 class TilingOptions:
-    """Tiling parameters: physical resolution, tile size, overlap, tissue threshold, fallback mpp."""
+    """Tiling parameters: physical resolution, tile size, overlap (fraction of a tile), tissue threshold,
+    and the level-0 mpp for slides without resolution metadata."""
 
     target_mpp: float = 0.5
     tile_size: int = 224
-    overlap: int = 0
+    overlap: float = 0.0
     min_tissue: float = 0.5
     mpp: float | None = None
 
@@ -59,12 +60,13 @@ def tile_slide_to_folder(slide: SlideRecord, work_dir: Path, options: TilingOpti
         tissue = detect_tissue(reader)
         grid = tile_slide(reader, target_mpp=options.target_mpp, tile_size=options.tile_size,
                           overlap=options.overlap, min_tissue=options.min_tissue, tissue=tissue)
-        save_thumbnail_with_grid(reader, grid, work_dir / THUMBNAILS / f"{slide.slide_id}.png")
+        save_thumbnail_with_grid(reader, grid, work_dir / THUMBNAILS / f"{slide.slide_id}.png", max_size=1024,
+                                 tissue=tissue)
     if len(grid.coords) == 0:
         raise UserInputError(f"no tissue found in slide {slide.slide_id!r} (0 tiles above "
                              f"{options.min_tissue:.0%} tissue).", path=slide.path,
                              fix="check the thumbnail, or lower --min-tissue.")
-    save_coords(work_dir / COORDS / f"{slide.slide_id}.h5", grid)
+    save_coords(work_dir / COORDS / f"{slide.slide_id}.h5", grid, slide_name=slide.slide_id)
     return int(len(grid.coords))
 
 
