@@ -28,7 +28,7 @@ wsi-demo: $(VENV)/.stamp-base
 	$(VENV)/bin/sarcomakit wsi demo
 
 test: $(VENV)/.stamp-dev
-	$(PY) -m pytest -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
 
 lint: $(VENV)/.stamp-dev
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -32,7 +32,7 @@ def test_training_reduces_loss_resumes_and_predicts_on_input_geometry(tiny_cohor
     result = train(tiny_cohort, plan, run_dir, folds=(0,), config=CONFIG)[0]
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < losses[0] * 0.8, losses
-    assert result.best_dice > 0.3
+    assert result.score_name == "val_dice" and result.best_score > 0.3
     run = RunFolder.open(run_dir)
     assert set(run.trained_folds()) == {0} and (run_dir / "fold_0" / "history.csv").is_file()
     assert len(run.splits()) == 3

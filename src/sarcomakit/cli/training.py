@@ -51,7 +51,7 @@ def train_command(
     results = train(Manifest.load(manifest), Plan.load(plan), run_dir, folds=_folds(fold, config.n_folds),
                     config=config, resume=resume, preprocessed_dir=preprocessed, console=console)
     for k, result in results.items():
-        console.print(f"fold {k}: best validation Dice {result.best_dice:.3f} at epoch {result.best_epoch}; "
+        console.print(f"fold {k}: best {result.score_name} {result.best_score:.3f} at epoch {result.best_epoch}; "
                       f"checkpoints in {result.fold_dir}")
 
 

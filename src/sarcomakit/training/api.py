@@ -14,6 +14,7 @@ from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_cohort
 from sarcomakit.training.config import TrainConfig
 from sarcomakit.training.engine import FoldResult, train_fold
 from sarcomakit.training.run import RunFolder
+from sarcomakit.training.tasks import build_task
 
 
 def load_preprocessed(folder: Path, case_ids: Sequence[str]) -> list[PreprocessedCase]:
@@ -60,6 +61,6 @@ def train(manifest: Manifest, plan: Plan, run_dir: str | Path, *, folds: Sequenc
         val_ids = [c for c in splits[fold]["val"] if c in usable]
         console.print(f"fold {fold}: {len(train_ids)} training and {len(val_ids)} validation cases")
         results[fold] = train_fold(load_preprocessed(cache, train_ids), load_preprocessed(cache, val_ids), plan,
-                                   config, run.fold_dir(fold), resume=resume, time_limit_s=time_limit_s,
-                                   console=console)
+                                   config, run.fold_dir(fold), task=build_task(config, manifest),
+                                   resume=resume, time_limit_s=time_limit_s, console=console)
     return results

@@ -20,6 +20,8 @@ class TrainConfig(BaseModel):
     forced to contain foreground), scaled down to epochs of 50 iterations.
     """
 
+    task: str = "segmentation"
+    task_options: dict[str, Any] = Field(default_factory=dict)
     network: str = "resunet"
     network_options: dict[str, Any] = Field(default_factory=dict)
     epochs: int = Field(100, ge=1)
