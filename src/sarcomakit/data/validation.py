@@ -102,6 +102,15 @@ class ValidationReport:
                 "n_cases": self.n_cases, "n_errors": len(self.errors), "n_warnings": len(self.warnings),
                 "issues": [i.to_dict() for i in self.issues]}
 
+    def _shown(self, path: Path) -> str:
+        """A path as short as it can be shown: relative to the manifest's folder when inside it."""
+        if self.source is not None:
+            try:
+                return str(path.resolve().relative_to(self.source.parent.resolve()))
+            except ValueError:
+                pass
+        return str(path)
+
     def print(self, console: Console | None = None) -> None:
         """Print the problems as a table (errors first), then a one-line summary."""
         console = console or Console()
@@ -112,7 +121,7 @@ class ValidationReport:
             ordered = sorted(self.issues, key=lambda i: (i.severity != "error",))
             for issue in ordered:
                 colour = "red" if issue.severity == "error" else "yellow"
-                problem = issue.message if issue.path is None else f"{issue.path}: {issue.message}"
+                problem = issue.message if issue.path is None else f"{self._shown(issue.path)}: {issue.message}"
                 table.add_row(f"[{colour}]{issue.severity}[/{colour}]", issue.case_id or "(cohort)",
                               problem, issue.fix)
             console.print(table)

@@ -17,7 +17,8 @@ Steps, per patient (one case per PatientID, made file-name safe):
    (body weight), noted in ``extra["pet_units"]``.
 4. **Rasterise** ROI ``roi_name`` of the patient's RTSTRUCT on the series it references
    (RTReferencedSeriesSequence, else the series holding its referenced images, else the series of its
-   frame of reference); see :mod:`sarcomakit.data.importers.rtstruct`.
+   frame of reference); see :mod:`sarcomakit.data.importers.rtstruct`. When several structure
+   sets hold the ROI, the one drawn on the earliest channel of ``channel_map`` is used.
 5. **One grid per case**: channels on another grid than the contoured series are resampled onto
    it (linear), listed in ``extra["resampled"]``; channels from another frame of reference (not
    registered to the contoured series) are listed in ``extra["unregistered"]``.
@@ -217,7 +218,10 @@ def series_geometry(series: Series) -> tuple[list[Instance], Geometry]:
 
 
 def _slice_values(path: Path) -> np.ndarray:
-    """Modality values (stored values x RescaleSlope + RescaleIntercept) of one slice, float32 (rows, cols)."""
+    """Modality values of one slice (rows, cols): stored values x RescaleSlope + RescaleIntercept.
+
+    Integer results (slope 1, whole intercept: CT in HU, most MR) stay int32; others are float32.
+    """
     ds = pydicom.dcmread(path)
     try:
         stored = ds.pixel_array
@@ -225,7 +229,13 @@ def _slice_values(path: Path) -> np.ndarray:
         # A transfer syntax pydicom has no decoder for here; GDCM (inside SimpleITK) decodes it and
         # applies RescaleSlope/Intercept itself.
         return sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32))[0]
-    return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    if "ModalityLUTSequence" in ds:  # a look-up table instead of a linear rescale (rare)
+        return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    if slope == 1.0 and intercept.is_integer():
+        return stored.astype(np.int32) + int(intercept)
+    return stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
 def _seconds(value: str) -> float:
@@ -269,22 +279,26 @@ def series_to_image(series: Series, *, suv: bool = True) -> tuple[sitk.Image, di
     """Convert one series to a 3D image with its DICOM geometry.
 
     Returns:
-        The image (int16 when the values are integers that fit, else float32) and notes about it
+        The image (int16 or int32 when the values are integers, else float32) and notes about it
         (``pet_units`` for PET).
     """
     instances, geometry = series_geometry(series)
-    volume = np.stack([_slice_values(i.path) for i in instances])
+    slices = [_slice_values(i.path) for i in instances]
+    if all(np.issubdtype(v.dtype, np.integer) for v in slices):
+        volume = np.stack(slices)
+        if volume.min() >= np.iinfo(np.int16).min and volume.max() <= np.iinfo(np.int16).max:
+            volume = volume.astype(np.int16)
+    else:
+        volume = np.stack([v.astype(np.float32, copy=False) for v in slices])
     notes: dict[str, str] = {}
     if series.modality == "PT":
         header = pydicom.dcmread(instances[0].path, stop_before_pixels=True)
         factor = suv_factor(header) if suv else None
         if factor is not None:
-            volume = volume * np.float32(factor)
+            volume = volume.astype(np.float32) * np.float32(factor)
             notes["pet_units"] = "SUVbw"
         else:
             notes["pet_units"] = str(getattr(header, "Units", "unknown"))
-    if np.array_equal(volume, np.round(volume)) and volume.min() >= -32768 and volume.max() <= 32767:
-        volume = volume.astype(np.int16)
     image = sitk.GetImageFromArray(volume)
     geometry.apply(image)
     return image, notes
@@ -383,16 +397,15 @@ def _import_patient(patient: _Patient, *, out_dir: Path, roi_name: str, channel_
         log.warning("patient %s: channels %s are in another frame of reference than the contoured series; "
                     "resampled by scanner coordinates without registration", patient.patient_id, unregistered)
 
+    # rasterise before writing anything, so that a failing case leaves no files behind
+    mask = rasterise_roi(structure.path, roi_name, reference_image) if structure is not None else None
     paths = {}
     for channel, image in images.items():
         paths[channel] = write_image(image, out_dir / "images" / f"{patient.case_id}_{channel}.nii.gz").resolve()
     label_path = None
-    if structure is not None:
-        mask = rasterise_roi(structure.path, roi_name, reference_image)
+    if mask is not None:
         label_path = write_image(mask, out_dir / "labels" / f"{patient.case_id}.nii.gz").resolve()
         extra["label_roi"] = roi_name
-    else:
-        extra["label_roi"] = "none (no RTSTRUCT)"
     return Case(case_id=patient.case_id, images=paths, label=label_path, extra=extra)
 
 
