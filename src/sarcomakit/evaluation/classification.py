@@ -156,19 +156,25 @@ def high_grade_ece(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> f
     return expected_calibration_error(p[:, HIGH], y == HIGH, n_bins)
 
 
-GRADE_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "auc_high_vs_rest": high_vs_rest_auc,
-    "auc_macro_ovr": macro_ovr_auc,
-    **{f"auc_{name}": (lambda y, p, k=k: one_vs_rest_aucs(y, p)[k]) for k, name in enumerate(GRADES)},
-    "balanced_accuracy": balanced_accuracy,
-    "ece_top_label": top_label_ece,
-    "ece_high": high_grade_ece,
-}
+GRADE_METRIC_NAMES: tuple[str, ...] = ("auc_high_vs_rest", "auc_macro_ovr", *(f"auc_{g}" for g in GRADES),
+                                        "balanced_accuracy", "ece_top_label", "ece_high")
+
+
+def _grade_values(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Every metric of :data:`GRADE_METRIC_NAMES` on labelled cases (one-vs-rest AUCs computed once)."""
+    aucs = [binary_auc(y == k, p[:, k]) for k in range(p.shape[1])]
+    finite = [a for a in aucs if np.isfinite(a)]
+    values = {"auc_high_vs_rest": aucs[HIGH], "auc_macro_ovr": float(np.mean(finite)) if finite else float("nan")}
+    values.update({f"auc_{name}": aucs[k] for k, name in enumerate(GRADES)})
+    values["balanced_accuracy"] = balanced_accuracy(y, p)
+    values["ece_top_label"] = expected_calibration_error(p.max(axis=1), p.argmax(axis=1) == y)
+    values["ece_high"] = expected_calibration_error(p[:, HIGH], y == HIGH)
+    return values
 
 
 def grade_metrics(y_true: Sequence[str | int | None] | np.ndarray, proba: np.ndarray, n_bootstrap: int = 1000,
                   seed: int = 0, confidence: float = 0.95) -> dict[str, dict[str, float]]:
-    """Every grade metric of :data:`GRADE_METRICS` with a percentile bootstrap interval.
+    """Every grade metric of :data:`GRADE_METRIC_NAMES` with a percentile bootstrap interval.
 
     Cases are resampled jointly (label and probabilities together); resamples where a metric is
     undefined (e.g. no high-grade case drawn) are left out of its interval.
@@ -184,8 +190,7 @@ def grade_metrics(y_true: Sequence[str | int | None] | np.ndarray, proba: np.nda
         ``{metric: {"value", "ci_low", "ci_high"}}`` plus ``{"n": {"value": cases used, ...}}``.
     """
     y, p = _labelled(encode_grades(y_true), proba)
-    values = {name: fn(y, p) for name, fn in GRADE_METRICS.items()}
-    results = resampled_intervals(values, lambda idx: {n: fn(y[idx], p[idx]) for n, fn in GRADE_METRICS.items()},
+    results = resampled_intervals(_grade_values(y, p), lambda idx: _grade_values(y[idx], p[idx]),
                                   n=len(y), n_bootstrap=n_bootstrap, seed=seed, confidence=confidence)
     results["n"] = {"value": float(len(y)), "ci_low": float("nan"), "ci_high": float("nan")}
     return results

@@ -90,7 +90,8 @@ def harrell_c_index(time: ArrayLike, event: ArrayLike, risk: ArrayLike, tied_tol
 
 
 def uno_c_index(time: ArrayLike, event: ArrayLike, risk: ArrayLike, train_time: ArrayLike | None = None,
-                train_event: ArrayLike | None = None, tau: float | None = None, tied_tol: float = 1e-8) -> float:
+                train_event: ArrayLike | None = None, tau: float | None = None, tied_tol: float = 1e-8, *,
+                censoring: StepFunction | None = None) -> float:
     """Uno's IPCW concordance index truncated at ``tau``.
 
     Args:
@@ -98,12 +99,13 @@ def uno_c_index(time: ArrayLike, event: ArrayLike, risk: ArrayLike, train_time: 
         train_time, train_event: the set on which the censoring distribution ``G`` is estimated
             (default: the evaluated cases themselves).
         tau: only deaths before ``tau`` count (default: no truncation).
+        censoring: ``G`` already estimated (:func:`censoring_survival`); replaces ``train_*``.
 
     Returns:
         The C-index, or NaN without comparable pairs or when ``G`` reaches zero at a death before ``tau``.
     """
     time, event, risk = _as_arrays(time, event, risk)
-    g = _censoring_reference(time, event, train_time, train_event)
+    g = censoring if censoring is not None else _censoring_reference(time, event, train_time, train_event)
     counted = event.astype(bool) if tau is None else event.astype(bool) & (time < tau)
     g_at_death = g(time[counted])
     if np.any(g_at_death <= 0):
@@ -129,7 +131,8 @@ def _weighted_concordance(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
 # ---------------------------------------------------------------------- time-dependent AUC
 def cumulative_dynamic_auc(time: ArrayLike, event: ArrayLike, risk: ArrayLike, times: ArrayLike,
                            train_time: ArrayLike | None = None, train_event: ArrayLike | None = None,
-                           tied_tol: float = 1e-8) -> tuple[np.ndarray, float]:
+                           tied_tol: float = 1e-8, *, censoring: StepFunction | None = None
+                           ) -> tuple[np.ndarray, float]:
     """Cumulative/dynamic AUC of ``risk`` at each of ``times``, and its Kaplan-Meier-weighted mean.
 
     ``AUC(t) = sum_{i case, j control} w_i [1{r_i > r_j} + 1/2 1{r_i = r_j}] / (sum_i w_i * #controls)``
@@ -139,6 +142,7 @@ def cumulative_dynamic_auc(time: ArrayLike, event: ArrayLike, risk: ArrayLike, t
         time, event, risk: the evaluated cases.
         times: evaluation times (sorted and deduplicated here).
         train_time, train_event: reference set of the censoring distribution (default: the evaluated cases).
+        censoring: ``G`` already estimated (:func:`censoring_survival`); replaces ``train_*``.
 
     Returns:
         ``(auc_at_times, mean_auc)``; NaN where a time has no case or no control. The mean is
@@ -147,7 +151,7 @@ def cumulative_dynamic_auc(time: ArrayLike, event: ArrayLike, risk: ArrayLike, t
     """
     time, event, risk = _as_arrays(time, event, risk)
     times = np.unique(np.asarray(times, dtype=float))
-    g = _censoring_reference(time, event, train_time, train_event)
+    g = censoring if censoring is not None else _censoring_reference(time, event, train_time, train_event)
     died = event.astype(bool)
     weights = np.zeros_like(time)
     with np.errstate(divide="ignore"):
@@ -205,35 +209,36 @@ def breslow_survival_function(train_time: ArrayLike, train_event: ArrayLike, tra
 
 
 def brier_scores(time: ArrayLike, event: ArrayLike, survival: np.ndarray, times: ArrayLike,
-                 train_time: ArrayLike | None = None, train_event: ArrayLike | None = None) -> np.ndarray:
+                 train_time: ArrayLike | None = None, train_event: ArrayLike | None = None, *,
+                 censoring: StepFunction | None = None) -> np.ndarray:
     """IPCW Brier score at each of ``times`` (module docstring), from survival probabilities (N, T).
 
-    A term whose censoring weight is undefined (``G = 0``) counts zero, as in scikit-survival.
+    A term whose censoring weight is undefined (``G = 0``) counts zero, as in scikit-survival. ``G`` is
+    estimated on ``train_*`` (default: the evaluated cases), or given as ``censoring``.
     """
     time = np.asarray(time, dtype=float)
     died = np.asarray(event, dtype=float).astype(bool)
     times = np.asarray(times, dtype=float)
     survival = np.asarray(survival, dtype=float).reshape(time.size, times.size)
-    g = _censoring_reference(time, died.astype(float), train_time, train_event)
-    g_at_time, g_at_times = g(time), g(times)
-    scores = np.empty(times.size)
-    for k, t in enumerate(times):
-        cases = died & (time <= t)
-        controls = time > t
-        case_term = np.divide(survival[:, k] ** 2, g_at_time, out=np.zeros_like(time),
-                              where=cases & (g_at_time > 0))
-        control_term = (1.0 - survival[:, k]) ** 2 / g_at_times[k] if g_at_times[k] > 0 else np.zeros_like(time)
-        scores[k] = np.mean(case_term + np.where(controls, control_term, 0.0))
+    g = censoring if censoring is not None else _censoring_reference(time, died.astype(float), train_time, train_event)
+    g_at_time, g_at_times = g(time)[:, None], g(times)[None, :]
+    cases = died[:, None] & (time[:, None] <= times[None, :])
+    controls = time[:, None] > times[None, :]
+    case_term = np.divide(survival**2, g_at_time, out=np.zeros_like(survival), where=cases & (g_at_time > 0))
+    control_term = np.divide((1.0 - survival) ** 2, g_at_times, out=np.zeros_like(survival),
+                             where=controls & (g_at_times > 0))
+    scores = (case_term + control_term).mean(axis=0)
     return scores
 
 
 def integrated_brier_score(time: ArrayLike, event: ArrayLike, survival: np.ndarray, times: ArrayLike,
-                           train_time: ArrayLike | None = None, train_event: ArrayLike | None = None) -> float:
+                           train_time: ArrayLike | None = None, train_event: ArrayLike | None = None, *,
+                           censoring: StepFunction | None = None) -> float:
     """Trapezoidal integral of the Brier score over ``times`` (at least two, increasing) over their span."""
     times = np.asarray(times, dtype=float)
     if times.size < 2 or np.any(np.diff(times) <= 0):
         raise ValueError("the integrated Brier score needs at least two increasing times")
-    scores = brier_scores(time, event, survival, times, train_time, train_event)
+    scores = brier_scores(time, event, survival, times, train_time, train_event, censoring=censoring)
     return float(np.trapezoid(scores, times) / (times[-1] - times[0]))
 
 
@@ -317,18 +322,19 @@ def survival_metrics(time: ArrayLike, event: ArrayLike, risk: ArrayLike, train_t
     eval_times = default_evaluation_times(time, event) if times is None else np.unique(np.asarray(times, float))
     grid = np.linspace(*np.percentile(time, [10, 90]), n_grid)
     baseline = breslow_survival_function(ref_time, ref_event, ref_risk)
+    g = censoring_survival(ref_time, ref_event)
     threshold = float(np.median(ref_risk)) if cutoff is None else float(cutoff)
 
     def metrics_of(idx: np.ndarray) -> dict[str, float]:
         t, e, r = time[idx], event[idx], risk[idx]
         values = {"c_index_harrell": harrell_c_index(t, e, r),
-                  "c_index_uno": uno_c_index(t, e, r, ref_time, ref_event, tau)}
+                  "c_index_uno": uno_c_index(t, e, r, tau=tau, censoring=g)}
         if eval_times.size:
-            aucs, mean_auc = cumulative_dynamic_auc(t, e, r, eval_times, ref_time, ref_event)
+            aucs, mean_auc = cumulative_dynamic_auc(t, e, r, eval_times, censoring=g)
             values.update({f"td_auc@{tk:g}": float(a) for tk, a in zip(eval_times, aucs, strict=True)})
             values["td_auc_mean"] = mean_auc
         values["integrated_brier_score"] = (
-            integrated_brier_score(t, e, baseline(r, grid), grid, ref_time, ref_event)
+            integrated_brier_score(t, e, baseline(r, grid), grid, censoring=g)
             if grid[-1] > grid[0] else float("nan"))
         return values
 
