@@ -36,7 +36,7 @@ def test_plan_preprocess_restore(name, channel, target):
     assert plan.anisotropic and plan.low_res_axis == 0  # thick slices
     assert plan.normalization[0].scheme == ("ct" if channel == "CT" else "zscore")
     case = preprocess_case(manifest.cases[0], plan)
-    assert case.geometry.array_spacing == pytest.approx(plan.target_spacing)
+    assert case.geometry.array_spacing == pytest.approx(plan.target_spacing, rel=0.02)
     assert np.isfinite(case.data).all()
     one_hot = np.stack([case.label == 0, case.label == 1]).astype(np.float32)
     restored = restore_to_input_geometry(one_hot, case).argmax(0)

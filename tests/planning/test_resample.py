@@ -20,19 +20,23 @@ from sarcomakit.planning.resample import (
 )
 
 
-def test_target_grid_spacing_size_and_centre():
-    geometry = Geometry(size=(100, 80, 10), spacing=(0.5, 0.5, 5.0), origin=(10.0, -20.0, 3.0),
-                        direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+def test_target_grid_covers_the_field_of_view():
+    geometry = Geometry(size=(100, 81, 10), spacing=(0.5, 0.5, 5.0), origin=(10.0, -20.0, 3.0),
+                        direction=(0, 1, 0, -1, 0, 0, 0, 0, 1))
     grid = target_grid(geometry, [2.0, 1.0, 1.0])
-    assert grid.size == (50, 40, 25)
-    assert grid.spacing == (1.0, 1.0, 2.0)
-    # first voxel centre moves by ((n_in - 1) s_in - (n_out - 1) s_out) / 2 along each axis
-    assert grid.origin == pytest.approx((10.0 + (99 * 0.5 - 49) / 2, -20.0 + (79 * 0.5 - 39) / 2, 3.0 + (45 - 48) / 2))
+    assert grid.size == (50, 40, 25)  # round(extent / target): 50 mm, 40.5 mm, 50 mm
+    assert grid.spacing == pytest.approx((1.0, 40.5 / 40, 2.0))  # the extent is kept exactly
+    assert grid.direction == geometry.direction
 
-    def centre(g):
-        return np.asarray(g.origin) + (np.asarray(g.size) - 1) * np.asarray(g.spacing) / 2
+    def corner(g, sign):  # outer edge of the first (sign -1) or last (sign +1) voxel, physical
+        index = [-0.5 if sign < 0 else n - 0.5 for n in g.size]
+        d = np.asarray(g.direction).reshape(3, 3)
+        return np.asarray(g.origin) + d @ (np.asarray(index) * np.asarray(g.spacing))
 
-    np.testing.assert_allclose(centre(grid), centre(geometry))
+    for sign in (-1, 1):
+        np.testing.assert_allclose(corner(grid, sign), corner(geometry, sign), atol=1e-9)
+    same = target_grid(geometry, geometry.array_spacing)
+    assert same == geometry
 
 
 def test_resampled_image_geometry_follows_direction():

@@ -35,9 +35,7 @@ from sarcomakit.planning.normalize import nonzero_mask, normalize
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.resample import (
     bbox_slices,
-    channels_to_image,
     cropped_geometry,
-    image_to_channels,
     nonzero_bbox,
     orientation_of,
     reorient,
@@ -178,8 +176,6 @@ def preprocess_case(images: dict[str, sitk.Image] | Case, plan: Plan, label: sit
         "shape_before_crop": list(reoriented.array_shape),
         "shape_after_crop": [int(n) for n in data.shape[1:]],
         "spacing_before_resampling": list(reoriented.array_spacing),
-        "class_voxels": ({str(k): n for k, n in _class_voxels(out_label).items()}
-                         if out_label is not None else None),
     }
     return PreprocessedCase(case_id=case_id, data=out, label=out_label, geometry=geometry,
                             reference=reference, crop_bbox=bbox, properties=properties)
@@ -190,18 +186,15 @@ def _label_array(label: sitk.Image, plan: Plan, case_id: str) -> np.ndarray:
     array = sitk.GetArrayViewFromImage(label)
     low, high = int(array.min()), int(array.max())
     seg = array.astype(np.uint8)
-    present = set(_class_voxels(seg)) if low >= 0 and high <= 255 else {low, high}
-    unknown = sorted(present - set(plan.labels.values()))
+    declared = set(plan.labels.values())
+    if low >= 0 and set(range(low, high + 1)) <= declared:  # the common case, without counting voxels
+        return seg
+    present = set(np.flatnonzero(np.bincount(seg.ravel()))) if low >= 0 and high <= 255 else {low, high}
+    unknown = sorted(int(v) for v in present - declared)
     if unknown:
         raise UserInputError(f"case {case_id}: label values {unknown} are not declared in the plan "
                              f"({plan.labels}).", fix="fix the mask, or declare the labels in the manifest.")
     return seg
-
-
-def _class_voxels(label: np.ndarray) -> dict[int, int]:
-    """Voxel count per label value present in a uint8 label map."""
-    counts = np.bincount(label.ravel(), minlength=1)
-    return {int(c): int(counts[c]) for c in np.flatnonzero(counts)}
 
 
 # ---------------------------------------------------------------------------- cohort
@@ -259,15 +252,14 @@ def restore_to_input_geometry(probabilities: np.ndarray,
         raise ValueError(f"probabilities of shape {probabilities.shape} do not fit the preprocessed grid "
                          f"(K, {', '.join(map(str, geometry.array_shape))})")
     # Background is resampled implicitly as 1 - sum(foreground): linear weights sum to one, so this
-    # equals resampling it, at the cost of one map less.
+    # equals resampling it, at the cost of one map less. Maps go one by one as scalar images (faster).
     target = reference.reference_image()
-    foreground = probabilities[1:]
     out = np.empty((probabilities.shape[0], *reference.array_shape), dtype=np.float32)
-    if foreground.shape[0]:
-        image = channels_to_image(foreground, geometry)
-        resampled = sitk.Resample(image, target, sitk.Transform(), sitk.sitkLinear, 0.0, image.GetPixelID(),
+    for k in range(1, probabilities.shape[0]):
+        image = geometry.apply(sitk.GetImageFromArray(probabilities[k]))
+        resampled = sitk.Resample(image, target, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32,
                                   True)  # nearest-neighbour extrapolation at the rim; the crop mask decides
-        out[1:] = image_to_channels(resampled)
+        out[k] = sitk.GetArrayViewFromImage(resampled)
     out[0] = 1.0 - out[1:].sum(axis=0)
     outside = _outside_crop(case, geometry, target)
     if outside is not None:

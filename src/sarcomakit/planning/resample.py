@@ -3,8 +3,9 @@
 Resampling is done in physical space with SimpleITK's multi-threaded ``Resample`` (several channels
 at once as one vector image), not with order-3 scipy over whole volumes as nnU-Net does.
 
-The output grid of :func:`target_grid` has exactly the target spacing, the same direction as the
-input, ``round(extent / spacing)`` voxels per axis, and the same centre as the input field of view.
+The output grid of :func:`target_grid` has the input's direction, ``round(extent / target)`` voxels per
+axis, and covers exactly the input's field of view, so its spacing is the target spacing to within half
+a voxel over the extent (nnU-Net's convention; the grid's real spacing is recorded in its geometry).
 
 Anisotropic data (nnU-Net's rule: largest / smallest spacing > 3, of the input or of the target,
 with a unique low-resolution axis) is resampled in two passes: first in-plane with linear
@@ -90,24 +91,24 @@ def new_shape(shape: list[int] | tuple[int, ...], spacing: list[float] | tuple[f
 
 def target_grid(geometry: Geometry, target_spacing_zyx: list[float] | tuple[float, ...],
                 *, keep_axis: int | None = None) -> Geometry:
-    """Grid with ``target_spacing_zyx`` covering the same field of view as ``geometry``, centred on it.
+    """Grid of about ``target_spacing_zyx`` covering exactly the field of view of ``geometry``.
 
-    Along each axis the first voxel centre moves by ``((n_in - 1) s_in - (n_out - 1) s_out) / 2`` so
-    that both grids share their centre. ``keep_axis`` (array order) keeps that axis of the input
-    unchanged (used for the in-plane pass of anisotropic resampling).
+    Along each axis the output has ``n_out = round(n_in * s_in / t)`` voxels of spacing
+    ``s_out = n_in * s_in / n_out`` (within half a voxel over the extent of the target ``t``), and its
+    first voxel edge coincides with the input's: the first voxel centre moves by ``(s_out - s_in) / 2``.
+    Output voxel ``j`` thus sits at input index ``(j + 0.5) * n_in / n_out - 0.5``, the sampling
+    positions of nnU-Net's (and scikit-image's) resize. ``keep_axis`` (array order) keeps that axis of
+    the input unchanged (the in-plane pass of anisotropic resampling).
     """
-    spacing_xyz = list(reversed([float(s) for s in target_spacing_zyx]))
     size_xyz = list(reversed(new_shape(geometry.array_shape, geometry.array_spacing, target_spacing_zyx)))
     if keep_axis is not None:
-        xyz = 2 - keep_axis
-        spacing_xyz[xyz] = geometry.spacing[xyz]
-        size_xyz[xyz] = geometry.size[xyz]
-    shift = [((n_in - 1) * s_in - (n_out - 1) * s_out) / 2.0
-             for n_in, s_in, n_out, s_out in zip(geometry.size, geometry.spacing, size_xyz, spacing_xyz,
-                                                 strict=True)]
+        size_xyz[2 - keep_axis] = geometry.size[2 - keep_axis]
+    spacing_xyz = [n_in * s_in / n_out for n_in, s_in, n_out in zip(geometry.size, geometry.spacing, size_xyz,
+                                                                    strict=True)]
+    shift = [(s_out - s_in) / 2.0 for s_in, s_out in zip(geometry.spacing, spacing_xyz, strict=True)]
     direction = np.asarray(geometry.direction).reshape(3, 3)
     origin = np.asarray(geometry.origin) + direction @ np.asarray(shift)
-    return Geometry(size=tuple(int(n) for n in size_xyz), spacing=tuple(spacing_xyz),
+    return Geometry(size=tuple(int(n) for n in size_xyz), spacing=tuple(float(s) for s in spacing_xyz),
                     origin=tuple(float(o) for o in origin), direction=geometry.direction)
 
 
@@ -147,10 +148,26 @@ def resample_onto(image: sitk.Image, grid: Geometry, *, in_plane: Interpolation 
     if axis is None or in_plane == across_slices:
         return _resample(image, grid, in_plane)
     in_plane_grid = _keep_axis_of(grid, geometry, axis)
-    image = _resample(image, in_plane_grid, in_plane)
+    if not in_plane_grid.matches(geometry, atol=1e-6):
+        image = _resample(image, in_plane_grid, in_plane)
     if in_plane_grid.matches(grid, atol=1e-6):
         return image
+    if across_slices == "nearest":
+        return _nearest_slices(image, grid, axis)
     return _resample(image, grid, across_slices)
+
+
+def _nearest_slices(image: sitk.Image, grid: Geometry, axis: int) -> sitk.Image:
+    """Resample onto ``grid``, which differs from the image's grid only along array ``axis``, by copying
+    the nearest slices: what nearest-neighbour ``sitk.Resample`` computes, as one cheap array gather."""
+    source = Geometry.of(image)
+    xyz = 2 - axis
+    direction = np.asarray(source.direction).reshape(3, 3)
+    offset = (direction.T @ (np.asarray(grid.origin) - np.asarray(source.origin)))[xyz]
+    positions = (offset + np.arange(grid.size[xyz]) * grid.spacing[xyz]) / source.spacing[xyz]
+    index = np.clip(np.floor(positions + 0.5).astype(np.int64), 0, source.size[xyz] - 1)
+    array = np.take(sitk.GetArrayViewFromImage(image), index, axis=axis)
+    return grid.apply(sitk.GetImageFromArray(array, isVector=image.GetNumberOfComponentsPerPixel() > 1))
 
 
 def _keep_axis_of(grid: Geometry, source: Geometry, axis: int) -> Geometry:
@@ -185,35 +202,31 @@ def resample_to_spacing(image: sitk.Image, target_spacing_zyx: list[float] | tup
     return resample_onto(image, grid, in_plane=in_plane, across_slices=across_slices)
 
 
-def channels_to_image(data: np.ndarray, geometry: Geometry) -> sitk.Image:
-    """Wrap (C, Z, Y, X) channels as one vector image (or a scalar image for C == 1) on ``geometry``."""
-    if data.shape[0] == 1:
-        image = sitk.GetImageFromArray(np.ascontiguousarray(data[0]))
-    else:
-        image = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(data, 0, -1)), isVector=True)
-    return geometry.apply(image)
-
-
-def image_to_channels(image: sitk.Image) -> np.ndarray:
-    """The (C, Z, Y, X) array of a scalar or vector image."""
-    array = sitk.GetArrayFromImage(image)
-    if image.GetNumberOfComponentsPerPixel() == 1:
-        return array[None]
-    return np.ascontiguousarray(np.moveaxis(array, -1, 0))
-
-
-def resample_channels(data: np.ndarray, geometry: Geometry,
-                      target_spacing_zyx: list[float] | tuple[float, ...], *,
+def resample_channels(data: np.ndarray, geometry: Geometry, grid: Geometry | list[float] | tuple[float, ...], *,
                       in_plane: Interpolation = "linear",
                       across_slices: Interpolation = "nearest") -> tuple[np.ndarray, Geometry]:
-    """Resample (C, Z, Y, X) float channels on ``geometry`` to ``target_spacing_zyx``.
+    """Resample each channel of ``data`` (C, Z, Y, X) on ``geometry`` onto a grid.
+
+    Channels are resampled one by one as scalar images, which SimpleITK does faster than one vector
+    image and without reordering the array.
+
+    Args:
+        data: the channels.
+        geometry: their grid.
+        grid: the output grid (same direction), or a target spacing (z, y, x) for :func:`target_grid`.
+        in_plane, across_slices: see :func:`resample_onto`.
 
     Returns:
         The resampled float32 array (C, Z', Y', X') and its geometry.
     """
-    image = channels_to_image(data.astype(np.float32, copy=False), geometry)
-    out = resample_to_spacing(image, target_spacing_zyx, in_plane=in_plane, across_slices=across_slices)
-    return image_to_channels(out).astype(np.float32, copy=False), Geometry.of(out)
+    if not isinstance(grid, Geometry):
+        grid = target_grid(geometry, grid)
+    out = np.empty((data.shape[0], *grid.array_shape), dtype=np.float32)
+    for c in range(data.shape[0]):
+        image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(data[c], dtype=np.float32)))
+        resampled = resample_onto(image, grid, in_plane=in_plane, across_slices=across_slices)
+        out[c] = sitk.GetArrayViewFromImage(resampled)  # the view needs ``resampled`` alive
+    return out, grid
 
 
 def resample_label(label: np.ndarray, geometry: Geometry, target_spacing_zyx: list[float] | tuple[float, ...],
@@ -248,9 +261,7 @@ def resample_label(label: np.ndarray, geometry: Geometry, target_spacing_zyx: li
     if any(b <= a for a, b in out_box):
         return out
     one_hot = np.stack([sub == c for c in classes]).astype(np.float32)
-    sub_image = channels_to_image(one_hot, cropped_geometry(geometry, box))
-    sub_grid = cropped_geometry(grid, out_box)
-    resampled = image_to_channels(resample_onto(sub_image, sub_grid, in_plane="linear"))
+    resampled, _ = resample_channels(one_hot, cropped_geometry(geometry, box), cropped_geometry(grid, out_box))
     scores = np.concatenate([1.0 - resampled.sum(axis=0, keepdims=True), resampled])
     values = np.concatenate([[background], classes]).astype(label.dtype)
     out[bbox_slices(out_box)] = values[np.argmax(scores, axis=0)]
