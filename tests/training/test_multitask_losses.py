@@ -329,3 +329,15 @@ def test_weighted_total_uses_only_active_tasks():
         outputs, targets)
     assert sorted(out.skipped) == ["segmentation", "survival"]
     assert out.total.item() == pytest.approx(2.0 * float(out.losses["grade"]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_log_risks_keep_times_apart(dtype):
+    # 3001 and 3002 days are the same number in float16; the loss must still see two distinct times
+    log_risk = torch.tensor([0.5, -0.2, 0.1], dtype=dtype, requires_grad=True)
+    time, event = torch.tensor([3001.0, 3002.0, 4000.0]), torch.tensor([1.0, 1.0, 0.0])
+    loss = cox_ph_loss(log_risk, time, event)
+    expected = cox_ph_loss(log_risk.detach().double(), time.double(), event.double())
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert log_risk.grad.dtype == dtype and torch.isfinite(log_risk.grad.float()).all()

@@ -61,9 +61,8 @@ def cox_neg_partial_log_likelihood(log_risk: Tensor, time: Tensor, event: Tensor
     n_deaths = died.sum()
     if n_deaths == 0:
         return log_risk.sum() * 0.0
-    eta = log_risk if log_risk.dtype in (torch.float32, torch.float64) else log_risk.float()
     order = torch.argsort(time)
-    eta, time, died = eta[order], time[order], died[order]
+    eta, time, died = log_risk[order], time[order], died[order]
     distinct, group, size = torch.unique_consecutive(time, return_inverse=True, return_counts=True)
     first = torch.cumsum(size, 0) - size
     # log S_k: log-sum-exp over the risk set, which in time order is a suffix of the cases
@@ -133,7 +132,8 @@ def _torchsurv_loss() -> Callable[..., Tensor] | None:
 
 
 def _cox_inputs(log_risk: Tensor, time: Tensor, event: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    log_risk = log_risk.reshape(-1)
+    # at least float32: half precision would merge follow-up times (float16 steps by 2 days near 3000)
+    log_risk = log_risk.reshape(-1).to(torch.promote_types(log_risk.dtype, torch.float32))
     time = torch.as_tensor(time, device=log_risk.device).reshape(-1).to(log_risk.dtype)
     died = torch.as_tensor(event, device=log_risk.device).reshape(-1).bool()
     if not log_risk.numel() == time.numel() == died.numel():
@@ -203,7 +203,7 @@ class CoxRiskMemory:
             :class:`CoxMemoryLoss`; ``loss`` is zero attached to the graph and ``has_events`` False when
             no death is present in batch + memory, or the batch is empty.
         """
-        log_risk = log_risk.reshape(-1)
+        log_risk = log_risk.reshape(-1).to(torch.promote_types(log_risk.dtype, torch.float32))
         time = torch.as_tensor(time, device=log_risk.device, dtype=log_risk.dtype).reshape(-1)
         event = torch.as_tensor(event, device=log_risk.device, dtype=log_risk.dtype).reshape(-1)
         ids = list(case_ids) if case_ids is not None else [None] * log_risk.numel()
@@ -471,7 +471,8 @@ def masked_task_losses(outputs: Mapping[str, Tensor], targets: Mapping[str, Tens
         counts["survival"] = int(valid.sum())
         ids = targets.get("case_ids")
         valid_ids = [ids[i] for i in torch.nonzero(valid).reshape(-1).tolist()] if ids is not None else None
-        time, event = time[valid].to(log_risk.dtype), event[valid].to(log_risk.dtype)
+        dtype = torch.promote_types(log_risk.dtype, torch.float32)
+        time, event = time[valid].to(dtype), event[valid].to(dtype)
         if cox_memory is not None:
             out = cox_memory.loss(log_risk[valid], time, event, valid_ids, update=update_memory)
             loss, has_events = out.loss, out.has_events
