@@ -97,6 +97,8 @@ def test_export_then_import_round_trip(nifti_cohort, tmp_path):
     assert data["channel_names"] == {"0": "T1", "1": "T2FS", "2": "CT"}
     assert data["numTraining"] == 2 and data["file_ending"] == ".nii.gz"
     assert sorted(p.name for p in (target / "imagesTs").iterdir())[0] == "case002_0000.nii.gz"
+    splits = json.loads((target / "splits_final.json").read_text())  # folds 0, 1 of the labelled cases
+    assert splits == [{"train": ["case001"], "val": ["case000"]}, {"train": ["case000"], "val": ["case001"]}]
 
     back = import_nnunet_raw(target, include_test=True)
     assert back.channels == manifest.channels and back.case_ids == manifest.case_ids
@@ -122,6 +124,14 @@ def test_cli_import_and_export(nifti_cohort, tmp_path):
     result = runner.invoke(app, ["export-nnunet", str(manifest.source), str(tmp_path / "raw"), "--id", "42"])
     assert result.exit_code == 0, result.output
     dataset = tmp_path / "raw" / "Dataset042_Sarcoma"
+    again = runner.invoke(app, ["export-nnunet", str(manifest.source), str(tmp_path / "raw"), "--id", "42"])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    other = runner.invoke(app, ["export-nnunet", str(manifest.source), str(tmp_path / "raw"), "--id", "42",
+                                "--name", "Other"])
+    assert other.exit_code == 2 and "already used by Dataset042_Sarcoma" in other.output
+    again = runner.invoke(app, ["export-nnunet", str(manifest.source), str(tmp_path / "raw"), "--id", "42",
+                                "--overwrite"])
+    assert again.exit_code == 0, again.output
     result = runner.invoke(app, ["import", "nnunet", str(dataset), str(tmp_path / "imported.json")])
     assert result.exit_code == 0, result.output
     assert Manifest.load(tmp_path / "imported.json").case_ids == manifest.case_ids

@@ -178,11 +178,13 @@ def register(app: typer.Typer) -> None:
         out_dir: Path = typer.Argument(..., help="nnUNet_raw folder that receives DatasetXXX_Name."),
         dataset_id: int = typer.Option(501, "--id", help="nnU-Net dataset id (1..999)."),
         name: str = typer.Option("Sarcoma", "--name", help="nnU-Net dataset name."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset of this id and name."),
     ) -> None:
         """Write the cohort as an nnU-Net v2 raw dataset (to benchmark against nnU-Net)."""
         from sarcomakit.data.exporters.nnunet import export_nnunet_raw
 
-        target = export_nnunet_raw(Manifest.load(manifest_path), out_dir, dataset_id=dataset_id, name=name)
+        target = export_nnunet_raw(Manifest.load(manifest_path), out_dir, dataset_id=dataset_id, name=name,
+                                   overwrite=overwrite)
         Console().print(f"wrote {target}", highlight=False)
 
     app.add_typer(import_app, name="import")

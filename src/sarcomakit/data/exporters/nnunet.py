@@ -2,9 +2,11 @@
 
 Writes ``Dataset{ID:03d}_{name}/`` with ``dataset.json`` (``channel_names``, ``labels``,
 ``numTraining``, ``file_ending``), ``imagesTr/{case}_{i:04d}.nii.gz``, ``labelsTr/{case}.nii.gz``
-for labelled cases, and ``imagesTs/`` for cases without a label. The folder is built under a
-temporary name and renamed when complete. NIfTI inputs are copied byte for byte; other formats
-are converted with SimpleITK (geometry kept).
+for labelled cases, and ``imagesTs/`` for cases without a label. When every labelled case has a
+``fold``, ``splits_final.json`` (nnU-Net's cross-validation split format) is written beside
+``dataset.json``: copy it to ``nnUNet_preprocessed/Dataset{ID:03d}_{name}/`` after planning so that
+nnU-Net trains on the same folds. The folder is built under a temporary name and renamed when
+complete. NIfTI inputs are copied byte for byte; other formats are converted with SimpleITK (geometry kept).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def _place(source: Path, target: Path) -> None:
 
 
 def export_nnunet_raw(manifest: Manifest, out_dir: str | Path, dataset_id: int = 501,
-                      name: str = "Sarcoma") -> Path:
+                      name: str = "Sarcoma", *, overwrite: bool = False) -> Path:
     """Write the cohort as an nnU-Net v2 raw dataset folder.
 
     Args:
@@ -38,6 +40,8 @@ def export_nnunet_raw(manifest: Manifest, out_dir: str | Path, dataset_id: int =
         out_dir: the ``nnUNet_raw`` folder that receives ``Dataset{ID:03d}_{name}``.
         dataset_id: nnU-Net's dataset number (1..999).
         name: the dataset name (letters, digits, ``_``, ``-``).
+        overwrite: replace an existing ``Dataset{ID:03d}_{name}`` (never one of another name with
+            the same id, which nnU-Net would confuse with it).
 
     Returns:
         The path of the dataset folder.
@@ -69,6 +73,13 @@ def export_nnunet_raw(manifest: Manifest, out_dir: str | Path, dataset_id: int =
                              fix="run 'sarcomakit validate' on the manifest and fix the cases listed.")
 
     target = Path(out_dir) / f"Dataset{int(dataset_id):03d}_{name}"
+    existing = Path(out_dir).glob(f"Dataset{int(dataset_id):03d}_*") if Path(out_dir).is_dir() else []
+    taken = sorted(p.name for p in existing if p != target)
+    if taken:
+        raise UserInputError(f"dataset id {dataset_id} is already used by {taken[0]}.", path=out_dir,
+                             fix="choose another --id (nnU-Net identifies datasets by number).")
+    if target.exists() and not overwrite:
+        raise UserInputError("already exists.", path=target, fix="remove it, choose another --id, or pass --overwrite.")
     with atomic_dir(target) as tmp:
         n_training = 0
         for case in manifest.cases:
@@ -87,4 +98,20 @@ def export_nnunet_raw(manifest: Manifest, out_dir: str | Path, dataset_id: int =
             "numTraining": n_training,
             "file_ending": FILE_ENDING,
         })
+        splits = cross_validation_splits(manifest)
+        if splits:
+            write_json(tmp / "splits_final.json", splits)
     return target
+
+
+def cross_validation_splits(manifest: Manifest) -> list[dict[str, list[str]]]:
+    """nnU-Net's ``splits_final.json`` content from the manifest's folds (empty unless all labelled cases have one).
+
+    Fold ``k`` validates on the cases with ``fold == k`` and trains on the other labelled cases.
+    """
+    labelled = [c for c in manifest.cases if c.label is not None]
+    if not labelled or any(c.fold is None for c in labelled):
+        return []
+    folds = sorted({int(c.fold) for c in labelled if c.fold is not None})
+    return [{"train": [c.case_id for c in labelled if c.fold != k],
+             "val": [c.case_id for c in labelled if c.fold == k]} for k in folds]
