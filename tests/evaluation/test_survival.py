@@ -190,3 +190,15 @@ def test_kaplan_meier_figure_is_written(tmp_path):
     # one group only (cutoff above every risk) still draws, with the p-value marked n/a
     assert plot_kaplan_meier(time, event, risk, tmp_path / "one.png", cutoff=99.0).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["km.png", "one.png"]
+
+
+def test_uno_in_survival_metrics_stays_defined_past_a_censored_last_reference_time():
+    (time, event, risk), (ref_time, ref_event, ref_risk) = cohort(60, seed=5), cohort(60, seed=6)
+    last = np.argmax(ref_time)
+    ref_event[last] = 0.0  # G drops to 0 at the reference's last time
+    time[np.argmax(event)] = ref_time.max() + 30  # a death after the reference's follow-up
+    event[np.argmax(event)] = 1.0
+    assert np.isnan(uno_c_index(time, event, risk, ref_time, ref_event))
+    result = survival_metrics(time, event, risk, ref_time, ref_event, ref_risk, n_bootstrap=20)
+    expected = uno_c_index(time, event, risk, ref_time, ref_event, tau=ref_time.max())
+    assert np.isfinite(expected) and result["c_index_uno"]["value"] == pytest.approx(expected)

@@ -303,7 +303,8 @@ def survival_metrics(time: ArrayLike, event: ArrayLike, risk: ArrayLike, train_t
         time, event, risk: evaluated cases (risk: higher = worse).
         train_time, train_event, train_risk: reference set (all three, or none).
         times: times of the time-dependent AUC (default :func:`default_evaluation_times`).
-        tau: truncation of Uno's C-index (default none).
+        tau: truncation of Uno's C-index (default: the last reference time, so that ``G > 0`` at every
+            counted death even when the reference's longest follow-up is censored).
         cutoff: risk separating low and high groups (default: median risk of the reference set).
         n_bootstrap, seed, confidence: bootstrap settings (0 resamples: no intervals).
         n_grid: number of grid times of the integrated Brier score, evenly spaced from the 10th to
@@ -323,12 +324,13 @@ def survival_metrics(time: ArrayLike, event: ArrayLike, risk: ArrayLike, train_t
     grid = np.linspace(*np.percentile(time, [10, 90]), n_grid)
     baseline = breslow_survival_function(ref_time, ref_event, ref_risk)
     g = censoring_survival(ref_time, ref_event)
+    uno_tau = float(ref_time.max()) if tau is None else float(tau)
     threshold = float(np.median(ref_risk)) if cutoff is None else float(cutoff)
 
     def metrics_of(idx: np.ndarray) -> dict[str, float]:
         t, e, r = time[idx], event[idx], risk[idx]
         values = {"c_index_harrell": harrell_c_index(t, e, r),
-                  "c_index_uno": uno_c_index(t, e, r, tau=tau, censoring=g)}
+                  "c_index_uno": uno_c_index(t, e, r, tau=uno_tau, censoring=g)}
         if eval_times.size:
             aucs, mean_auc = cumulative_dynamic_auc(t, e, r, eval_times, censoring=g)
             values.update({f"td_auc@{tk:g}": float(a) for tk, a in zip(eval_times, aucs, strict=True)})
