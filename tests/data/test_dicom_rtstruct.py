@@ -267,3 +267,35 @@ def test_real_mri_through_dicom_and_rtstruct_round_trip(tmp_path, dicom):
     np.testing.assert_array_equal(imported[::-1], values)
     np.testing.assert_array_equal(mask[::-1].astype(bool), label)
     assert validate_manifest(manifest).ok
+
+
+@pytest.mark.parametrize("reference", ["contour images", "frame of reference"])
+def test_referenced_series_found_without_series_reference(tmp_path, dicom, reference):
+    """Older structure sets name only the contoured images, or only the frame of reference."""
+    import pydicom
+
+    frame = "1.2.826.0.1.3680043.8.498.7"
+    dicom.write_series(tmp_path / "dicom" / "other", _stored(5)[:, :8], modality="MR", description="T1 AX",
+                       spacing=(1.0, 1.0, 4.0), frame_uid=frame if reference == "contour images" else None)
+    t2 = dicom.write_series(tmp_path / "dicom" / "t2", _stored(6), modality="MR", description="T2 FS AX",
+                            frame_uid=frame)
+    square = np.array([[3.5, 4.5], [9.5, 4.5], [9.5, 10.5], [3.5, 10.5]]) * t2.spacing[:2]
+    path = dicom.write_rtstruct(tmp_path / "dicom" / "rs.dcm", t2, {"GTV_Mass": [dicom.polygon(t2, 2, square)]})
+    ds = pydicom.dcmread(path)
+    del ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence
+    if reference == "contour images":
+        image = pydicom.Dataset()
+        image.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        image.ReferencedSOPInstanceUID = t2.sop_uids[2]
+        ds.ROIContourSequence[0].ContourSequence[0].ContourImageSequence = [image]
+    ds.save_as(path)
+
+    manifest = import_dicom(tmp_path / "dicom", tmp_path / "out", channel_map={"T1": "T1", "T2FS": "T2 FS"},
+                            show_progress=False)
+
+    case = manifest.cases[0]
+    assert case.extra["reference_series"] == "T2 FS AX" and case.extra["resampled"] == "T1"
+    assert ("unregistered" in case.extra) == (reference == "frame of reference")
+    label_image, mask = _read(case.label)
+    _assert_geometry(label_image, t2)
+    assert int(mask.sum()) == 36 and mask[2].sum() == 36
