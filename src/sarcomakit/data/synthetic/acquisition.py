@@ -59,8 +59,8 @@ def site_protocol(seed: int, site_index: int) -> SiteProtocol:
         mri_scale=(float(np.exp(rng.uniform(np.log(100), np.log(3000)))),
                    float(np.exp(rng.uniform(np.log(100), np.log(3000))))),
         noise_fraction=rng.uniform(0.02, 0.07),
-        bias_strength=rng.uniform(0.08, 0.25),
-        fat_suppression_failure=rng.uniform(0.0, 0.5),
+        bias_strength=rng.uniform(0.1, 0.3),
+        fat_suppression_failure=rng.uniform(0.0, 0.7),
         pet_fwhm_mm=rng.uniform(6.0, 8.0),
         ct_noise_hu=rng.uniform(6.0, 15.0),
     )

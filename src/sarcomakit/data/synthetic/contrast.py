@@ -37,7 +37,7 @@ CT_HU = {Tissue.AIR: -1000.0, Tissue.SKIN: 20.0, Tissue.FAT: -100.0, Tissue.MUSC
          Tissue.NODE: 32.0, Tissue.TUMOUR: 38.0, Tissue.NECROSIS: 15.0}
 # Tumour T2 signal by grade: myxoid low-grade tumours are the brightest and most homogeneous.
 TUMOUR_T2 = {"low": 2.6, "intermediate": 2.4, "high": 2.2}
-OEDEMA_T2 = 0.9  # added T2FS signal at full oedema
+OEDEMA_T2 = 1.2  # added T2FS signal at full oedema: near the margin as bright as tumour
 CT_RANGE_HU = (-1024, 3071)
 _PARTIAL_VOLUME_SIGMA = (0.45, 0.35, 0.35)  # voxels (slice, row, column): the slice profile and in-plane PSF
 

@@ -20,7 +20,7 @@ _SOFT = np.array([Tissue.FAT, Tissue.MUSCLE, Tissue.FASCIA], dtype=np.uint8)
 _DISPLACEABLE = np.array([Tissue.FAT, Tissue.MUSCLE, Tissue.FASCIA, Tissue.ARTERY, Tissue.VEIN, Tissue.FLUID,
                           Tissue.NODE], dtype=np.uint8)
 _OEDEMATOUS = np.array([Tissue.FAT, Tissue.MUSCLE, Tissue.FASCIA], dtype=np.uint8)
-_FIBROUS_LEVEL = 1.0  # fibrous (T2-dark) foci where the fibrous field exceeds 1 sd: about 16 % of the tumour
+_FIBROUS_LEVEL = 0.8  # fibrous (T2-dark) foci where the fibrous field exceeds 0.8 sd: about 20 % of the tumour
 
 
 @dataclass(frozen=True)
@@ -163,12 +163,12 @@ def draw_scene(rng: np.random.Generator, limb: Limb, tumour: Tumour) -> Scene:
                 semi = np.array([radius, radius * rng.uniform(0.6, 1.0), radius * rng.uniform(1.0, 1.6)])
                 findings.append(Finding(Lobule(centre, random_rotation(rng, 0.6), semi), Tissue.FLUID, "cyst"))
                 break
-    if rng.uniform() < 0.5:  # suprapatellar joint fluid, distal and anterior to the femur
-        z = z0 - rng.uniform(50, 75)
+    if rng.uniform() < 0.6:  # suprapatellar joint fluid, distal and anterior to the femur
+        z = z0 - rng.uniform(45, 70)
         anterior = np.array([0.0, -1.0])
         distance = limb.femur_radius_mm + rng.uniform(4, 8)
         centre = np.array([*(femur + femur_tilt * z + distance * anterior), z])
-        semi = np.array([rng.uniform(18, 28), rng.uniform(4, 8), rng.uniform(12, 20)])
+        semi = np.array([rng.uniform(18, 28), rng.uniform(5, 9), rng.uniform(20, 35)])
         findings.append(Finding(Lobule(centre, random_rotation(rng, 0.15), semi), Tissue.FLUID, "joint fluid"))
     node_suv = 0.0
     if rng.uniform() < 0.5:  # superficial lymph node in the medial fat, proximal to the tumour

@@ -129,8 +129,8 @@ _DIAMETER_BETA = {"low": (1.5, 2.5), "intermediate": (2.0, 2.0), "high": (2.5, 1
 _NECROSIS = {"low": (0.25, 0.02, 0.10), "intermediate": (0.6, 0.05, 0.30), "high": (0.9, 0.15, 0.50)}
 _MARGIN = {"low": (0.02, 0.04), "intermediate": (0.03, 0.06), "high": (0.05, 0.09)}
 _HETEROGENEITY = {"low": (0.08, 0.15), "intermediate": (0.15, 0.30), "high": (0.30, 0.45)}
-_OEDEMA_WIDTH = {"low": (2.0, 5.0), "intermediate": (4.0, 9.0), "high": (6.0, 14.0)}
-_OEDEMA_STRENGTH = {"low": (0.3, 0.6), "intermediate": (0.5, 0.85), "high": (0.7, 1.0)}
+_OEDEMA_WIDTH = {"low": (2.0, 6.0), "intermediate": (5.0, 12.0), "high": (8.0, 18.0)}
+_OEDEMA_STRENGTH = {"low": (0.3, 0.7), "intermediate": (0.6, 0.9), "high": (0.7, 1.0)}
 _SUV_MAX = {"low": (2.0, 4.0), "intermediate": (4.0, 8.0), "high": (7.0, 15.0)}
 DIAMETER_RANGE_MM = (25.0, 90.0)
 
