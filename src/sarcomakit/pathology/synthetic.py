@@ -38,7 +38,10 @@ _COMPRESSIONS = {"jpeg": "jpeg", "zlib": "zlib", "deflate": "zlib", "lzw": "lzw"
 BACKGROUND, STROMA, TUMOUR, PEN_BLUE, PEN_GREEN, PEN_BLACK, DUST = range(7)
 _PEN_CLASSES = (PEN_BLUE, PEN_GREEN, PEN_BLACK)
 
-_TEXTURE_PERIOD = 1024  # level-0 px; a power of two so that every pyramid level stays periodic
+# Texture period in level-0 px: a power of two (every pyramid level stays periodic), a quarter of the
+# slide's longer side within these bounds, so small test slides do not pay for large textures.
+_MIN_TEXTURE_PERIOD = 256
+_MAX_TEXTURE_PERIOD = 1024
 _FLAT_TEXTURE_PERIOD = 256  # background, pen and dust are plain colours with fine noise
 _MAX_LAYOUT_SIDE = 2048
 _MIN_LEVEL_SIDE = 128
@@ -134,7 +137,7 @@ def _fibres(rng: np.random.Generator, period: int, wavelength_um: float, mpp: fl
 
 def _stroma_concentrations(rng: np.random.Generator, period: int, mpp: float) -> tuple[np.ndarray, np.ndarray]:
     eosin = 0.30 + 0.28 * _fibres(rng, period, 14.0, mpp) + 0.05 * _periodic_noise(rng, period, 2)
-    haem = np.full((period, period), 0.06, np.float32)
+    haem = np.full((period, period), 0.20, np.float32)
     count = int(period**2 * mpp**2 / 1500)
     angles = rng.uniform(-np.pi, np.pi, count)
     radii = np.stack([rng.uniform(1.2, 2.0, count), rng.uniform(4.0, 7.0, count)], axis=1)
@@ -145,7 +148,7 @@ def _stroma_concentrations(rng: np.random.Generator, period: int, mpp: float) ->
 def _liposarcoma_concentrations(rng: np.random.Generator, period: int,
                                 mpp: float) -> tuple[np.ndarray, np.ndarray]:
     eosin = 0.42 + 0.05 * _periodic_noise(rng, period, 3)
-    haem = np.full((period, period), 0.08, np.float32)
+    haem = np.full((period, period), 0.20, np.float32)
     vacuoles = np.zeros((period, period), np.float32)
     area_um2 = (period * mpp) ** 2
     count = int(0.6 * area_um2 / (np.pi * 21.0**2))
@@ -168,7 +171,7 @@ def _liposarcoma_concentrations(rng: np.random.Generator, period: int,
 def _leiomyosarcoma_concentrations(rng: np.random.Generator, period: int,
                                    mpp: float) -> tuple[np.ndarray, np.ndarray]:
     eosin = 0.62 + 0.12 * _fibres(rng, period, 9.0, mpp) + 0.05 * _periodic_noise(rng, period, 2)
-    haem = np.full((period, period), 0.10, np.float32)
+    haem = np.full((period, period), 0.22, np.float32)
     orientation = rng.uniform(-np.pi, np.pi) + 1.0 * _periodic_noise(rng, period, period / 8)
     count = int(period**2 * mpp**2 / 180)
     centres = rng.uniform(0, period, size=(count, 2))
@@ -180,7 +183,7 @@ def _leiomyosarcoma_concentrations(rng: np.random.Generator, period: int,
 
 def _ups_concentrations(rng: np.random.Generator, period: int, mpp: float) -> tuple[np.ndarray, np.ndarray]:
     eosin = 0.40 + 0.06 * _periodic_noise(rng, period, 3)
-    haem = np.full((period, period), 0.12, np.float32)
+    haem = np.full((period, period), 0.22, np.float32)
     area_um2 = (period * mpp) ** 2
     count = int(0.45 * area_um2 / (np.pi * 5.5**2))
     major = np.exp(rng.normal(np.log(5.5), 0.35, count))
@@ -422,7 +425,8 @@ def write_synthetic_slide(path: str | Path, *, subtype: str, size: tuple[int, in
         classes[stroke] = _PEN_CLASSES[index % len(_PEN_CLASSES)]
         pen |= stroke
 
-    period = _TEXTURE_PERIOD
+    period = int(np.clip(1 << math.ceil(math.log2(max(width, height) / 4)), _MIN_TEXTURE_PERIOD,
+                         _MAX_TEXTURE_PERIOD))
     stains = np.stack([_HAEMATOXYLIN + rng.normal(0, 0.03, 3), _EOSIN + rng.normal(0, 0.03, 3)])
     stains = np.abs(stains) / np.linalg.norm(stains, axis=1, keepdims=True)
     stains *= rng.uniform(0.85, 1.15, size=(2, 1))  # slide-to-slide staining intensity

@@ -1,0 +1,100 @@
+"""How long do tissue detection and tile coordinates take per slide, on a 50,000 x 50,000 px slide?
+
+Writes (once, cached in ``.bench/wsi/``, git-ignored) a synthetic Aperio SVS of at least
+50,000 x 50,000 px at 0.25 µm/px (a 12.5 x 12.5 mm section at 40x), then times, for OpenSlide and
+tiffslide, ``detect_tissue`` (8 µm/px mask) and ``tile_slide`` (0.5 µm/px, 256-px tiles, tissue
+fraction >= 0.5) on it, the median of ``--repeats`` runs with a fresh reader each time. A demo-sized
+slide (3072 x 2048 px) is timed the same way for comparison. Prints a table and appends it to
+``benchmarks/RESULTS.md``.
+
+Usage: ``python benchmarks/bench_wsi_tiling.py [--size 50000] [--repeats 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sarcomakit.pathology.reader import open_slide
+from sarcomakit.pathology.synthetic import write_synthetic_slide
+from sarcomakit.pathology.tiling import tile_slide
+from sarcomakit.pathology.tissue import detect_tissue
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _machine import append_results, machine_header  # noqa: E402
+
+CACHE = Path(__file__).resolve().parent.parent / ".bench" / "wsi"
+
+
+def cached_slide(size: int, mpp: float = 0.25, *, height: int | None = None) -> tuple[Path, float | None]:
+    """The synthetic slide of ``size`` x ``height`` px, written on first use.
+
+    Returns:
+        ``(path, seconds it took to write or None when cached)``.
+    """
+    height = size if height is None else height
+    path = CACHE / f"synthetic_ups_{size}x{height}_{mpp}mpp.svs"
+    if path.is_file():
+        return path, None
+    start = time.perf_counter()
+    write_synthetic_slide(path, subtype="ups", size=(size, height), mpp=mpp, seed=0, layout="svs",
+                          tumour_fraction=0.4)
+    return path, time.perf_counter() - start
+
+
+def time_tiling(path: Path, backend: str, repeats: int) -> dict[str, float]:
+    detect, tiling, tiles = [], [], 0
+    for _ in range(repeats):
+        with open_slide(path, backend=backend) as reader:
+            start = time.perf_counter()
+            tissue = detect_tissue(reader)
+            middle = time.perf_counter()
+            grid = tile_slide(reader, target_mpp=0.5, tile_size=256, tissue=tissue)
+            end = time.perf_counter()
+        detect.append(middle - start)
+        tiling.append(end - middle)
+        tiles = len(grid)
+    return {"detect": statistics.median(detect), "tile": statistics.median(tiling), "tiles": tiles,
+            "total": statistics.median(np.add(detect, tiling))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=50_000, help="level-0 width and height in px")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    large, write_seconds = cached_slide(args.size)
+    small, _ = cached_slide(3072, height=2048)
+    rows = []
+    for path in (small, large):
+        with open_slide(path) as reader:
+            dimensions, levels = reader.level_dimensions[0], reader.level_count
+        size_mb = path.stat().st_size / 2**20
+        for backend in ("openslide", "tiffslide"):
+            result = time_tiling(path, backend, args.repeats)
+            rows.append((f"{dimensions[0]} x {dimensions[1]} ({levels} levels, {size_mb:.0f} MiB)", backend,
+                         result["detect"], result["tile"], result["total"], result["tiles"]))
+
+    header = "| slide | backend | detect_tissue (s) | tile_slide (s) | total (s) | tiles kept |"
+    lines = [header, "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {slide} | {backend} | {detect:.3f} | {tile:.3f} | {total:.3f} | {tiles} |"
+              for slide, backend, detect, tile, total, tiles in rows]
+    table = "\n".join(lines)
+    print(table)
+    notes = (f"Synthetic Aperio SVS at 0.25 µm/px, JPEG tiles 256 px, 2x pyramid; mask at 8 µm/px, tiles "
+             f"0.5 µm/px x 256 px (512 level-0 px), min tissue 0.5; median of {args.repeats} runs, fresh reader "
+             f"each run, file in the OS page cache.")
+    if write_seconds is not None:
+        notes += f" Writing the large slide took {write_seconds:.0f} s (tile by tile, never all in memory)."
+    append_results("WSI tiling: tissue detection + tile coordinates per slide",
+                   f"{machine_header()}\n\n{notes}\n\n{table}")
+
+
+if __name__ == "__main__":
+    main()
