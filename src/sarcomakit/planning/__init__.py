@@ -18,7 +18,6 @@ from sarcomakit.planning.preprocess import (
     PreprocessedCase,
     preprocess_case,
     preprocess_cohort,
-    read_case_for_prediction,
     restore_to_input_geometry,
 )
 
@@ -35,6 +34,5 @@ __all__ = [
     "plan_cohort",
     "preprocess_case",
     "preprocess_cohort",
-    "read_case_for_prediction",
     "restore_to_input_geometry",
 ]

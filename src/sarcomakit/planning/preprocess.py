@@ -29,7 +29,7 @@ from sarcomakit.cohort_runner import CohortResult, run_per_case
 from sarcomakit.data.manifest import Case, Manifest
 from sarcomakit.errors import UserInputError
 from sarcomakit.io.atomic import atomic_path, write_json
-from sarcomakit.io.image import Geometry, read_image
+from sarcomakit.io.image import Geometry
 from sarcomakit.planning.fingerprint import check_same_grid, load_case_images
 from sarcomakit.planning.normalize import nonzero_mask, normalize
 from sarcomakit.planning.plan import Plan
@@ -282,9 +282,3 @@ def _outside_crop(case: PreprocessedCase | tuple[Geometry, Geometry], geometry: 
         source = geometry.apply(sitk.GetImageFromArray(np.ones(geometry.array_shape, dtype=np.uint8)))
     mask = sitk.Resample(source, target, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return sitk.GetArrayViewFromImage(mask) == 0
-
-
-def read_case_for_prediction(case: Case, plan: Plan) -> PreprocessedCase:
-    """Preprocess a case for inference only (its label, if any, is ignored)."""
-    images = {ch: read_image(case.images[ch], sitk.sitkFloat32) for ch in plan.channels if ch in case.images}
-    return preprocess_case(images, plan, case_id=case.case_id)
