@@ -220,6 +220,20 @@ class OOFSource:
     settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    def choose_reference(self, requested: str | None = None) -> str:
+        """The reference method: ``requested`` when given, else the experiment's, else ``multitask`` when
+        present, else the first method.
+
+        Raises:
+            UserInputError: ``requested`` (or the experiment's reference) has no predictions here.
+        """
+        reference = requested or self.reference or ("multitask" if "multitask" in self.methods else self.methods[0])
+        if reference not in self.methods:
+            raise UserInputError(f"has no out-of-fold predictions of method {reference!r} "
+                                 f"(methods: {', '.join(self.methods)}).", path=self.root / OOF_FILE,
+                                 fix="pick the reference with --reference among the methods listed.")
+        return reference
+
 
 def load_oof_source(source_dir: str | Path) -> OOFSource:
     """Read an experiment folder (``oof_predictions.csv`` + ``experiment.json``) or a run folder

@@ -1,0 +1,66 @@
+"""CLI command ``sarcomakit report``: the comparison table and HTML report of an experiment or multi-task run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+def register(app: typer.Typer) -> None:
+    """Add this group's commands to the app."""
+
+    @app.command("report")
+    def report(
+        source_dir: Path = typer.Argument(..., help="Experiment folder or multi-task run folder holding "
+                                                    "oof_predictions.csv."),
+        out: Path | None = typer.Option(None, "--out", "-o", help="HTML report to write "
+                                                                  "(default: SOURCE_DIR/report.html)."),
+        reference: str | None = typer.Option(None, "--reference",
+                                             help="Method the others are compared with (default: the "
+                                                  "experiment's reference, else multitask)."),
+        n_bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples over cases."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling."),
+    ) -> None:
+        """Metrics of every method with bootstrap 95% intervals, paired differences against the reference, and
+        an HTML report with ROC, reliability, Kaplan-Meier and overlay figures.
+
+        Also writes comparison.csv, comparison.md and differences.csv beside the report.
+        """
+        from sarcomakit.evaluation.comparison import (
+            compare_methods,
+            display_differences,
+            display_table,
+            load_oof_source,
+            write_comparison,
+        )
+        from sarcomakit.reporting.multitask_report import REPORT_FILE, write_multitask_report
+
+        source = load_oof_source(source_dir)
+        console = Console()
+        result = compare_methods(source.oof, source.choose_reference(reference), n_bootstrap=n_bootstrap, seed=seed,
+                                 methods=source.methods)
+        console.print(_rich_table(display_table(result),
+                                  f"Out-of-fold metrics, value [95% CI] ({n_bootstrap} bootstrap resamples)"))
+        differences = display_differences(result)
+        if not differences.empty:
+            console.print(_rich_table(differences, f"Paired differences: method - {result.reference}"))
+        for note in result.notes + source.notes:
+            console.print(f"[dim]note: {escape(note)}[/dim]", highlight=False, soft_wrap=True)
+        target = out if out is not None else source.root / REPORT_FILE
+        tables = write_comparison(result, target.parent)
+        path = write_multitask_report(source, target, comparison=result)
+        console.print(f"Wrote {path}", highlight=False, soft_wrap=True)
+        console.print(f"Wrote {', '.join(str(p) for p in tables.values())}", highlight=False, soft_wrap=True)
+
+
+def _rich_table(frame, title: str) -> Table:  # noqa: ANN001 (pandas imported lazily)
+    table = Table(title=title)
+    for k, column in enumerate(frame.columns):
+        table.add_column(escape(str(column)), justify="left" if k == 0 or column in ("method", "metric") else "right")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(escape(str(v)) for v in row))
+    return table
