@@ -26,7 +26,8 @@ def write_tiny_cohort(root: Path, n_cases: int = 6, seed: int = 0, shape=(16, 32
         tumour = (((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2
                   + ((x - centre[2]) / radii[2]) ** 2) <= 1
         body = np.ones(shape, bool)
-        t1 = 100 + 20 * rng.normal(size=shape) + 60 * tumour * body
+        grade = ("low", "intermediate", "high")[i % 3]
+        t1 = 100 + 20 * rng.normal(size=shape) + (40 + 20 * (i % 3)) * tumour * body
         t2 = 50 + 10 * rng.normal(size=shape) - 30 * tumour
         spacing = (float(rng.uniform(0.9, 1.3)), float(rng.uniform(0.9, 1.3)), float(rng.choice([2.0, 3.0])))
         direction = (1, 0, 0, 0, 1, 0, 0, 0, 1) if i % 2 == 0 else (-1, 0, 0, 0, 1, 0, 0, 0, 1)
@@ -40,7 +41,8 @@ def write_tiny_cohort(root: Path, n_cases: int = 6, seed: int = 0, shape=(16, 32
             paths[name] = write_image(image, root / ("labels" if name == "label" else "images") /
                                       f"case{i:02d}{'' if name == 'label' else '_' + name}.nii.gz")
         cases.append(Case(f"case{i:02d}", {"T1": paths["T1"], "T2": paths["T2"]}, label=paths["label"],
-                          site=f"site{i % 2}"))
+                          site=f"site{i % 2}", grade=grade, survival_time=float(3000 - 800 * (i % 3) + 10 * i),
+                          event=int(i % 2 == 0 or i % 3 == 2)))
     manifest = Manifest(channels=["T1", "T2"], cases=cases)
     manifest.save(root / "manifest.csv")
     return Manifest.load(root / "manifest.csv")

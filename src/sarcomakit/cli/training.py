@@ -30,6 +30,11 @@ def train_command(
     folds: int = typer.Option(5, "--folds", help="Number of cross-validation folds."),
     epochs: int = typer.Option(None, "--epochs", help="Epochs (default 100)."),
     iterations: int = typer.Option(None, "--iterations", help="Iterations per epoch (default 50)."),
+    task: str = typer.Option(None, "--task", help="segmentation (default) or multitask (segmentation, grade, "
+                                                  "survival)."),
+    tasks: str = typer.Option(None, "--tasks", help="Multi-task: comma list of segmentation,grade,survival."),
+    weighting: str = typer.Option(None, "--weighting", help="Multi-task loss weighting: fixed or uncertainty."),
+    ordinal: bool = typer.Option(False, "--ordinal", help="Multi-task: ordinal grade head (low < int. < high)."),
     network: str = typer.Option(None, "--network", help="Network name (resunet, dynunet, segresnet)."),
     optimizer: str = typer.Option(None, "--optimizer", help="sgd or adamw."),
     learning_rate: float = typer.Option(None, "--lr", help="Initial learning rate."),
@@ -44,7 +49,15 @@ def train_command(
 ) -> None:
     """Train a 3D segmentation network (residual U-Net by default) on one or more folds."""
     base = TrainConfig.load(config_file) if config_file else TrainConfig()
-    config = base.updated(epochs=epochs, iterations_per_epoch=iterations, network=network, optimizer=optimizer,
+    task_options = dict(base.task_options)
+    if tasks:
+        task_options["tasks"] = [t.strip() for t in tasks.split(",")]
+    if weighting:
+        task_options["weighting"] = weighting
+    if ordinal:
+        task_options["ordinal"] = True
+    config = base.updated(task=task, task_options=task_options or None, epochs=epochs,
+                          iterations_per_epoch=iterations, network=network, optimizer=optimizer,
                           learning_rate=learning_rate, batch_size=batch_size, augmentation=augmentation,
                           seed=seed, device=device, num_workers=workers, n_folds=folds)
     console = Console(stderr=True)

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.errors import UserInputError
+from sarcomakit.io.atomic import write_text
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_cohort
 from sarcomakit.training.config import TrainConfig
@@ -63,4 +64,18 @@ def train(manifest: Manifest, plan: Plan, run_dir: str | Path, *, folds: Sequenc
         results[fold] = train_fold(load_preprocessed(cache, train_ids), load_preprocessed(cache, val_ids), plan,
                                    config, run.fold_dir(fold), task=build_task(config, manifest),
                                    resume=resume, time_limit_s=time_limit_s, console=console)
+    _collect_out_of_fold(run)
     return results
+
+
+def _collect_out_of_fold(run: RunFolder) -> None:
+    """Gather the folds' out-of-fold predictions (multi-task runs) into ``RUN/oof_predictions.csv``."""
+    parts = sorted(run.root.glob("fold_*/oof_predictions.csv"))
+    if not parts:
+        return
+    header, lines = None, []
+    for part in parts:
+        rows = part.read_text().splitlines()
+        header = header or rows[0]
+        lines.extend(rows[1:])
+    write_text(run.root / "oof_predictions.csv", "\n".join([header, *lines]) + "\n")

@@ -209,6 +209,9 @@ def train_fold(train_cases: Sequence[PreprocessedCase], val_cases: Sequence[Prep
                 if time_limit_s is not None and time.perf_counter() - started > time_limit_s:
                     flog.info("time limit reached after epoch %d", epoch)
                     break
+        if best_path.exists():
+            model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
+        task.finish(model, train_cases, val_cases, plan, config, device, fold_dir)
     finally:
         flog.close()
     write_json(fold_dir / "summary.json", {"score_name": task.score_name, "best_score": best_score,

@@ -118,7 +118,8 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        volume = self.volumes[rng.integers(len(self.volumes))]
+        case_index = int(rng.integers(len(self.volumes)))
+        volume = self.volumes[case_index]
         image, label = crop_patch(volume, self.patch_size, rng, rng.random() < self.foreground_fraction)
         if len(self.transform.transforms):
             self.transform.set_random_state(seed=int(rng.integers(2**31)))
@@ -127,4 +128,5 @@ class PatchDataset(torch.utils.data.Dataset):
             label_t = torch.as_tensor(sample["label"]).round().long()
         else:
             image_t, label_t = torch.from_numpy(image), torch.from_numpy(label).long()
-        return {"image": image_t.as_subclass(torch.Tensor), "label": label_t.as_subclass(torch.Tensor)}
+        return {"image": image_t.as_subclass(torch.Tensor), "label": label_t.as_subclass(torch.Tensor),
+                "case_index": case_index}

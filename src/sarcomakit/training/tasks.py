@@ -7,6 +7,7 @@ heads, self-supervised objectives) are new tasks, not flags in the loop.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,11 @@ class Task:
                  config: TrainConfig, device: torch.device) -> dict[str, float]:
         """Validation metrics, including :attr:`score_name`."""
         raise NotImplementedError
+
+    def finish(self, model: torch.nn.Module, train_cases: Sequence[PreprocessedCase],
+               val_cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig, device: torch.device,
+               fold_dir: Path) -> None:
+        """After training, with the best weights loaded: write task outputs (e.g. out-of-fold predictions)."""
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """Trainable parameters owned by the task rather than the network (e.g. loss weights)."""
@@ -121,6 +127,8 @@ def register_task(name: str, task_class: type[Task]) -> None:
 
 def build_task(config: TrainConfig, manifest: Manifest | None = None) -> Task:
     """The task named by ``config.task``, built with ``config.task_options`` and the training cohort."""
+    import sarcomakit.training.multitask  # noqa: F401  (registers the multi-task task)
+
     if config.task not in _TASKS:
         raise UserInputError(f"unknown task '{config.task}'.", fix=f"choose one of {', '.join(sorted(_TASKS))}.")
     return _TASKS[config.task](manifest=manifest, **config.task_options)

@@ -1,0 +1,100 @@
+"""Multi-task network and task: heads, partial labels, modality dropout, out-of-fold outputs, prediction CSV."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sarcomakit.data.manifest import Case, Manifest
+from sarcomakit.inference.case_level import tumour_centred_patch
+from sarcomakit.inference.predictor import predict
+from sarcomakit.models.multitask import build_multitask_network, find_bottleneck
+from sarcomakit.planning.plan import plan_cohort
+from sarcomakit.training.api import train
+from sarcomakit.training.config import TrainConfig
+from sarcomakit.training.multitask import OOF_COLUMNS, ClinicalTargets, MultiTaskTask
+
+SMALL = {"channels": [8, 16, 32], "num_res_units": 1}
+
+
+@pytest.mark.parametrize("backbone", ["resunet", "dynunet"])
+@pytest.mark.parametrize("ordinal", [False, True])
+def test_heads_shapes_and_gradients(backbone: str, ordinal: bool) -> None:
+    options = SMALL if backbone == "resunet" else {"filters": [8, 16, 32]}
+    net = build_multitask_network(backbone, in_channels=3, out_channels=2, patch_size=(16, 32, 32), ordinal=ordinal,
+                                  **options)
+    out = net(torch.randn(2, 3, 16, 32, 32), torch.tensor([[1.0, 1, 0], [1, 1, 1]]))
+    assert out["segmentation"].shape == (2, 2, 16, 32, 32)
+    assert out["grade"].shape == (2, 2 if ordinal else 3) and out["log_risk"].shape == (2,)
+    (out["grade"].sum() + out["log_risk"].sum()).backward()
+    bottleneck = find_bottleneck(net.backbone)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in bottleneck.parameters())
+
+
+def test_availability_flags_change_the_heads_input() -> None:
+    torch.manual_seed(0)
+    net = build_multitask_network("resunet", in_channels=2, out_channels=2, patch_size=(16, 32, 32), **SMALL).eval()
+    x = torch.randn(1, 2, 16, 32, 32)
+    a = net(x, torch.tensor([[1.0, 1.0]]))["log_risk"]
+    b = net(x, torch.tensor([[1.0, 0.0]]))["log_risk"]
+    assert not torch.allclose(a, b)
+
+
+def test_clinical_targets_mark_missing_labels() -> None:
+    manifest = Manifest(["CT"], [Case("a", {}, grade="high", survival_time=10.0, event=1), Case("b", {})])
+    targets = ClinicalTargets(manifest)
+    assert targets.grade("a") == 2 and targets.grade("b") == -1
+    assert targets.survival("a") == (10.0, 1.0)
+    assert all(np.isnan(targets.survival("b")))
+
+
+def test_tumour_centred_patch_is_centred_and_padded() -> None:
+    volume = torch.arange(2 * 10 * 20 * 20, dtype=torch.float32).reshape(2, 10, 20, 20)
+    tumour = np.zeros((10, 20, 20), bool)
+    tumour[5, 2, 18] = True
+    patch = tumour_centred_patch(volume, tumour, (8, 8, 8))
+    assert patch.shape == (2, 8, 8, 8)
+    assert (patch == volume[0, 5, 2, 18]).any()
+
+
+def test_unknown_task_name_is_a_user_error() -> None:
+    from sarcomakit.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="unknown task"):
+        MultiTaskTask(tasks=("segmentation", "stage"))
+
+
+@pytest.mark.slow
+def test_multitask_run_writes_out_of_fold_and_clinical_predictions(tiny_cohort, tmp_path: Path) -> None:
+    # one case lacks every clinical label: it must still train segmentation without NaN
+    tiny_cohort.cases[1].grade = None
+    tiny_cohort.cases[1].survival_time = None
+    tiny_cohort.cases[1].event = None
+    plan = plan_cohort(tiny_cohort, tmp_path / "plan.json")
+    config = TrainConfig(task="multitask", task_options={"weighting": "uncertainty", "modality_dropout": 0.5},
+                         epochs=3, iterations_per_epoch=4, patch_size=[16, 32, 32], batch_size=2,
+                         optimizer="adamw", learning_rate=3e-3, augmentation="light", num_workers=0, n_folds=3,
+                         network_options=SMALL, device="cpu")
+    results = train(tiny_cohort, plan, tmp_path / "run", folds=(0, 1), config=config)
+    for result in results.values():
+        losses = [h["train_loss"] for h in result.history]
+        assert all(np.isfinite(losses))
+        assert {"loss_segmentation", "val_dice", "val_score"} <= set(result.history[-1])
+    with open(tmp_path / "run" / "oof_predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == OOF_COLUMNS
+    assert len(rows) == sum(len(f["val"]) for f in __import__("json").loads(
+        (tmp_path / "run" / "splits.json").read_text())[:2])
+    assert all(r["risk_group"] in ("low", "high") for r in rows)
+    assert all(abs(float(r["p_low"]) + float(r["p_intermediate"]) + float(r["p_high"]) - 1) < 1e-5 for r in rows)
+
+    out = tmp_path / "pred"
+    outcome = predict(tmp_path / "run", tiny_cohort.source, out)
+    assert not outcome.failures
+    with open(out / "clinical_predictions.csv") as handle:
+        clinical = list(csv.DictReader(handle))
+    assert sorted(r["case_id"] for r in clinical) == sorted(tiny_cohort.case_ids)
+    assert all(r["grade_pred"] in ("low", "intermediate", "high") and r["risk_group"] in ("low", "high")
+               for r in clinical)
