@@ -299,3 +299,25 @@ def test_referenced_series_found_without_series_reference(tmp_path, dicom, refer
     label_image, mask = _read(case.label)
     _assert_geometry(label_image, t2)
     assert int(mask.sum()) == 36 and mask[2].sum() == 36
+
+
+def test_malformed_files_are_skipped_not_fatal(tmp_path, dicom, caplog):
+    import pydicom
+
+    ct = dicom.write_series(tmp_path / "dicom" / "ct", _stored(), modality="CT")
+    square = np.array([[3.5, 4.5], [9.5, 4.5], [9.5, 10.5], [3.5, 10.5]]) * ct.spacing[:2]
+    dicom.write_rtstruct(tmp_path / "dicom" / "rs.dcm", ct, {"GTV_Mass": [dicom.polygon(ct, 2, square)]})
+    broken = dicom.write_rtstruct(tmp_path / "dicom" / "broken_rs.dcm", ct, {"GTV_Mass": []})
+    ds = pydicom.dcmread(broken)
+    del ds.StructureSetROISequence[0].ROINumber
+    ds.save_as(broken)
+    stray = pydicom.dcmread(next(ct.folder.glob("*.dcm")))
+    stray.SeriesInstanceUID = "1.2.3.4"
+    stray.ImagePositionPatient = [0.0, 1.0]
+    stray.save_as(tmp_path / "dicom" / "stray.dcm")
+
+    index = scan_dicom_folder(tmp_path / "dicom")
+    assert index.unreadable == 2 and len(index.structures) == 1 and list(index.series) == [ct.series_uid]
+    assert "broken_rs.dcm" in caplog.text and "stray.dcm" in caplog.text
+    manifest = import_dicom(tmp_path / "dicom", tmp_path / "out", show_progress=False)
+    assert int(_read(manifest.cases[0].label)[1].sum()) == 36

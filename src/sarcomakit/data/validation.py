@@ -196,12 +196,10 @@ def _check_cohort_clinical(manifest: Manifest, out: _Collector) -> None:
         out.warning("no_events", None, f"no observed event among the {len(with_event)} case(s) with an event "
                     "value: survival cannot be learned or evaluated.",
                     "check the event column and its mapping (1 = death/event, 0 = censored).")
-    folds = {c.case_id: c.fold for c in manifest.cases}
-    given = [f for f in folds.values() if f is not None]
+    given = [c.fold for c in manifest.cases if c.fold is not None]
     invalid = [c for c in manifest.cases if "fold" in c.invalid_fields]
     if given or invalid:
-        missing = [cid for cid, f in folds.items()
-                   if f is None and "fold" not in manifest[cid].invalid_fields]
+        missing = [c.case_id for c in manifest.cases if c.fold is None and "fold" not in c.invalid_fields]
         if missing:
             out.error("invalid_fold", None,
                       f"fold is given for {len(given)} case(s) but missing for {len(missing)} "

@@ -109,7 +109,8 @@ class DicomIndex:
 def scan_dicom_folder(folder: str | Path) -> DicomIndex:
     """Read the headers of every DICOM file under ``folder`` and group them.
 
-    Files that are not DICOM (or not readable) are skipped and counted in ``unreadable``.
+    Files that are not DICOM, or DICOM files with malformed geometry or structure-set tags, are
+    skipped and counted in ``unreadable`` (the malformed ones are logged with their path).
     """
     root = Path(folder)
     if not root.is_dir():
@@ -123,34 +124,43 @@ def scan_dicom_folder(folder: str | Path) -> DicomIndex:
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError):
             index.unreadable += 1
             continue
-        modality = str(getattr(ds, "Modality", "")).upper()
-        if modality == "RTSTRUCT":
-            index.structures.append(read_structure_set(path, ds))
-            continue
-        if modality in NON_IMAGE_MODALITIES:
-            continue
-        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-            index.multiframe += 1
-            continue
-        if "ImagePositionPatient" not in ds or "PixelSpacing" not in ds:
-            continue
-        uid = str(getattr(ds, "SeriesInstanceUID", ""))
-        series = index.series.get(uid)
-        if series is None:
-            series = Series(uid=uid, patient_id=str(getattr(ds, "PatientID", "")),
-                            study_uid=str(getattr(ds, "StudyInstanceUID", "")), modality=modality,
-                            description=str(getattr(ds, "SeriesDescription", "")),
-                            frame_of_reference=str(getattr(ds, "FrameOfReferenceUID", "")))
-            index.series[uid] = series
-        image_type = [str(v).upper() for v in getattr(ds, "ImageType", [])]
-        series.is_localizer |= "LOCALIZER" in image_type
-        series.instances.append(Instance(
-            path=path, sop_uid=str(getattr(ds, "SOPInstanceUID", "")),
-            position=np.asarray([float(v) for v in ds.ImagePositionPatient]),
-            orientation=np.asarray([float(v) for v in ds.ImageOrientationPatient]),
-            pixel_spacing=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
-            rows=int(ds.Rows), columns=int(ds.Columns)))
+        try:
+            _index_dataset(index, path, ds)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            index.unreadable += 1
+            log.warning("%s: skipped, malformed DICOM header (%s: %s)", path, type(exc).__name__, exc)
     return index
+
+
+def _index_dataset(index: DicomIndex, path: Path, ds: pydicom.Dataset) -> None:
+    modality = str(getattr(ds, "Modality", "")).upper()
+    if modality == "RTSTRUCT":
+        index.structures.append(read_structure_set(path, ds))
+        return
+    if modality in NON_IMAGE_MODALITIES:
+        return
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        index.multiframe += 1
+        return
+    if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds or "PixelSpacing" not in ds:
+        return
+    instance = Instance(path=path, sop_uid=str(getattr(ds, "SOPInstanceUID", "")),
+                        position=np.asarray([float(v) for v in ds.ImagePositionPatient][:3]),
+                        orientation=np.asarray([float(v) for v in ds.ImageOrientationPatient][:6]),
+                        pixel_spacing=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
+                        rows=int(ds.Rows), columns=int(ds.Columns))
+    if instance.position.shape != (3,) or instance.orientation.shape != (6,):
+        raise ValueError("ImagePositionPatient/ImageOrientationPatient have too few values")
+    uid = str(getattr(ds, "SeriesInstanceUID", ""))
+    series = index.series.get(uid)
+    if series is None:
+        series = Series(uid=uid, patient_id=str(getattr(ds, "PatientID", "")),
+                        study_uid=str(getattr(ds, "StudyInstanceUID", "")), modality=modality,
+                        description=str(getattr(ds, "SeriesDescription", "")),
+                        frame_of_reference=str(getattr(ds, "FrameOfReferenceUID", "")))
+        index.series[uid] = series
+    series.is_localizer |= "LOCALIZER" in [str(v).upper() for v in getattr(ds, "ImageType", [])]
+    series.instances.append(instance)
 
 
 # ---------------------------------------------------------------------- channel mapping
