@@ -89,7 +89,8 @@ def write_cohort(root: Path, n_cases: int = 3) -> Manifest:
             mask *= 0  # the last case has an empty mask: it fails alone
         paths = {name: write_image(item, root / f"case{i}_{name}.nii.gz")
                  for name, item in (("CT", image), ("T1", image * 2.0), ("label", mask))}
-        cases.append(Case(f"case{i}", {"CT": paths["CT"], "T1": paths["T1"]}, label=paths["label"]))
+        case_id = "site A/case0" if i == 0 else f"case{i}"  # an id that is no safe file name
+        cases.append(Case(case_id, {"CT": paths["CT"], "T1": paths["T1"]}, label=paths["label"]))
     manifest = Manifest(channels=["CT", "T1"], cases=cases)
     manifest.save(root / "manifest.csv")
     return Manifest.load(root / "manifest.csv")
@@ -100,16 +101,16 @@ def test_cohort_extraction_is_cached_and_resumable(tmp_path):
     manifest = write_cohort(tmp_path / "cohort")
     out = tmp_path / "features" / "radiomics.csv"
     table, outcome = extract_cohort_features(manifest, None, out, show_progress=False)
-    assert list(table.index) == ["case0", "case1"] and list(outcome.failures) == ["case2"]
+    assert list(table.index) == ["site A/case0", "case1"] and list(outcome.failures) == ["case2"]
     assert "empty" in outcome.failures["case2"]
     assert table.loc["case1", "shape_VoxelVolume"] == pytest.approx(7**3 * 2.0)
     assert {"CT_glcm_Contrast", "T1_glszm_ZoneEntropy"} <= set(table.columns)
     pd.testing.assert_frame_equal(load_feature_table(out), table, check_dtype=False)
     again, second = extract_cohort_features(manifest, None, out, show_progress=False)
-    assert sorted(second.skipped) == ["case0", "case1"] and not second.results
+    assert sorted(second.skipped) == ["case1", "site A/case0"] and not second.results
     pd.testing.assert_frame_equal(again, table)
     rebinned, third = extract_cohort_features(manifest, ["CT"], out, bin_widths={"CT": 10.0}, show_progress=False)
-    assert sorted(third.results) == ["case0", "case1"]  # new settings: recomputed
+    assert sorted(third.results) == ["case1", "site A/case0"]  # new settings: recomputed
     assert not any(c.startswith("T1_") for c in rebinned.columns)
     with pytest.raises(UserInputError, match="not declared"):
         extract_cohort_features(manifest, ["PET"], out, show_progress=False)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,10 @@ def extract_cohort_features(manifest: Manifest, channels: Sequence[str] | None, 
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def cache_path(case: Case) -> Path:
-        return cache_dir / f"{case.case_id}.json"
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", case.case_id)
+        if safe != case.case_id:  # keep ids that differ only in odd characters apart
+            safe += "-" + hashlib.sha256(case.case_id.encode()).hexdigest()[:8]
+        return cache_dir / f"{safe}.json"
 
     def is_done(case: Case) -> bool:
         path = cache_path(case)
