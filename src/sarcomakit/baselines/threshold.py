@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 from scipy import ndimage
-from skimage.filters import threshold_multiotsu
+from skimage.filters import threshold_multiotsu, threshold_otsu
 
 from sarcomakit.errors import UserInputError
 
@@ -56,13 +56,18 @@ def threshold_baseline(images: dict[str, np.ndarray], *, channel: str = "T2FS", 
                              f"({target.shape} vs {reference.shape}).", fix="resample the channels to one grid.")
 
     # Lower of three multi-Otsu classes (air / soft tissue / fat or fluid) separates air from the body.
-    body = ndimage.binary_fill_holes(reference > threshold_multiotsu(reference, classes=3)[0])
+    body_cut = _otsu_cut(reference, lowest=True)
+    if body_cut is None:
+        return np.zeros(target.shape, np.uint8)
+    body = ndimage.binary_fill_holes(reference > body_cut)
     body = ndimage.binary_erosion(body, iterations=skin_voxels) if skin_voxels > 0 else body
     if not body.any():
         return np.zeros(target.shape, np.uint8)
     inside = target[body]
     if method == "otsu":
-        cut = float(threshold_multiotsu(inside, classes=3)[-1])
+        cut = _otsu_cut(inside, lowest=False)
+        if cut is None:
+            return np.zeros(target.shape, np.uint8)
     elif method == "percentile":
         cut = float(np.percentile(inside, percentile))
     else:
@@ -75,3 +80,17 @@ def threshold_baseline(images: dict[str, np.ndarray], *, channel: str = "T2FS", 
     sizes = np.bincount(components.ravel())[1:]
     largest = components == (int(np.argmax(sizes)) + 1)
     return ndimage.binary_fill_holes(largest).astype(np.uint8)
+
+
+def _otsu_cut(values: np.ndarray, *, lowest: bool) -> float | None:
+    """Lowest or highest of the three-class Otsu thresholds (two-class Otsu when only two levels exist).
+
+    Returns None for constant input, where no threshold separates anything.
+    """
+    if values.size == 0 or float(values.min()) == float(values.max()):
+        return None
+    try:
+        cuts = threshold_multiotsu(values, classes=3)
+    except ValueError:  # fewer than three distinct levels
+        return float(threshold_otsu(values))
+    return float(cuts[0] if lowest else cuts[-1])
