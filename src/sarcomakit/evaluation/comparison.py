@@ -139,8 +139,9 @@ def load_oof(path: str | Path) -> pd.DataFrame:
     """Read and validate an out-of-fold prediction table (see the module docstring for its columns).
 
     Returns:
-        The table with every column of :data:`OOF_COLUMNS` (absent ones added empty), numbers as
-        floats (NaN when empty), grades and risk groups lower-case (None when empty), in file order.
+        The table with the columns of :data:`OOF_COLUMNS` first (absent ones added empty; other columns
+        are kept after them), numbers as floats (NaN when empty), grades and risk groups lower-case (None
+        when empty), rows in file order.
 
     Raises:
         UserInputError: naming the file, the column and the first bad row, for a missing file, a missing
@@ -191,7 +192,7 @@ def validate_oof(table: pd.DataFrame, source: str | Path = "out-of-fold table") 
     duplicated = table.duplicated(["case_id", "method"], keep="first")
     _fail_where(duplicated, table, source, "case_id", "is listed twice for the same method",
                 "keep one out-of-fold prediction per case and method")
-    return table
+    return table[[*OOF_COLUMNS, *(c for c in table.columns if c not in OOF_COLUMNS)]].reset_index(drop=True)
 
 
 @dataclass
