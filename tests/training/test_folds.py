@@ -56,3 +56,17 @@ def test_plain_kfold_is_deterministic_for_a_seed() -> None:
 def test_too_few_cases_is_a_user_error() -> None:
     with pytest.raises(UserInputError, match="cannot be split"):
         make_folds(_cohort(3), n_folds=5)
+
+
+def test_clinical_folds_spread_grades_and_events() -> None:
+    manifest = _cohort(30)
+    for i, case in enumerate(manifest.cases):
+        case.grade = ("low", "intermediate", "high")[i % 3]
+        case.event = int(i % 2 == 0)
+    folds = make_folds(manifest, n_folds=5, seed=2, clinical=True)
+    _check_partition(folds, manifest.case_ids)
+    by_id = {c.case_id: c for c in manifest.cases}
+    for f in folds:
+        val = [by_id[c] for c in f["val"]]
+        assert {c.grade for c in val} == {"low", "intermediate", "high"}
+        assert 0 < sum(c.event for c in val) < len(val)

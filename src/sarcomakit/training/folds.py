@@ -7,6 +7,10 @@ Rules, in order:
 3. with fewer sites than folds, the folds are stratified by site (each fold mixes sites alike),
    because whole-site folds are impossible; this is said in a warning;
 4. otherwise a shuffled KFold.
+
+With ``clinical=True`` (multi-task runs) the folds are also stratified by grade and event, so that
+every validation fold holds each grade and some deaths: StratifiedGroupKFold on the
+grade-and-event stratum, with sites as groups when there are enough of them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.errors import UserInputError
@@ -24,8 +28,20 @@ from sarcomakit.io.atomic import write_json
 log = logging.getLogger(__name__)
 
 
-def make_folds(manifest: Manifest, n_folds: int = 5, seed: int = 0) -> list[dict[str, list[str]]]:
-    """Return ``n_folds`` splits as ``[{"train": [...ids], "val": [...ids]}, ...]``."""
+def _merge_rare(strata: list[str], n_folds: int) -> list[str]:
+    """Strata with fewer members than folds are pooled, so that stratification stays possible."""
+    counts = {s: strata.count(s) for s in set(strata)}
+    return [s if counts[s] >= n_folds else "_rare" for s in strata]
+
+
+def clinical_strata(manifest: Manifest) -> list[str]:
+    """One label per case combining grade and event (``unknown`` where missing)."""
+    return [f"{c.grade or 'unknown'}|{'unknown' if c.event is None else c.event}" for c in manifest.cases]
+
+
+def make_folds(manifest: Manifest, n_folds: int = 5, seed: int = 0, *,
+               clinical: bool = False) -> list[dict[str, list[str]]]:
+    """Return ``n_folds`` splits as ``[{"train": [...ids], "val": [...ids]}, ...]`` (rules in the module docstring)."""
     ids = np.array(manifest.case_ids)
     if len(ids) < n_folds:
         raise UserInputError(f"{len(ids)} cases cannot be split into {n_folds} folds.",
@@ -37,17 +53,21 @@ def make_folds(manifest: Manifest, n_folds: int = 5, seed: int = 0) -> list[dict
                  "val": [c.case_id for c in manifest.cases if c.fold == k]} for k in folds]
     sites = [c.site for c in manifest.cases]
     index = np.arange(len(ids))
-    if all(s is not None for s in sites) and len(set(sites)) >= n_folds:
+    enough_sites = all(s is not None for s in sites) and len(set(sites)) >= n_folds
+    if clinical:
+        strata = _merge_rare(clinical_strata(manifest), n_folds)
+        groups = sites if enough_sites else list(ids)
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = list(splitter.split(index, strata, groups=groups))
+    elif enough_sites:
         order = np.random.default_rng(seed).permutation(len(ids))  # GroupKFold is deterministic: shuffle first
         splitter = GroupKFold(n_splits=n_folds)
         splits = [(order[tr], order[va]) for tr, va in splitter.split(index, groups=np.array(sites)[order])]
     elif all(s is not None for s in sites) and len(set(sites)) > 1:
         log.warning("only %d sites for %d folds: folds are stratified by site instead of grouped by it",
                     len(set(sites)), n_folds)
-        counts = {s: sites.count(s) for s in set(sites)}
-        strata = [s if counts[s] >= n_folds else "_rare" for s in sites]
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        splits = list(splitter.split(index, strata))
+        splits = list(splitter.split(index, _merge_rare(list(sites), n_folds)))
     else:
         splits = list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(index))
     return [{"train": sorted(ids[tr].tolist()), "val": sorted(ids[va].tolist())} for tr, va in splits]

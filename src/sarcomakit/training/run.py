@@ -93,7 +93,8 @@ class RunFolder:
                                      fix="use a new run folder, or the same options (only --epochs may change).")
         config.save(run.config_path)
         if not run.splits_path.exists():
-            save_folds(make_folds(manifest, config.n_folds, config.seed), run.splits_path)
+            save_folds(make_folds(manifest, config.n_folds, config.seed, clinical=config.task == "multitask"),
+                       run.splits_path)
         if not (run.root / "manifest.json").exists():
             manifest.save(run.root / "manifest.json")
         return run

@@ -1,0 +1,55 @@
+"""``sarcomakit experiment``: multi-task vs single-task models vs radiomics, on the same folds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sarcomakit.data.manifest import Manifest
+from sarcomakit.experiments.multitask_comparison import ALL_METHODS, run_experiment
+from sarcomakit.planning.plan import Plan
+from sarcomakit.training.config import TrainConfig
+
+
+def experiment_command(
+    manifest: Path = typer.Argument(..., help="Cohort manifest with labels, grade and survival."),
+    out_dir: Path = typer.Option(Path("experiments/multitask"), "--out", "-o", help="Experiment folder (resumable)."),
+    plan: Path = typer.Option(None, "--plan", help="Plan JSON (default: planned on the cohort)."),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds (stratified by grade and event)."),
+    methods: str = typer.Option(",".join(ALL_METHODS), "--methods", help="Comma list of methods to run."),
+    reference: str = typer.Option("multitask", "--reference", help="Method the others are compared with."),
+    epochs: int = typer.Option(None, "--epochs", help="Epochs per fold (default 100)."),
+    iterations: int = typer.Option(None, "--iterations", help="Iterations per epoch (default 50)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Override the plan's batch size."),
+    weighting: str = typer.Option("fixed", "--weighting", help="Multi-task loss weighting: fixed or uncertainty."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of folds, training and bootstrap."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    config_file: Path = typer.Option(None, "--config", help="TrainConfig JSON shared by the deep models."),
+) -> None:
+    """Train every method on the same folds and write comparison.csv/.md with CIs and paired differences."""
+    base = TrainConfig.load(config_file) if config_file else TrainConfig()
+    config = base.updated(epochs=epochs, iterations_per_epoch=iterations, batch_size=batch_size, seed=seed,
+                          device=device, task_options={**base.task_options, "weighting": weighting})
+    console = Console(stderr=True)
+    result = run_experiment(Manifest.load(manifest), out_dir, plan=Plan.load(plan) if plan else None, n_folds=folds,
+                            config=config, methods=[m.strip() for m in methods.split(",")], reference=reference,
+                            n_bootstrap=bootstrap, console=console)
+    table = Table(title=f"out-of-fold comparison ({folds} folds; 95% bootstrap CI)")
+    table.add_column("metric")
+    for method in result.methods:
+        table.add_column(method)
+    for _, row in result.table.iterrows():
+        table.add_row(str(row["metric"]), *[str(row[m]) for m in result.methods])
+    Console().print(table)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print(f"written: {out_dir / 'comparison.md'}, {out_dir / 'differences.csv'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``experiment``."""
+    app.command("experiment")(experiment_command)

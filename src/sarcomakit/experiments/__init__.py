@@ -1,0 +1,1 @@
+"""Experiments: several models on the same folds and seeds, compared with confidence intervals."""
