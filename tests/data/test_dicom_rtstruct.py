@@ -321,3 +321,30 @@ def test_malformed_files_are_skipped_not_fatal(tmp_path, dicom, caplog):
     assert "broken_rs.dcm" in caplog.text and "stray.dcm" in caplog.text
     manifest = import_dicom(tmp_path / "dicom", tmp_path / "out", show_progress=False)
     assert int(_read(manifest.cases[0].label)[1].sum()) == 36
+
+
+def test_unusable_series_skipped_when_another_matches(tmp_path, dicom):
+    """A multi-echo series (two images per position) is skipped for the well-formed series of its channel."""
+    study = "1.2.826.0.1.3680043.8.498.9"
+    good = dicom.write_series(tmp_path / "dicom" / "good", _stored(7), modality="MR", description="T1 AX",
+                              study_uid=study)
+    echoes = dicom.write_series(tmp_path / "dicom" / "echoes", np.concatenate([_stored(8)] * 2)[:12], modality="MR",
+                                description="T1 multi-echo", study_uid=study, spacing=(0.8, 0.8, 2.5))
+    import pydicom
+
+    for path in echoes.folder.glob("*.dcm"):  # fold the 12 slices onto 6 positions: two echoes each
+        ds = pydicom.dcmread(path)
+        k = int(ds.InstanceNumber) - 1
+        ds.ImagePositionPatient = [float(v) for v in echoes.origin + (k % 6) * 2.5 * echoes.direction[:, 2]]
+        ds.save_as(path)
+
+    # without contours the channel's series with most images would win: here the malformed one
+    manifest = import_dicom(tmp_path / "dicom", tmp_path / "out", channel_map={"T1": "T1"}, show_progress=False)
+    image, values = _read(manifest.cases[0].images["T1"])
+    _assert_geometry(image, good)
+    np.testing.assert_array_equal(values, good.modality_values)
+
+    for path in good.folder.glob("*.dcm"):
+        path.unlink()
+    with pytest.raises(UserInputError, match="several images at the same slice position"):
+        import_dicom(tmp_path / "dicom", tmp_path / "out2", channel_map={"T1": "T1"}, show_progress=False)

@@ -8,7 +8,8 @@ the others. Problems are :class:`ValidationIssue` records with a severity:
   any observed event, folds given for some cases only).
 
 Geometry is read from the image headers only (``sitk.ImageFileReader.ReadImageInformation``);
-voxels are read, one image at a time, only for the NaN/Inf and label-value checks.
+voxels are read, one image at a time, only for the NaN/Inf and label-value checks. NIfTI voxels
+are read with nibabel because ITK's NIfTI reader silently turns NaN and Inf into 0.
 
 Example:
     >>> report = validate_manifest(Manifest.load("cohort/manifest.csv"))  # doctest: +SKIP

@@ -327,6 +327,15 @@ def _referenced_series(structure: StructureSet, candidates: list[Series]) -> Ser
     return max(same_frame, key=lambda s: len(s.instances)) if same_frame else None
 
 
+def _geometry_problem(series: Series) -> str | None:
+    """Why the series cannot become one volume (mixed orientations, repeated positions, gaps...), or None."""
+    try:
+        series_geometry(series)
+    except UserInputError as exc:
+        return exc.detail
+    return None
+
+
 def _resample_onto(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
     values = sitk.GetArrayViewFromImage(image)
     outside = float(values.min())  # air for CT, background for MR/PET
@@ -345,15 +354,23 @@ class _Patient:
 def _import_patient(patient: _Patient, *, out_dir: Path, roi_name: str, channel_map: Mapping[str, str],
                     suv: bool) -> Case:
     usable = [s for s in patient.series if not s.is_localizer and len(s.instances) >= 2]
+    malformed = {s.uid: problem for s in usable if (problem := _geometry_problem(s)) is not None}
     mapped: dict[str, list[Series]] = {}
+    skipped: list[str] = []
     for series in usable:
         channel = match_channel(series, channel_map)
-        if channel is not None:
+        if channel is not None and series.uid in malformed:
+            skipped.append(malformed[series.uid])
+        elif channel is not None:
             mapped.setdefault(channel, []).append(series)
     if not mapped:
         found = ", ".join(sorted({f"{s.modality} '{s.description}'" for s in patient.series})) or "none"
-        raise UserInputError(f"patient {patient.patient_id}: no series matches the channel map "
-                             f"{dict(channel_map)} (series: {found}).", fix="adjust the channel map.")
+        reasons = f" Unusable: {' '.join(skipped)}" if skipped else ""
+        raise UserInputError(f"patient {patient.patient_id}: no usable series matches the channel map "
+                             f"{dict(channel_map)} (series: {found}).{reasons}",
+                             fix="adjust the channel map, or repair the series named.")
+    if skipped:
+        log.warning("patient %s: series skipped: %s", patient.patient_id, " ".join(skipped))
 
     labelled: Series | None = None
     structure: StructureSet | None = None
@@ -372,6 +389,10 @@ def _import_patient(patient: _Patient, *, out_dir: Path, roi_name: str, channel_
                                  "the folder.", path=with_roi[0].path,
                                  fix="export the contoured image series together with the RTSTRUCT.")
         structure, labelled = min(options, key=lambda o: channel_order.get(o[1].uid, len(channel_map)))
+        if labelled.uid in malformed:
+            raise UserInputError(f"patient {patient.patient_id}: the contoured series cannot be converted: "
+                                 f"{malformed[labelled.uid]}", path=labelled.instances[0].path.parent,
+                                 fix="repair or re-export the contoured series.")
 
     chosen: dict[str, Series] = {}
     for channel in channel_map:
