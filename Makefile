@@ -17,6 +17,8 @@ $(VENV)/.stamp-base: pyproject.toml
 
 $(VENV)/.stamp-dev: $(VENV)/.stamp-base
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q numpy setuptools wheel
+	$(PY) -m pip install -q --no-build-isolation "pyradiomics>=3.0.1"
 	touch $@
 
 venv: $(VENV)/.stamp-base
