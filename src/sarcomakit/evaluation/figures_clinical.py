@@ -114,25 +114,36 @@ def plot_kaplan_meier(time: np.ndarray, event: np.ndarray, risk: np.ndarray, pat
     threshold = float(np.median(risk)) if cutoff is None else float(cutoff)
     high = risk_groups(risk, threshold)
     p_value = logrank_test(time, event, high)["p_value"]
-    figure, axes = _figure((5.6, 4.2))
-    for name, members in (("low risk", ~high), ("high risk", high)):
-        if not members.any():
-            continue
+    figure = Figure(figsize=(5.6, 5.0))
+    FigureCanvasAgg(figure)
+    axes, table = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [5, 1]})
+    groups = [(name, members) for name, members in (("low risk", ~high), ("high risk", high)) if members.any()]
+    for name, members in groups:
         curve = kaplan_meier(time[members], event[members])
-        steps_t = np.r_[0.0, curve.times]
-        steps_s = np.r_[1.0, curve.survival]
         colour = GROUP_COLOURS[name]
-        axes.step(steps_t, steps_s, where="post", color=colour, linewidth=2,
+        axes.step(np.r_[0.0, curve.times], np.r_[1.0, curve.survival], where="post", color=colour, linewidth=2,
                   label=f"{name} (n={int(members.sum())}, deaths={int(event[members].sum())})")
         censored_times = np.unique(time[members][event[members] == 0])
         axes.plot(censored_times, curve(censored_times), linestyle="none", marker="|", markersize=9,
                   markeredgewidth=1.5, color=colour)
     axes.plot([], [], linestyle="none", marker="|", color="0.3", label="censored")
     axes.plot([], [], linestyle="none", label=f"log-rank p {_format_p_value(p_value)}")
-    axes.set(xlim=(0, None), ylim=(0, 1.02), xlabel=f"time ({time_unit})", ylabel="survival probability",
-             title=title)
-    axes.legend(loc="lower left", fontsize=8, frameon=False)
+    axes.set(xlim=(-0.03 * float(time.max()), float(time.max()) * 1.03), ylim=(0, 1.02),
+             ylabel="survival probability", title=title)
+    axes.legend(loc="best", fontsize=8, frameon=True, framealpha=0.9)
     axes.grid(alpha=0.3)
+    # numbers at risk under the curves, at the time axis ticks (the table clinicians read with a KM plot)
+    ticks = [t for t in axes.get_xticks() if 0 <= t <= time.max()]
+    for row, (name, members) in enumerate(reversed(groups)):
+        for t in ticks:
+            table.text(t, row, str(int(np.sum(time[members] >= t))), ha="center", va="center", fontsize=8,
+                       color=GROUP_COLOURS[name])
+    table.set(ylim=(-0.6, len(groups) - 0.4), yticks=range(len(groups)),
+              yticklabels=[name for name, _ in reversed(groups)], xlabel=f"time ({time_unit})")
+    table.set_title("number at risk", fontsize=8, loc="left")
+    table.tick_params(axis="y", length=0, labelsize=8, pad=14)
+    for side in ("top", "right", "left"):
+        table.spines[side].set_visible(False)
     return _save(figure, path)
 
 
