@@ -348,3 +348,26 @@ def test_unusable_series_skipped_when_another_matches(tmp_path, dicom):
         path.unlink()
     with pytest.raises(UserInputError, match="several images at the same slice position"):
         import_dicom(tmp_path / "dicom", tmp_path / "out2", channel_map={"T1": "T1"}, show_progress=False)
+
+
+def test_rerun_resumes_and_reconverts_on_new_settings(tmp_path, dicom):
+    import os
+
+    for pid in ("P1", "P2"):
+        ct = dicom.write_series(tmp_path / "dicom" / pid, _stored(), modality="CT", patient_id=pid)
+        square = np.array([[3.5, 4.5], [9.5, 4.5], [9.5, 10.5], [3.5, 10.5]]) * ct.spacing[:2]
+        dicom.write_rtstruct(tmp_path / "dicom" / pid / "rs.dcm", ct, {"GTV_Mass": [dicom.polygon(ct, 2, square)],
+                                                                       "Body": [dicom.polygon(ct, 3, square)]})
+    first = import_dicom(tmp_path / "dicom", tmp_path / "out", show_progress=False)
+    label = first["P1"].label
+    os.utime(label, (1_000_000, 1_000_000))
+    (tmp_path / "out" / "images" / "P2_CT.nii.gz").unlink()  # as if interrupted while writing P2
+
+    second = import_dicom(tmp_path / "dicom", tmp_path / "out", show_progress=False)
+    assert label.stat().st_mtime == 1_000_000  # P1 kept, not converted again
+    assert (tmp_path / "out" / "images" / "P2_CT.nii.gz").is_file()
+    assert second.case_ids == first.case_ids and second["P1"].extra == first["P1"].extra
+
+    third = import_dicom(tmp_path / "dicom", tmp_path / "out", roi_name="Body", show_progress=False)
+    assert label.stat().st_mtime != 1_000_000
+    assert int(_read(third["P1"].label)[1].sum()) == 36 and int(_read(third["P1"].label)[1][3].sum()) == 36

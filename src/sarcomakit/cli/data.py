@@ -82,6 +82,8 @@ def import_dicom_command(
                                       "Modality or SeriesDescription; repeat per channel."),
     channel_map: Path = typer.Option(None, "--channel-map", help="JSON file {channel: pattern}."),
     no_suv: bool = typer.Option(False, "--no-suv", help="Keep PET in Bq/ml instead of SUV."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Convert every patient again (default: keep "
+                                   "patients converted by an earlier run with the same inputs and options)."),
 ) -> None:
     """Convert DICOM series to NIfTI and rasterise an RTSTRUCT ROI as the label, one case per patient.
 
@@ -93,7 +95,7 @@ def import_dicom_command(
     from sarcomakit.data.importers.dicom import import_dicom
 
     manifest = import_dicom(dicom_dir, out_dir, roi_name=roi, channel_map=_channel_map(channel, channel_map),
-                            suv=not no_suv)
+                            suv=not no_suv, overwrite=overwrite)
     _done(manifest, Console())
 
 

@@ -25,11 +25,14 @@ Steps, per patient (one case per PatientID, made file-name safe):
 
 Outputs: ``{out_dir}/images/{case}_{channel}.nii.gz``, ``{out_dir}/labels/{case}.nii.gz`` and
 ``{out_dir}/manifest.csv``; patients that fail are listed in ``{out_dir}/import_failures.json``.
-Every file is written atomically; the DICOM folder is only read.
+Every file is written atomically; the DICOM folder is only read. ``{out_dir}/cases/{case}.json``
+records what each case was made from, so a rerun (after an interruption, or with new patients
+added) converts only the patients whose inputs or settings changed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Mapping
@@ -58,6 +61,7 @@ ORIENTATION_TOL = 1e-4  # cosine units
 SLICE_STEP_REL_TOL = 0.01  # relative deviation of a slice step from the median step
 SLICE_STEP_ABS_TOL = 0.01  # mm
 MANIFEST_NAME = "manifest.csv"
+RECORDS_DIR = "cases"  # one JSON per converted patient: what it was made from, to resume
 
 
 # ---------------------------------------------------------------------- scanning
@@ -458,7 +462,8 @@ def _patients(index: DicomIndex) -> list[_Patient]:
 
 def import_dicom(dicom_dir: str | Path, out_dir: str | Path, roi_name: str = "GTV_Mass",
                  channel_map: Mapping[str, str] | None = None, *, suv: bool = True,
-                 out_manifest: str | Path | None = None, show_progress: bool = True) -> Manifest:
+                 out_manifest: str | Path | None = None, overwrite: bool = False,
+                 show_progress: bool = True) -> Manifest:
     """Convert a DICOM folder (image series + RTSTRUCT) into NIfTI files and a manifest.
 
     Args:
@@ -469,6 +474,8 @@ def import_dicom(dicom_dir: str | Path, out_dir: str | Path, roi_name: str = "GT
             ``{"T1": "T1", "T2FS": "STIR|T2.*FS", "PET": "PT", "CT": "CT"}``; default by Modality.
         suv: convert PET in Bq/ml to body-weight SUV when the dose tags are present.
         out_manifest: where to save the manifest (default ``{out_dir}/manifest.csv``).
+        overwrite: convert every patient again, even those an earlier run converted with the same
+            inputs and settings (by default those are kept, so an interrupted import resumes).
         show_progress: show a progress bar.
 
     Returns:
@@ -498,19 +505,73 @@ def import_dicom(dicom_dir: str | Path, out_dir: str | Path, roi_name: str = "GT
                              path=root, fix="point at the folder with the exported DICOM studies (convert "
                              "multi-frame objects to single-frame files first).")
 
-    def convert(patient: _Patient) -> Case:
-        return _import_patient(patient, out_dir=out, roi_name=roi_name, channel_map=channel_map, suv=suv)
+    settings = {"roi_name": roi_name, "channel_map": channel_map, "suv": suv}
+    patients = _patients(index)
+    kept: dict[str, Case] = {}
+    if not overwrite:
+        for patient in patients:
+            case = _load_record(out, patient, settings)
+            if case is not None:
+                kept[patient.case_id] = case
 
-    result = run_per_case(_patients(index), convert, name=lambda p: p.case_id, description="converting DICOM",
-                          show_progress=show_progress)
+    def convert(patient: _Patient) -> Case:
+        case = _import_patient(patient, out_dir=out, roi_name=roi_name, channel_map=channel_map, suv=suv)
+        _save_record(out, patient, settings, case)
+        return case
+
+    result = run_per_case(patients, convert, name=lambda p: p.case_id, description="converting DICOM",
+                          is_done=lambda p: p.case_id in kept, show_progress=show_progress)
+    failures_file = out / "import_failures.json"
     if result.failures:
         result.print_summary()
-        write_json(out / "import_failures.json", result.failures)
-    if not result.results:
+        write_json(failures_file, result.failures)
+    elif failures_file.exists():
+        failures_file.unlink()  # from an earlier run whose failures are now fixed
+    cases = [result.results.get(p.case_id) or kept.get(p.case_id) for p in patients]
+    cases = [c for c in cases if c is not None]
+    if not cases:
         raise UserInputError("no patient could be imported: " + " | ".join(list(result.failures.values())[:3]),
                              path=root, fix="fix the problems listed above.")
-    cases = list(result.results.values())
     channels = [ch for ch in channel_map if any(ch in c.images for c in cases)]
     manifest = Manifest(channels=channels, cases=cases, labels=dict(DEFAULT_LABELS))
     manifest.source = manifest.save(out_manifest if out_manifest is not None else out / MANIFEST_NAME)
     return manifest
+
+
+# ---------------------------------------------------------------------- resuming
+def _inputs_key(patient: _Patient, settings: dict) -> dict:
+    """What a converted case depends on: the import settings and the patient's series and structure sets."""
+    return {**settings,
+            "series": sorted(f"{s.uid}:{len(s.instances)}" for s in patient.series),
+            "structures": sorted(str(st.path.resolve()) for st in patient.structures)}
+
+
+def _record_path(out_dir: Path, patient: _Patient) -> Path:
+    return out_dir / RECORDS_DIR / f"{patient.case_id}.json"
+
+
+def _save_record(out_dir: Path, patient: _Patient, settings: dict, case: Case) -> None:
+    base = out_dir.resolve()
+    write_json(_record_path(out_dir, patient), {
+        "inputs": _inputs_key(patient, settings),
+        "images": {ch: str(p.relative_to(base)) for ch, p in case.images.items()},
+        "label": str(case.label.relative_to(base)) if case.label is not None else None,
+        "extra": case.extra,
+    })
+
+
+def _load_record(out_dir: Path, patient: _Patient, settings: dict) -> Case | None:
+    """The case converted by an earlier run with the same inputs and settings, if its files are all there."""
+    path = _record_path(out_dir, patient)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if record.get("inputs") != _inputs_key(patient, settings):
+        return None
+    base = out_dir.resolve()
+    images = {ch: base / rel for ch, rel in record["images"].items()}
+    label = base / record["label"] if record.get("label") else None
+    if not all(p.is_file() for p in [*images.values(), *([label] if label else [])]):
+        return None
+    return Case(case_id=patient.case_id, images=images, label=label, extra=dict(record.get("extra", {})))
