@@ -27,20 +27,21 @@ from sarcomakit.io.image import write_image
 MANIFEST_NAME = "manifest.csv"
 
 
-def split_channels(path: Path, channels: list[str], out_dir: Path, case_id: str) -> dict[str, Path]:
+def split_channels(path: Path, channels: list[str], out_dir: Path | None, case_id: str) -> dict[str, Path]:
     """Write each channel of a 4D image as a 3D NIfTI on the image's spatial grid.
 
     Args:
         path: a 3D or 4D image; a 3D one is returned as is (one channel).
         channels: the expected channel names, in the order of the 4th axis.
-        out_dir: where the 3D files go (``{case_id}_{channel}.nii.gz``).
+        out_dir: where the 3D files go (``{case_id}_{channel}.nii.gz``); None when no file may be written.
         case_id: the case's id, used in file names.
 
     Returns:
         Channel name -> 3D image path.
 
     Raises:
-        UserInputError: unreadable file, or a 4th-axis length different from the declared channel count.
+        UserInputError: unreadable file, a 4th-axis length different from the declared channel count,
+            or a 4D image to split without ``out_dir``.
     """
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -55,6 +56,8 @@ def split_channels(path: Path, channels: list[str], out_dir: Path, case_id: str)
                              fix="check dataset.json's 'modality' against the images.")
     if len(size) == 3:
         return {channels[0]: path.resolve()}
+    if out_dir is None:
+        raise UserInputError("is a 4D image, to be split into 3D files.", path=path, fix="give an output folder.")
     image = reader.Execute()
     written = {}
     for index, channel in enumerate(channels):
@@ -124,7 +127,12 @@ def import_msd(dataset_json: str | Path, out_dir: str | Path | None = None, *, i
         raise UserInputError("lists no 'training' cases.", path=json_path, fix="check the file.")
 
     problems = []
+    seen: set[str] = set()
     for _, entry in entries:
+        case_id = _case_id(entry["image"])
+        if case_id in seen:
+            problems.append(f"case {case_id} is listed twice")
+        seen.add(case_id)
         for key in ("image", "label"):
             if key in entry and not (root / entry[key]).is_file():
                 problems.append(f"{entry[key]} not found")
@@ -139,7 +147,7 @@ def import_msd(dataset_json: str | Path, out_dir: str | Path | None = None, *, i
     def convert(item: tuple[str, dict[str, str]]) -> Case:
         split, entry = item
         case_id = _case_id(entry["image"])
-        images = split_channels(root / entry["image"], channels, (out or root) / "images", case_id)
+        images = split_channels(root / entry["image"], channels, out / "images" if out else None, case_id)
         label = (root / entry["label"]).resolve() if "label" in entry else None
         return Case(case_id=case_id, images=images, label=label,
                     extra={"split": split} if include_test else {})
@@ -150,6 +158,8 @@ def import_msd(dataset_json: str | Path, out_dir: str | Path | None = None, *, i
         result.print_summary()
         if out is not None:
             write_json(out / "import_failures.json", result.failures)
+    elif out is not None and (out / "import_failures.json").exists():
+        (out / "import_failures.json").unlink()  # from an earlier run whose failures are now fixed
     if not result.results:
         raise UserInputError("no case could be imported: " + "; ".join(list(result.failures.values())[:3]),
                              path=json_path, fix="fix the files named above.")
