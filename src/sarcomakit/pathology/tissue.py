@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from skimage import color, filters, morphology
+from skimage import filters, morphology
 
 from sarcomakit.pathology.reader import SlideReader
 
@@ -79,11 +79,23 @@ def read_low_resolution(reader: SlideReader, target_mpp: float) -> tuple[np.ndar
     return rgb, width0 / rgb.shape[1], level
 
 
-def pen_mask(rgb: np.ndarray) -> np.ndarray:
-    """Pixels of blue, green or black marker (and dark debris)."""
+def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation ``(max - min) / max`` (0 where max is 0) as float32.
+
+    Computed directly: ``skimage.color.rgb2hsv`` also computes hue, in float64, and is tens of times
+    slower on a whole-slide overview for the one channel needed here.
+    """
+    high = rgb.max(axis=-1).astype(np.float32)
+    low = rgb.min(axis=-1).astype(np.float32)
+    return np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
+
+
+def pen_mask(rgb: np.ndarray, saturation: np.ndarray | None = None) -> np.ndarray:
+    """Pixels of blue, green or black marker (and dark debris); ``saturation`` may be passed if known."""
     rgb_int = rgb.astype(np.int16)
     red, green = rgb_int[..., 0], rgb_int[..., 1]
-    saturation = color.rgb2hsv(rgb)[..., 1]
+    if saturation is None:
+        saturation = hsv_saturation(rgb)
     coloured_pen = (green - red > _PEN_GREEN_OVER_RED) & (saturation > _PEN_MIN_SATURATION)
     dark = rgb_int.max(axis=-1) < _PEN_MAX_BRIGHTNESS
     return coloured_pen | dark
@@ -126,14 +138,15 @@ def detect_tissue(reader: SlideReader, *, target_mpp: float = 8.0, min_area_um2:
     """
     rgb, downsample, level = read_low_resolution(reader, target_mpp)
     pixel_area_um2 = (downsample * reader.mpp[0]) * (downsample * reader.mpp[1])
-    saturation = filters.gaussian(color.rgb2hsv(rgb)[..., 1], sigma=0.5)
-    pen = pen_mask(rgb) if exclude_pen else np.zeros(rgb.shape[:2], bool)
+    raw_saturation = hsv_saturation(rgb)
+    saturation = filters.gaussian(raw_saturation, sigma=0.5)
+    pen = pen_mask(rgb, raw_saturation) if exclude_pen else np.zeros(rgb.shape[:2], bool)
     if exclude_pen and pen.any():
         margin_px = max(1, round(_PEN_MARGIN_UM / (downsample * reader.mpp[0])))
         pen = ndimage.binary_dilation(pen, structure=morphology.disk(margin_px))
     candidates = saturation[~pen]
     threshold = MIN_TISSUE_SATURATION
-    if candidates.size and np.ptp(candidates) > 0:
+    if candidates.size and candidates.max() > candidates.min():
         threshold = max(threshold, float(filters.threshold_otsu(candidates)))
     # Hysteresis: pale tissue (fat, oedema) joins the mask where it touches clearly stained tissue.
     low = max(MIN_TISSUE_SATURATION, _HYSTERESIS_LOW_FRACTION * threshold)
