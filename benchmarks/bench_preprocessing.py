@@ -19,7 +19,7 @@ Each side runs in its own process, one case after another (nnU-Net's ``DefaultPr
 in the nnU-Net interpreter; sarcomakit's ``preprocess_case``), reading the files and keeping the result
 in memory (no saving). A warm-up case is run first and not timed; each side runs ``--repeats`` times,
 alternating, and its fastest run is reported. Reported: cases/s (wall), CPU seconds
-per case, peak RSS of the process (``ru_maxrss``) and its RSS after imports, and the agreement of
+per case, peak RSS of the process (``VmHWM``, see ``_rss_mib``) and its RSS after imports, and the agreement of
 the outputs: Pearson correlation of the preprocessed arrays per case and channel, and the Dice of the
 resampled masks. sarcomakit is also timed with SimpleITK limited to one thread.
 """
@@ -42,7 +42,18 @@ CHANNELS = ("T2FS", "CT")
 
 # ---------------------------------------------------------------------------- workers (run in subprocesses)
 def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    """Peak resident memory of this process so far, MiB.
+
+    On Linux ``ru_maxrss`` survives ``exec``: a worker started from a large driver would report the
+    driver's size. ``VmHWM`` (the high-water mark of this process's own memory map) does not.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def _cpu_seconds() -> float:

@@ -128,3 +128,17 @@ def test_reorientation_is_a_permutation_with_identical_positions():
     index = image.TransformPhysicalPointToIndex(corner)
     assert image[index] == out[0, 0, 0]
     assert reorient(out, "LPS") is out
+
+
+def test_slice_copy_positions_match_nnunet_including_ties():
+    # 40 slices of 4.5 mm onto 44 slices: output slice j samples input index (j + 0.5) * 40 / 44 - 0.5,
+    # which is exactly k + 0.5 for j = 5, 16, 27, 38; ties go to the upper slice, as in scipy's order 0.
+    from fractions import Fraction
+
+    array = np.repeat(np.arange(40, dtype=np.float32)[:, None, None], 8, axis=1).repeat(8, axis=2)
+    image = make_image(array, (1.0, 1.0, 4.5))
+    out = sitk.GetArrayFromImage(resample_to_spacing(image, [4.5 * 40 / 44, 1.0, 1.0]))
+    expected = [int(np.floor(Fraction(2 * j + 1, 2) * Fraction(40, 44) - Fraction(1, 2) + Fraction(1, 2)))
+                for j in range(44)]
+    assert out.shape[0] == 44
+    assert out[:, 0, 0].astype(int).tolist() == expected

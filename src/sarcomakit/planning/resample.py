@@ -165,7 +165,9 @@ def _nearest_slices(image: sitk.Image, grid: Geometry, axis: int) -> sitk.Image:
     direction = np.asarray(source.direction).reshape(3, 3)
     offset = (direction.T @ (np.asarray(grid.origin) - np.asarray(source.origin)))[xyz]
     positions = (offset + np.arange(grid.size[xyz]) * grid.spacing[xyz]) / source.spacing[xyz]
-    index = np.clip(np.floor(positions + 0.5).astype(np.int64), 0, source.size[xyz] - 1)
+    # Exact ties (position k + 0.5, frequent for ratios like 10/11) go up, as in scipy and ITK; rounding
+    # first keeps floating-point noise from deciding them.
+    index = np.clip(np.floor(np.round(positions, 6) + 0.5).astype(np.int64), 0, source.size[xyz] - 1)
     array = np.take(sitk.GetArrayViewFromImage(image), index, axis=axis)
     return grid.apply(sitk.GetImageFromArray(array, isVector=image.GetNumberOfComponentsPerPixel() > 1))
 
