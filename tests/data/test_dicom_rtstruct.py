@@ -371,3 +371,25 @@ def test_rerun_resumes_and_reconverts_on_new_settings(tmp_path, dicom):
     third = import_dicom(tmp_path / "dicom", tmp_path / "out", roi_name="Body", show_progress=False)
     assert label.stat().st_mtime != 1_000_000
     assert int(_read(third["P1"].label)[1].sum()) == 36 and int(_read(third["P1"].label)[1][3].sum()) == 36
+
+
+def test_suv_factor_fallbacks_and_refusals():
+    import pydicom
+
+    from sarcomakit.data.importers.dicom import suv_factor
+
+    ds = pydicom.Dataset()
+    ds.Units, ds.PatientWeight, ds.AcquisitionTime = "BQML", 80, "235000"
+    drug = pydicom.Dataset()
+    drug.RadionuclideTotalDose, drug.RadionuclideHalfLife = 4.0e8, 6586.2
+    drug.RadiopharmaceuticalStartDateTime = "20240101231000"
+    ds.RadiopharmaceuticalInformationSequence = [drug]
+    assert suv_factor(ds) == pytest.approx(80_000 / (4.0e8 * 2 ** (-2400 / 6586.2)))
+    ds.AcquisitionTime = "000500"  # acquired after midnight, injected before
+    assert suv_factor(ds) == pytest.approx(80_000 / (4.0e8 * 2 ** (-3300 / 6586.2)))
+    ds.DecayCorrection = "ADMIN"
+    assert suv_factor(ds) == pytest.approx(80_000 / 4.0e8)
+    ds.DecayCorrection = "NONE"
+    assert suv_factor(ds) is None
+    ds.DecayCorrection, ds.Units = "START", "CNTS"
+    assert suv_factor(ds) is None

@@ -264,8 +264,8 @@ def suv_factor(dataset: pydicom.Dataset) -> float | None:
     """Factor from Bq/ml to body-weight SUV, or None when the tags needed are absent.
 
     SUVbw = C(Bq/ml) x weight(g) / dose(Bq), where the injected dose is decayed to the time the
-    images are decay-corrected to (DecayCorrection START: series time; ADMIN: injection time):
-    dose x 2^(-(t_series - t_injection) / half-life).
+    images are decay-corrected to (DecayCorrection START: series time, else acquisition time;
+    ADMIN: injection time): dose x 2^(-(t_series - t_injection) / half-life).
     """
     try:
         if str(dataset.Units).upper() != "BQML":
@@ -276,7 +276,10 @@ def suv_factor(dataset: pydicom.Dataset) -> float | None:
         half_life = float(drug.RadionuclideHalfLife)
         correction = str(getattr(dataset, "DecayCorrection", "START")).upper()
         if correction == "START":
-            elapsed = _seconds(dataset.SeriesTime) - _seconds(drug.RadiopharmaceuticalStartTime)
+            injected = getattr(drug, "RadiopharmaceuticalStartTime", None) or \
+                str(drug.RadiopharmaceuticalStartDateTime)[8:]  # DT: YYYYMMDDHHMMSS...
+            started = getattr(dataset, "SeriesTime", None) or dataset.AcquisitionTime
+            elapsed = _seconds(started) - _seconds(injected)
             if elapsed < 0:
                 elapsed += 24 * 3600  # injection before midnight
             dose *= 2.0 ** (-elapsed / half_life)
