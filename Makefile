@@ -18,7 +18,7 @@ $(VENV)/.stamp-base: pyproject.toml
 $(VENV)/.stamp-dev: $(VENV)/.stamp-base
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m pip install -q numpy setuptools wheel
-	$(PY) -m pip install -q --no-build-isolation "pyradiomics>=3.0.1"
+	$(PY) -m pip install -q --no-build-isolation "pyradiomics==3.0.1"
 	touch $@
 
 venv: $(VENV)/.stamp-base

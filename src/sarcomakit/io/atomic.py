@@ -21,6 +21,12 @@ def _suffixes(path: Path) -> str:
     return "".join(path.suffixes)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -35,6 +41,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                                     dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions a plain open would
     try:
         yield tmp
         os.replace(tmp, target)
