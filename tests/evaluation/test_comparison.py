@@ -241,6 +241,9 @@ def test_missing_columns_leave_only_the_tasks_present(tmp_path):
     result = compare_methods(path, n_bootstrap=20)
     assert set(result.table.index) == {"dice_mean", "hd95_mean"}
     assert set(result.differences["metric"]) == {"dice_mean", "hd95_mean"}
+    for method in ("multitask", "segmentation"):
+        assert any(note.startswith(f"{method}: grade metrics left out") for note in result.notes)
+        assert any(note.startswith(f"{method}: survival metrics left out") for note in result.notes)
 
 
 def test_infinite_hd95_is_left_out_with_a_note(oof):

@@ -569,8 +569,8 @@ def _dice_data(df: pd.DataFrame, column: str, metric: str, method: str, notes: l
     values = df[column].to_numpy(float)
     finite = np.isfinite(values)
     if not finite.any():
-        if df[column].notna().any():
-            notes.append(f"{method}: {metric_info(metric).label} left out: no finite {column} value.")
+        reason = f"no finite {column} value" if df[column].notna().any() else f"no '{column}' column values"
+        notes.append(f"{method}: {metric_info(metric).label} left out: {reason}.")
         return None
     if (~finite & df[column].notna().to_numpy()).any():
         notes.append(f"{method}: {int((~finite & df[column].notna().to_numpy()).sum())} case(s) with an infinite "
@@ -584,6 +584,7 @@ def _grade_data(df: pd.DataFrame, method: str, notes: list[str]) -> TaskData | N
     has_proba = df[list(PROBABILITY_COLUMNS)].notna().all(axis=1)
     has_grade = df["grade_true"].notna()
     if not has_proba.any():
+        notes.append(f"{method}: grade metrics left out: no grade probabilities ({', '.join(PROBABILITY_COLUMNS)}).")
         return None
     usable = (has_proba & has_grade).to_numpy()
     if not usable.any():
@@ -605,6 +606,7 @@ def _survival_data(df: pd.DataFrame, method: str, notes: list[str], times: Seque
                    grid: Sequence[float] | np.ndarray | None) -> TaskData | None:
     has_risk = df["log_risk"].notna()
     if not has_risk.any():
+        notes.append(f"{method}: survival metrics left out: no 'log_risk' values.")
         return None
     usable = (has_risk & df["time"].notna() & df["event"].notna()).to_numpy()
     if not usable.any():
