@@ -21,6 +21,14 @@ def _done(manifest: Manifest, console: Console) -> None:
     console.print(f"check it with: sarcomakit validate {manifest.source}", highlight=False)
 
 
+def _report_failures(out_dir: Path, console: Console) -> None:
+    failures_file = out_dir / "import_failures.json"
+    if failures_file.is_file():
+        failed = json.loads(failures_file.read_text(encoding="utf-8"))
+        console.print(f"[yellow]{len(failed)} case(s) failed and are not in the manifest; reasons in "
+                      f"{failures_file}[/yellow]", highlight=False)
+
+
 def _manifest_path(path: Path) -> Path:
     if path.suffix.lower() not in (".csv", ".json"):
         raise UserInputError("the manifest must end in .csv or .json.", path=path, fix="e.g. cohort/manifest.csv.")
@@ -49,7 +57,9 @@ def import_msd_command(
     """Import a Medical Segmentation Decathlon task, splitting 4D images into one file per channel."""
     from sarcomakit.data.importers.msd import import_msd
 
-    _done(import_msd(dataset_json, out_dir, include_test=include_test), Console())
+    console = Console()
+    _done(import_msd(dataset_json, out_dir, include_test=include_test), console)
+    _report_failures(out_dir, console)
 
 
 def _channel_map(channel: list[str] | None, channel_map: Path | None) -> dict[str, str] | None:
@@ -96,7 +106,9 @@ def import_dicom_command(
 
     manifest = import_dicom(dicom_dir, out_dir, roi_name=roi, channel_map=_channel_map(channel, channel_map),
                             suv=not no_suv, overwrite=overwrite)
-    _done(manifest, Console())
+    console = Console()
+    _done(manifest, console)
+    _report_failures(out_dir, console)
 
 
 @import_app.command("table")
