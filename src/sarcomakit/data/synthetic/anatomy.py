@@ -34,8 +34,9 @@ class Tissue(IntEnum):
 
 
 def wrap_angle(angle: np.ndarray) -> np.ndarray:
-    """Angle difference wrapped into [-pi, pi)."""
-    return (angle + np.pi) % (2 * np.pi) - np.pi
+    """Angle difference wrapped into [-pi, pi] (rounding, several times faster than a float modulo)."""
+    turns = np.rint(angle * np.float32(1 / (2 * np.pi)))
+    return angle - turns * np.float32(2 * np.pi)
 
 
 @dataclass(frozen=True)
