@@ -56,11 +56,11 @@ from sarcomakit.data.manifest import GRADES, Manifest
 from sarcomakit.errors import SarcomakitError, UserInputError
 from sarcomakit.evaluation.bootstrap import bootstrap_indices, paired_bootstrap_difference
 from sarcomakit.evaluation.classification import (
+    HIGH,
     balanced_accuracy,
     encode_grades,
     high_grade_ece,
-    high_vs_rest_auc,
-    macro_ovr_auc,
+    one_vs_rest_aucs,
     resampled_intervals,
     top_label_ece,
 )
@@ -113,9 +113,8 @@ METRICS: dict[str, MetricInfo] = {
     "integrated_brier_score": MetricInfo("Integrated Brier score", "survival", False),
     "logrank_p": MetricInfo("Log-rank p, low vs high risk", "survival", None),
 }
-GRADE_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "auc_macro_ovr": macro_ovr_auc, "auc_high_vs_rest": high_vs_rest_auc, "balanced_accuracy": balanced_accuracy,
-    "ece_top_label": top_label_ece, "ece_high": high_grade_ece}
+GRADE_METRIC_NAMES: tuple[str, ...] = ("auc_macro_ovr", "auc_high_vs_rest", "balanced_accuracy", "ece_top_label",
+                                       "ece_high")
 TD_AUC_PREFIX = "td_auc@"
 
 
@@ -597,9 +596,14 @@ def _grade_data(df: pd.DataFrame, method: str, notes: list[str]) -> TaskData | N
         notes.append(f"{method}: only grade {present[0]} among the {y.size} labelled cases: AUCs are undefined.")
 
     def metrics_of(idx: np.ndarray) -> dict[str, float]:
-        return {name: float(fn(y[idx], proba[idx])) for name, fn in GRADE_FUNCTIONS.items()}
+        y_at, p_at = y[idx], proba[idx]
+        # The one-vs-rest AUCs once per resample (what macro_ovr_auc and high_vs_rest_auc compute).
+        aucs = one_vs_rest_aucs(y_at, p_at)
+        return {"auc_macro_ovr": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else math.nan,
+                "auc_high_vs_rest": float(aucs[HIGH]), "balanced_accuracy": balanced_accuracy(y_at, p_at),
+                "ece_top_label": top_label_ece(y_at, p_at), "ece_high": high_grade_ece(y_at, p_at)}
 
-    return TaskData("grade", "grade", df["case_id"].to_numpy()[usable], tuple(GRADE_FUNCTIONS), metrics_of)
+    return TaskData("grade", "grade", df["case_id"].to_numpy()[usable], GRADE_METRIC_NAMES, metrics_of)
 
 
 def _survival_data(df: pd.DataFrame, method: str, notes: list[str], times: Sequence[float] | np.ndarray | None,

@@ -89,7 +89,8 @@ def write_multitask_report(source_dir: str | Path | OOFSource, out_path: str | P
     metadata: dict[str, Any] = {"source": str(source.root), "kind": source.kind, "methods": comparison.methods,
                                 "reference": comparison.reference, "cases": int(oof["case_id"].nunique()),
                                 "bootstrap resamples": comparison.n_bootstrap}
-    metadata.update({key: source.settings[key] for key in ("folds", "seed", "cohort") if key in source.settings})
+    metadata.update({key: source.settings[key] for key in ("folds", "seed", "cohort")
+                     if source.settings.get(key) is not None})
     title = "Multi-task evaluation" if source.kind == "run" else "Method comparison"
     return write_html_report(target, title, sections, metadata=metadata,
                              subtitle="Segmentation, histological grade and survival from out-of-fold predictions")
@@ -212,6 +213,9 @@ def _per_case_section(oof: pd.DataFrame, methods: list[str]) -> ReportSection:
     for column in ("fold", "event"):
         if column in table:
             table[column] = table[column].astype("Int64")
+    for column in ("grade_true", "grade_pred", "risk_group"):
+        if column in table:
+            table[column] = table[column].fillna("–")
     return ReportSection("Per-case predictions", text="One row per case and method (out-of-fold).", table=table)
 
 
