@@ -266,7 +266,7 @@ def run_cohort(name: str, args, python_nnunet: str) -> dict:
     else:
         source = _thick_cohort(work / "source", args.cases, args.seed)
     lps = _reoriented_copy(source, work / "lps")
-    raw = export_nnunet_raw(lps, work / "nnUNet_raw", dataset_id=501, name="Bench")
+    raw = export_nnunet_raw(lps, work / "nnUNet_raw", dataset_id=501, name="Bench", overwrite=True)
     cases = [{"case_id": c.case_id,
               "images": [str(raw / "imagesTr" / f"{c.case_id}_{i:04d}.nii.gz") for i in range(len(CHANNELS))],
               "label": str(raw / "labelsTr" / f"{c.case_id}.nii.gz")} for c in lps.cases]

@@ -1,7 +1,7 @@
 """Reorientation, crop-to-nonzero and resampling onto a target spacing, all with SimpleITK.
 
-Resampling is done in physical space with SimpleITK's multi-threaded ``Resample`` (several channels
-at once as one vector image), not with order-3 scipy over whole volumes as nnU-Net does.
+Resampling is done in physical space with SimpleITK's multi-threaded ``Resample`` (one scalar image
+per channel), not with order-3 scipy over whole volumes as nnU-Net does.
 
 The output grid of :func:`target_grid` has the input's direction, ``round(extent / target)`` voxels per
 axis, and covers exactly the input's field of view, so its spacing is the target spacing to within half
