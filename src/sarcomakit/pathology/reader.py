@@ -179,12 +179,16 @@ class OpenSlideReader(SlideReader):
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
     """Drop the alpha channel, compositing (non-premultiplied) transparent pixels on white."""
+    # Channel-by-channel copy: several times faster than copying the strided ``rgba[..., :3]`` view at once.
+    rgb = np.empty(rgba.shape[:2] + (3,), dtype=np.uint8)
+    for channel in range(3):
+        rgb[..., channel] = rgba[..., channel]
     alpha = rgba[..., 3]
-    if np.all(alpha == 255):
-        return np.ascontiguousarray(rgba[..., :3])
+    if alpha.min() == 255:
+        return rgb
     weight = alpha[..., None].astype(np.float32) / 255.0
-    rgb = rgba[..., :3].astype(np.float32) * weight + 255.0 * (1.0 - weight)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    composited = rgb.astype(np.float32) * weight + 255.0 * (1.0 - weight)
+    return np.clip(np.rint(composited), 0, 255).astype(np.uint8)
 
 
 class TiffSlideReader(SlideReader):
