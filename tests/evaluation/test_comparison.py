@@ -174,6 +174,8 @@ def test_planted_signal_is_recovered(comparison):
     assert values["multitask", "auc_macro_ovr"] > 0.9 > values["radiomics", "auc_macro_ovr"]
     assert values["multitask", "c_index_harrell"] > values["radiomics", "c_index_harrell"]
     assert values["multitask", "dice_mean"] > values["segmentation", "dice_mean"]
+    assert "radiomics: segmentation metrics left out: no 'dice' or 'hd95' values." in comparison.notes
+    assert any(note.startswith("segmentation: grade metrics left out") for note in comparison.notes)
 
 
 # ---------------------------------------------------------------------- paired differences

@@ -339,8 +339,13 @@ def task_data(df_method: pd.DataFrame, *, times: Sequence[float] | np.ndarray | 
     """
     notes = notes if notes is not None else []
     method = str(df_method["method"].iloc[0]) if len(df_method) else "method"
-    found = [d for d in (_dice_data(df_method, "dice", "dice_mean", method, notes),
-                         _dice_data(df_method, "hd95", "hd95_mean", method, notes),
+    segmentation: list[TaskData | None] = []
+    if df_method[["dice", "hd95"]].notna().any(axis=None):
+        segmentation = [_dice_data(df_method, "dice", "dice_mean", method, notes),
+                        _dice_data(df_method, "hd95", "hd95_mean", method, notes)]
+    else:
+        notes.append(f"{method}: segmentation metrics left out: no 'dice' or 'hd95' values.")
+    found = [d for d in (*segmentation,
                          _grade_data(df_method, method, notes),
                          _survival_data(df_method, method, notes, times, grid)) if d is not None]
     return found
