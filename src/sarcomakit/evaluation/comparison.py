@@ -857,7 +857,7 @@ def _fail_where(bad: pd.Series | np.ndarray, table: pd.DataFrame, source: str | 
 
 def _numbers(table: pd.DataFrame, column: str, source: str | Path) -> pd.Series:
     raw = table[column]
-    text = raw.map(_text) if raw.dtype == object else raw
+    text = raw if pd.api.types.is_numeric_dtype(raw) else raw.map(_text)
     numbers = pd.to_numeric(text, errors="coerce").astype(float)
     _fail_where(numbers.isna() & text.notna(), table, source, column, "is not a number",
                 "write plain numbers (a dot as decimal separator) or leave the cell empty")

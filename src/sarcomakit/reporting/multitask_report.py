@@ -27,6 +27,7 @@ from sarcomakit.evaluation.comparison import (
     compare_methods,
     display_differences,
     display_table,
+    format_estimate,
     load_oof_source,
     predicted_high_risk,
 )
@@ -78,7 +79,7 @@ def write_multitask_report(source_dir: str | Path | OOFSource, out_path: str | P
     oof = source.oof[source.oof["method"].isin(comparison.methods)]
     notes = list(source.notes)
     sections = [_summary_section(source, comparison), _differences_section(comparison)]
-    sections += [s for s in (_grade_section(oof, comparison.methods, figure_dir),
+    sections += [s for s in (_grade_section(oof, comparison, figure_dir),
                              _survival_section(oof, comparison, figure_dir),
                              _segmentation_section(source, oof, comparison, figure_dir, n_overlays, notes))
                  if s is not None]
@@ -120,18 +121,20 @@ def _differences_section(comparison: ComparisonResult) -> ReportSection:
     return ReportSection(title, text=text, table=display_differences(comparison))
 
 
-def _grade_section(oof: pd.DataFrame, methods: list[str], figure_dir: Path) -> ReportSection | None:
+def _grade_section(oof: pd.DataFrame, comparison: ComparisonResult, figure_dir: Path) -> ReportSection | None:
     figures: list[Path] = []
     matrices = []
-    for method in methods:
+    for method in comparison.methods:
         rows = _grade_rows(oof, method)
         if rows is None:
             continue
         y, proba = rows
         figures.append(plot_roc_curves(y, proba, figure_dir / f"grade_roc_{_safe(method)}.png",
-                                       title=f"{method}: grade ROC curves"))
+                                       title=f"{method}: grade ROC curves\n"
+                                             f"{_with_interval(comparison, method, 'auc_macro_ovr', 'macro AUC')}"))
+        ece = _with_interval(comparison, method, "ece_high", "ECE p(high)")
         figures.append(plot_reliability_diagram(y, proba, figure_dir / f"grade_reliability_{_safe(method)}.png",
-                                                title=f"{method}: grade calibration"))
+                                                title=f"{method}: grade calibration\n{ece}"))
         counts = confusion_matrix(y, proba)
         for k, grade in enumerate(GRADES):
             matrices.append({"method": method, "true grade": grade,
@@ -156,7 +159,8 @@ def _survival_section(oof: pd.DataFrame, comparison: ComparisonResult, figure_di
         # The groups are given per case (each fold has its own cutoff): plot the group indicator split at 0.5.
         figures.append(plot_kaplan_meier(rows["time"].to_numpy(float), rows["event"].to_numpy(float),
                                          high.astype(float), figure_dir / f"kaplan_meier_{_safe(method)}.png",
-                                         cutoff=0.5, title=f"{method}: survival by predicted risk group"))
+                                         cutoff=0.5, title=f"{method}: survival by predicted risk group\n"
+                                         f"{_with_interval(comparison, method, 'c_index_harrell', 'C-index')}"))
     td_auc = comparison.metrics[comparison.metrics["metric"].str.startswith(TD_AUC_PREFIX)]
     table = None
     if not td_auc.empty:
@@ -242,6 +246,16 @@ def _plot_td_auc(td_auc: pd.DataFrame, methods: list[str], path: Path) -> Path:
     axes.grid(alpha=0.3)
     figure.tight_layout()
     return save_png(figure, path)
+
+
+def _with_interval(comparison: ComparisonResult, method: str, metric: str, name: str) -> str:
+    """``"name value [low, high] (95% CI)"`` from the comparison, or an empty string when it has none."""
+    rows = comparison.metrics[(comparison.metrics["method"] == method) & (comparison.metrics["metric"] == metric)]
+    if rows.empty:
+        return ""
+    row = rows.iloc[0]
+    level = f"{comparison.confidence:.0%}"
+    return f"{name} {format_estimate(row['value'], row['ci_low'], row['ci_high'])} ({level} CI)"
 
 
 def _grade_rows(oof: pd.DataFrame, method: str) -> tuple[np.ndarray, np.ndarray] | None:
