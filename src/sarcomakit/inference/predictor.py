@@ -138,8 +138,8 @@ def predict(run_dir: str | Path, source: str | Path, out_dir: str | Path, *, fol
 
     Writes ``{case_id}.nii.gz`` masks on each input's exact grid and, with ``save_probabilities``,
     ``{case_id}_probabilities.nii.gz`` (one component per class); a multi-task run also writes
-    ``clinical_predictions.csv`` (grade probabilities, predicted grade, log-risk, risk group). Cases whose mask exists are
-    skipped unless ``overwrite``; a failing case is reported and the others are predicted.
+    ``clinical_predictions.csv`` (grade probabilities, predicted grade, log-risk, risk group). Cases whose
+    mask exists are skipped unless ``overwrite``; a failing case is reported and the others are predicted.
     """
     predictor = Predictor.from_run(run_dir, folds=folds, checkpoint=checkpoint, device=device, mirror=mirror)
     cases = cases_from_input(source, predictor.plan.channels)
