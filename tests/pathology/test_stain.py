@@ -70,6 +70,18 @@ def test_normalising_a_restained_image_recovers_the_reference_stains() -> None:
     assert after < 0.3 * before
 
 
+def test_normalizer_on_tensors() -> None:
+    reference = _he_image(TRUE_STAINS, seed=0)
+    restained = _he_image(_unit(TRUE_STAINS + 0.1), seed=1, h_scale=1.3)
+    normaliser = MacenkoNormalizer().fit(reference)
+    tensor = torch.from_numpy(restained).permute(2, 0, 1).float() / 255
+    out = normaliser(tensor)
+    assert out.shape == tensor.shape and out.dtype == torch.float32
+    expected = normaliser.transform(restained)
+    np.testing.assert_allclose(out.permute(1, 2, 0).numpy() * 255, expected, atol=1e-3)
+    np.testing.assert_array_equal(normaliser(restained), expected)
+
+
 def test_standard_reference_and_errors() -> None:
     image = _he_image(TRUE_STAINS)
     normalised = MacenkoNormalizer.standard().transform(image)

@@ -152,6 +152,15 @@ class MacenkoNormalizer:
     def fit_transform(self, rgb: np.ndarray) -> np.ndarray:
         return self.fit(rgb).transform(rgb)
 
+    def __call__(self, image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """:meth:`transform` for arrays, or for tensors ``(3, H, W)``/``(B, 3, H, W)`` (uint8 or [0, 1]).
+
+        So a fitted normaliser can be a :class:`~sarcomakit.pathology.tiles.TileDataset` transform.
+        """
+        if isinstance(image, torch.Tensor):
+            return _apply_to_tensor(image, self.transform)
+        return self.transform(image)
+
 
 class StainAugment:
     """Random jitter of stain concentrations (Tellez et al., 2018), on RGB uint8 arrays or tensors.
