@@ -131,6 +131,8 @@ def train_command(
     lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate."),
     patience: int = typer.Option(8, "--patience", help="Early-stopping patience (epochs)."),
     balance: str = typer.Option("sampler", "--balance", help="sampler, loss or none."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction",
+                                       help="Share of training patients for early stopping (0: fixed epochs)."),
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the intervals."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
@@ -142,8 +144,8 @@ def train_command(
     from sarcomakit.pathology.report import format_metrics
 
     manifest = _load(slides, require_labels=True, classes=classes)
-    config = MILTrainConfig(model=model, epochs=epochs, lr=lr, patience=patience, balance=balance, seed=seed,
-                            device=device)
+    config = MILTrainConfig(model=model, epochs=epochs, lr=lr, patience=patience, balance=balance,
+                            val_fraction=val_fraction, seed=seed, device=device)
     result = cross_validate(manifest, out / FEATURES, out / MIL / model, config, folds, n_boot, overwrite)
     console = _console()
     console.print(format_metrics(result.metrics, title=f"{model}, {folds}-fold CV (patient-grouped)"))

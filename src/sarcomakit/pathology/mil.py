@@ -253,6 +253,24 @@ class TransMIL(nn.Module):
         return {"logits": self.classifier(slide), "attention": attention, "embedding": slide}
 
 
+class StandardizedMIL(nn.Module):
+    """A MIL model preceded by per-dimension standardisation of the instances, ``(x - mean) / std``.
+
+    Patch embeddings (random-init or foreign encoders especially) can have tiny or uneven scales; the
+    training instances' statistics are kept as buffers so that they travel with the checkpoint.
+    """
+
+    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean.detach().clone().float())
+        self.register_buffer("std", std.detach().clone().float().clamp_min(1e-6))
+        self.bag_weight = getattr(model, "bag_weight", 0.7)
+
+    def forward(self, bag: torch.Tensor, label: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.model((bag - self.mean) / self.std, label=label)
+
+
 MILBuilder = Callable[..., nn.Module]
 _REGISTRY: dict[str, MILBuilder] = {"abmil": GatedABMIL, "clam_sb": CLAMSB, "transmil": TransMIL}
 

@@ -37,7 +37,7 @@ from sarcomakit.cohort_runner import CohortResult
 from sarcomakit.errors import UserInputError
 from sarcomakit.io.atomic import atomic_path, write_json
 from sarcomakit.pathology.metrics import classification_metrics, metrics_to_json
-from sarcomakit.pathology.mil import build_mil_model, mil_loss
+from sarcomakit.pathology.mil import StandardizedMIL, build_mil_model, mil_loss
 from sarcomakit.pathology.slide_manifest import SlideManifest
 
 log = logging.getLogger("sarcomakit")
@@ -57,6 +57,7 @@ class MILTrainConfig:
             (class-weighted cross-entropy) or ``none``.
         max_instances: a random subset of at most this many instances per bag in training (None: all).
         val_fraction: share of the training patients held out for early stopping (0: no early stopping).
+        standardize: standardise each feature dimension with the training instances' mean and std.
         seed: random seed.
         device: torch device.
     """
@@ -70,6 +71,7 @@ class MILTrainConfig:
     balance: str = "sampler"
     max_instances: int | None = 4096
     val_fraction: float = 0.2
+    standardize: bool = True
     seed: int = 0
     device: str = "cpu"
 
@@ -177,7 +179,11 @@ def train_mil(bags: Sequence[torch.Tensor], labels: Sequence[int], n_classes: in
     device = config.device
     label_array = np.asarray(labels, dtype=int)
     model = build_mil_model(config.model, in_dim=int(bags[0].shape[1]), n_classes=n_classes,
-                            **config.model_options).to(device)
+                            **config.model_options)
+    if config.standardize:
+        instances = torch.cat(list(bags)).float()
+        model = StandardizedMIL(model, instances.mean(0), instances.std(0))
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     class_weights = _class_weights(label_array, n_classes).to(device) if config.balance == "loss" else None
     history: list[dict[str, float]] = []
@@ -232,6 +238,7 @@ def save_mil_checkpoint(path: str | Path, trained: TrainedMIL, config: MILTrainC
                         in_dim: int, extra: dict[str, Any] | None = None) -> Path:
     """Save a trained model with what is needed to rebuild it (atomically)."""
     payload = {"model": config.model, "model_options": config.model_options, "in_dim": in_dim,
+               "standardize": isinstance(trained.model, StandardizedMIL),
                "classes": list(classes), "state_dict": trained.model.state_dict(),
                "config": json.dumps(asdict(config)), "history": json.dumps(trained.history),
                "best_epoch": trained.best_epoch, "extra": json.dumps(extra or {})}
@@ -257,8 +264,11 @@ def load_mil_checkpoint(path: str | Path) -> LoadedMIL:
         raise UserInputError("MIL checkpoint not found.", path=path, fix="give a model.pt from `wsi train`.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        model = build_mil_model(payload["model"], in_dim=int(payload["in_dim"]),
-                                n_classes=len(payload["classes"]), **payload["model_options"])
+        in_dim = int(payload["in_dim"])
+        model = build_mil_model(payload["model"], in_dim=in_dim, n_classes=len(payload["classes"]),
+                                **payload["model_options"])
+        if payload.get("standardize"):
+            model = StandardizedMIL(model, torch.zeros(in_dim), torch.ones(in_dim))
         model.load_state_dict(payload["state_dict"])
     except UserInputError:
         raise

@@ -261,8 +261,8 @@ class DemoOptions:
     seed: int = 0
     slide_size: tuple[int, int] = (3072, 2048)
     slide_mpp: float = 0.5
-    target_mpp: float = 1.0
-    tile_size: int = 96
+    target_mpp: float = 0.5
+    tile_size: int = 128
     min_tissue: float = 0.5
     encoder: str = "small_cnn"
     ssl_epochs: int = 0
@@ -354,7 +354,9 @@ def run_demo(out_dir: str | Path, options: DemoOptions | None = None, overwrite:
     metrics: dict[str, dict[str, Any]] = {}
     lines: list[str] = []
     for model in options.models:
-        config = MILTrainConfig(model=model, epochs=options.epochs, seed=options.seed)
+        # A demo cohort has a handful of slides per class: an inner validation split would leave too few to
+        # train on, so the demo trains a fixed number of epochs (val_fraction=0).
+        config = MILTrainConfig(model=model, epochs=options.epochs, val_fraction=0.0, seed=options.seed)
         result = cross_validate(manifest, work / FEATURES, work / MIL / model, config, options.folds,
                                 options.n_boot, overwrite)
         metrics[model] = result.metrics
