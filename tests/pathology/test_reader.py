@@ -10,7 +10,7 @@ import tifffile
 
 from sarcomakit.errors import UserInputError
 from sarcomakit.pathology.reader import open_slide
-from sarcomakit.pathology.synthetic import SyntheticSlideInfo
+from sarcomakit.pathology.synthetic import SyntheticSlideInfo, write_synthetic_slide
 
 BACKENDS = ["openslide", "tiffslide"]
 
@@ -86,6 +86,16 @@ def test_missing_mpp_is_refused_unless_given(slide_without_mpp: SyntheticSlideIn
     assert slide_without_mpp.path.name in str(error.value)
     with open_slide(slide_without_mpp.path, backend=backend, mpp=0.42) as reader:
         assert reader.mpp == (0.42, 0.42)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_svs_without_mpp_is_refused(tmp_path: Path, backend: str) -> None:
+    info = write_synthetic_slide(tmp_path / "nompp.svs", subtype="ups", size=(512, 512), layout="svs",
+                                 write_resolution=False)
+    with pytest.raises(UserInputError, match="pass --mpp"):
+        open_slide(info.path, backend=backend)
+    with open_slide(info.path, backend=backend, mpp=0.5) as reader:
+        assert reader.level_count == 3 and reader.mpp == (0.5, 0.5)
 
 
 def test_mpp_argument_overrides_metadata(tiff_slide: SyntheticSlideInfo) -> None:
