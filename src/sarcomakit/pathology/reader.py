@@ -212,7 +212,12 @@ class TiffSlideReader(SlideReader):
         downsample = self.level_downsamples[level]
         canvas, rows, cols = _white_canvas(location, size, self.level_dimensions[level], downsample)
         inner_w, inner_h = cols.stop - cols.start, rows.stop - rows.start
-        if inner_w > 0 and inner_h > 0:
+        if (inner_w, inner_h) == size:  # wholly inside the slide: no canvas needed
+            region = self._slide.read_region(location, level, size, as_array=True)
+            if region.shape[2] == 3 and region.flags.writeable and region.flags.c_contiguous:
+                return region
+            canvas[:] = region[..., :3]
+        elif inner_w > 0 and inner_h > 0:
             inner_location = (location[0] + round(cols.start * downsample),
                               location[1] + round(rows.start * downsample))
             inner = self._slide.read_region(inner_location, level, (inner_w, inner_h), as_array=True)
