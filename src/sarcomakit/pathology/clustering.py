@@ -110,7 +110,7 @@ def fit_phenotype_clusters(features: np.ndarray, method: str = "kmeans", n_clust
         labels = model.labels_
         centres = model.cluster_centers_
     elif method == "hdbscan":
-        labels = HDBSCAN(min_cluster_size=min_cluster_size).fit_predict(z)
+        labels = HDBSCAN(min_cluster_size=min_cluster_size, copy=True).fit_predict(z)
         found = sorted(set(labels) - {-1})
         if not found:
             raise UserInputError("HDBSCAN found no cluster (every tile is noise).",
