@@ -9,6 +9,7 @@ import pytest
 import tifffile
 
 from sarcomakit.errors import UserInputError
+from sarcomakit.pathology import reader as reader_module
 from sarcomakit.pathology.reader import open_slide
 from sarcomakit.pathology.synthetic import SyntheticSlideInfo, write_synthetic_slide
 
@@ -77,6 +78,25 @@ def test_thumbnail_and_best_level(svs_slide: SyntheticSlideInfo, backend: str) -
         assert reader.best_level_for_downsample(3.9) == 1
         assert reader.best_level_for_downsample(4.0) == 2
         assert reader.best_level_for_downsample(1000.0) == reader.level_count - 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_whole_slide_read_in_blocks_matches_one_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     backend: str) -> None:
+    """A flat (single-level) slide shrunk block by block looks like the same slide shrunk at once."""
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 255, (30, 40, 3)), np.ones((40, 40, 1))).astype(np.uint8)  # 1200x1600
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, smooth, tile=(256, 256), photometric="rgb", compression="zlib",
+                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    with open_slide(path, backend=backend) as slide:
+        assert slide.level_count == 1
+        whole = slide.read_whole_slide(8.0)
+        monkeypatch.setattr(reader_module, "WHOLE_SLIDE_BLOCK", 384)
+        blocks = slide.read_whole_slide(8.0)
+    assert whole.shape == blocks.shape == (150, 200, 3)
+    assert np.abs(whole.astype(int) - blocks.astype(int)).mean() < 2.0
+    np.testing.assert_allclose(whole.reshape(30, 5, 40, 5, 3).mean(axis=(1, 3)), smooth[::40, ::40], atol=40)
 
 
 @pytest.mark.parametrize("backend", ["auto", *BACKENDS])

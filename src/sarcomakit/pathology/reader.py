@@ -24,6 +24,8 @@ _CM_PER_UNIT = {"centimeter": 1.0, "inch": 2.54, "3": 1.0, "2": 2.54}
 # A level whose downsample is within this relative tolerance of the request counts as equal to it,
 # so that a level stored at 3999 px instead of 4000 px (downsample 2.0005) is still chosen for 2.0.
 _DOWNSAMPLE_TOLERANCE = 1e-3
+# Largest block (level pixels per side) read at once by SlideReader.read_whole_slide.
+WHOLE_SLIDE_BLOCK = 4096
 
 
 class SlideReader:
@@ -83,18 +85,44 @@ class SlideReader:
         return best
 
     def get_thumbnail(self, max_size: int) -> np.ndarray:
-        """Return an RGB image of the whole slide whose longer side is ``max_size`` pixels (or less).
+        """Return an RGB image of the whole slide whose longer side is ``max_size`` pixels (or less)."""
+        width0, height0 = self.level_dimensions[0]
+        return self.read_whole_slide(max(width0, height0) / max_size)
 
-        The level just finer than the thumbnail is read whole and resized with antialiasing.
+    def read_whole_slide(self, downsample: float) -> np.ndarray:
+        """The whole slide at ``downsample`` level-0 pixels per output pixel (at least 1).
+
+        The level just finer than requested is read and resized (bilinear, antialiased), in blocks of
+        at most ``WHOLE_SLIDE_BLOCK`` x ``WHOLE_SLIDE_BLOCK`` level pixels so that a slide without a
+        useful pyramid (a flat TIFF) never has to be held whole in memory.
+
+        Returns:
+            ``uint8`` RGB ``(round(h0 / downsample), round(w0 / downsample), 3)``.
         """
         width0, height0 = self.level_dimensions[0]
-        downsample = max(max(width0, height0) / max_size, 1.0)
+        downsample = max(float(downsample), 1.0)
+        out_w, out_h = max(1, round(width0 / downsample)), max(1, round(height0 / downsample))
         level = self.best_level_for_downsample(downsample)
-        region = self.read_region((0, 0), level, self.level_dimensions[level])
-        target = (max(1, round(width0 / downsample)), max(1, round(height0 / downsample)))
-        if (region.shape[1], region.shape[0]) == target:
-            return region
-        return np.asarray(Image.fromarray(region).resize(target, Image.Resampling.BILINEAR))
+        level_w, level_h = self.level_dimensions[level]
+        level_downsample = self.level_downsamples[level]
+        out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+        scale_x, scale_y = out_w / level_w, out_h / level_h
+        block = WHOLE_SLIDE_BLOCK
+        for y0 in range(0, level_h, block):
+            y1 = min(y0 + block, level_h)
+            out_y0, out_y1 = round(y0 * scale_y), round(y1 * scale_y)
+            for x0 in range(0, level_w, block):
+                x1 = min(x0 + block, level_w)
+                out_x0, out_x1 = round(x0 * scale_x), round(x1 * scale_x)
+                if out_x1 <= out_x0 or out_y1 <= out_y0:
+                    continue
+                region = self.read_region((round(x0 * level_downsample), round(y0 * level_downsample)), level,
+                                          (x1 - x0, y1 - y0))
+                if region.shape[:2] != (out_y1 - out_y0, out_x1 - out_x0):
+                    region = np.asarray(Image.fromarray(region).resize((out_x1 - out_x0, out_y1 - out_y0),
+                                                                       Image.Resampling.BILINEAR))
+                out[out_y0:out_y1, out_x0:out_x1] = region
+        return out
 
     @property
     def dimensions(self) -> tuple[int, int]:

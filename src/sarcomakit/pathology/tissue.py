@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 from skimage import filters, morphology
 
@@ -62,20 +61,19 @@ class TissueMask:
 def read_low_resolution(reader: SlideReader, target_mpp: float) -> tuple[np.ndarray, float, int]:
     """Read the whole slide at about ``target_mpp`` µm/px.
 
-    The finest level not finer than needed is read whole and, when its resolution is more than
-    25 % finer than the target, resized (with antialiasing) to the target.
+    The coarsest level not coarser than needed is read whole when its resolution is within 25 % of
+    the target, otherwise it is read block by block and resized (with antialiasing) to the target.
 
     Returns:
         ``(rgb, downsample, level)`` where ``downsample`` is level-0 pixels per returned pixel (x).
     """
-    width0, height0 = reader.level_dimensions[0]
+    width0 = reader.level_dimensions[0][0]
     wanted = max(target_mpp / reader.mpp[0], 1.0)
     level = reader.best_level_for_downsample(wanted)
-    rgb = reader.read_region((0, 0), level, reader.level_dimensions[level])
-    level_downsample = reader.level_downsamples[level]
-    if wanted / level_downsample > 1.25:
-        size = (max(1, round(width0 / wanted)), max(1, round(height0 / wanted)))
-        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+    if wanted / reader.level_downsamples[level] > 1.25:
+        rgb = reader.read_whole_slide(wanted)
+    else:
+        rgb = reader.read_region((0, 0), level, reader.level_dimensions[level])
     return rgb, width0 / rgb.shape[1], level
 
 
