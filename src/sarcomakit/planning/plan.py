@@ -53,7 +53,22 @@ CHANNEL_KINDS = ("ct", "zscore", "none")
 
 
 class Plan(pydantic.BaseModel):
-    """Everything preprocessing, training and inference need to agree on (spatial lists in z, y, x)."""
+    """Everything preprocessing, training and inference need to agree on (spatial lists in z, y, x).
+
+    Attributes:
+        channels: channel names, in the order of the network's input channels.
+        labels: label name -> value; the network predicts ``len(labels)`` classes, class 0 background.
+        orientation: every case is reoriented to it before resampling (undone on restore).
+        target_spacing: mm; each case's grid keeps its field of view, so its spacing is within half a
+            voxel over the extent of this.
+        anisotropic, low_res_axis: whether the thick-slice rule applied, and to which axis.
+        crop_to_nonzero: crop each case to the bounding box of its nonzero voxels.
+        normalization: one entry per channel, in channel order.
+        median_shape: median case shape after crop and resampling.
+        patch_size, batch_size: for training, from the memory model (:func:`estimate_memory_mb`).
+        memory_budget_mb: the budget they were fitted to.
+        fingerprint_file: the fingerprint JSON the plan came from (relative to the plan's folder).
+    """
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
