@@ -32,6 +32,15 @@ wsi-demo: $(VENV)/.stamp-base
 test: $(VENV)/.stamp-dev
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
 
+# Each benchmark appends its table to benchmarks/RESULTS.md (nnU-Net's side needs .venv-nnunet, see the script).
+bench: $(VENV)/.stamp-dev
+	$(PY) benchmarks/bench_preprocessing.py
+	$(PY) benchmarks/bench_training_step.py
+	$(PY) benchmarks/bench_sliding_window.py
+	$(PY) benchmarks/bench_wsi_tiling.py
+	$(PY) benchmarks/bench_wsi_read.py
+	$(PY) benchmarks/bench_wsi_embed.py
+
 lint: $(VENV)/.stamp-dev
 	$(VENV)/bin/ruff check src tests benchmarks
 

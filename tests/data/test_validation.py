@@ -39,7 +39,11 @@ def test_case_missing_a_declared_channel(nifti_cohort):
     manifest = nifti_cohort()
     del manifest.cases[0].images["T2FS"]
     [issue] = _issues(validate_manifest(manifest), "missing_channel")
-    assert issue.case_id == "case000" and "T2FS" in issue.message
+    assert issue.case_id == "case000" and "T2FS" in issue.message and issue.severity == "warning"
+    for channel in list(manifest.cases[1].images):
+        del manifest.cases[1].images[channel]
+    errors = [i for i in _issues(validate_manifest(manifest), "missing_channel") if i.case_id == "case001"]
+    assert errors and all(i.severity == "error" for i in errors)
 
 
 def test_missing_and_unreadable_files(nifti_cohort):

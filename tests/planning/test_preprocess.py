@@ -76,6 +76,8 @@ def test_missing_channel_and_undeclared_label_values_are_user_errors():
     plan = simple_plan(channels=("MR", "CT"))
     with pytest.raises(UserInputError, match="CT"):
         preprocess_case({"MR": make_image(mr)}, plan)
+    with pytest.raises(UserInputError, match="MR, CT"):
+        preprocess_case({}, plan, allow_missing_channels=True)
     bad = label.copy()
     bad[0, 0, 0] = 7
     with pytest.raises(UserInputError, match=r"label values \[7\]"):
@@ -186,3 +188,14 @@ def test_fingerprint_of_cohort(tmp_path):
     assert again.foreground_intensity == fp.foreground_intensity  # seeded
     plan = make_plan(fp, channel_kinds={"CT": "zscore"})
     assert plan.normalization[1].scheme == "zscore"
+
+
+def test_missing_modality_is_zero_filled_and_flagged_when_allowed():
+    mr, _, label = body_case((8, 20, 20))
+    plan = simple_plan(channels=("MR", "CT"))
+    case = preprocess_case({"MR": make_image(mr)}, plan, make_image(label), allow_missing_channels=True)
+    assert case.properties["missing_channels"] == ["CT"]
+    assert case.data.shape[0] == 2 and np.all(case.data[1] == 0) and np.any(case.data[0] != 0)
+    complete = preprocess_case({"MR": make_image(mr), "CT": make_image(mr)}, plan, make_image(label))
+    assert complete.properties["missing_channels"] == []
+    np.testing.assert_allclose(case.data[0], complete.data[0], atol=1e-5)

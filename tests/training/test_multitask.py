@@ -12,6 +12,7 @@ from sarcomakit.inference.case_level import tumour_centred_patch
 from sarcomakit.inference.predictor import predict
 from sarcomakit.models.multitask import build_multitask_network, find_bottleneck
 from sarcomakit.planning.plan import plan_cohort
+from sarcomakit.planning.preprocess import PreprocessedCase
 from sarcomakit.training.api import train
 from sarcomakit.training.config import TrainConfig
 from sarcomakit.training.multitask import OOF_COLUMNS, ClinicalTargets, MultiTaskTask
@@ -72,12 +73,16 @@ def test_multitask_run_writes_out_of_fold_and_clinical_predictions(tiny_cohort, 
     tiny_cohort.cases[1].grade = None
     tiny_cohort.cases[1].survival_time = None
     tiny_cohort.cases[1].event = None
+    del tiny_cohort.cases[2].images["T2"]  # a missing modality is zero-filled and flagged
     plan = plan_cohort(tiny_cohort, tmp_path / "plan.json")
+    cache = tmp_path / "run" / "preprocessed"
     config = TrainConfig(task="multitask", task_options={"weighting": "uncertainty", "modality_dropout": 0.5},
                          epochs=3, iterations_per_epoch=4, patch_size=[16, 32, 32], batch_size=2,
                          optimizer="adamw", learning_rate=3e-3, augmentation="light", num_workers=0, n_folds=3,
                          network_options=SMALL, device="cpu")
     results = train(tiny_cohort, plan, tmp_path / "run", folds=(0, 1), config=config)
+    missing = PreprocessedCase.load(cache, tiny_cohort.cases[2].case_id)
+    assert missing.properties["missing_channels"] == ["T2"] and np.all(missing.data[1] == 0)
     for result in results.values():
         losses = [h["train_loss"] for h in result.history]
         assert all(np.isfinite(losses))
@@ -91,7 +96,8 @@ def test_multitask_run_writes_out_of_fold_and_clinical_predictions(tiny_cohort, 
     assert all(abs(float(r["p_low"]) + float(r["p_intermediate"]) + float(r["p_high"]) - 1) < 1e-5 for r in rows)
 
     out = tmp_path / "pred"
-    outcome = predict(tmp_path / "run", tiny_cohort.source, out)
+    tiny_cohort.save(tmp_path / "cohort_missing_t2.csv")
+    outcome = predict(tmp_path / "run", tmp_path / "cohort_missing_t2.csv", out)
     assert not outcome.failures
     with open(out / "clinical_predictions.csv") as handle:
         clinical = list(csv.DictReader(handle))

@@ -338,10 +338,15 @@ def _read_voxels(path: Path, what: str, cid: str, out: _Collector) -> np.ndarray
 def _check_case_files(case: Case, manifest: Manifest, out: _Collector, *, check_images: bool,
                       check_voxels: bool) -> None:
     cid = case.case_id
-    for channel in manifest.channels:
-        if channel not in case.images:
-            out.error("missing_channel", cid, f"no image for declared channel '{channel}'.",
-                      f"add the path in column image_{channel}, or drop the channel from the cohort.")
+    absent = [channel for channel in manifest.channels if channel not in case.images]
+    for channel in absent:
+        if len(absent) == len(manifest.channels):
+            out.error("missing_channel", cid, f"no image for declared channel '{channel}' (the case has none).",
+                      f"add the path in column image_{channel}, or drop the case.")
+        else:  # the multi-task model zero-fills and flags a missing modality; segmentation training refuses it
+            out.warning("missing_channel", cid, f"no image for declared channel '{channel}': the multi-task "
+                        "model zero-fills it, segmentation-only training cannot use the case.",
+                        f"add the path in column image_{channel} if the modality exists.")
     reference: tuple[str, Geometry] | None = None
     for channel in manifest.channels:
         path = case.images.get(channel)

@@ -28,8 +28,9 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def cases_from_input(source: str | Path, channels: list[str]) -> list[Case]:
-    """Resolve a predict input into cases whose images cover ``channels``."""
+def cases_from_input(source: str | Path, channels: list[str], *, allow_missing: bool = False) -> list[Case]:
+    """Resolve a predict input into cases whose images cover ``channels`` (or, with ``allow_missing``,
+    at least one of them)."""
     text = str(source)
     if "=" in text and not Path(text).exists():
         images = {}
@@ -38,13 +39,14 @@ def cases_from_input(source: str | Path, channels: list[str]) -> list[Case]:
                 raise UserInputError(f"'{item}' is not CHANNEL=path.", fix="write T1=a.nii.gz,T2FS=b.nii.gz.")
             name, path = item.split("=", 1)
             images[name.strip()] = Path(path.strip())
-        return [_checked(Case(case_id=_stem(next(iter(images.values()))), images=images), channels, Path(text))]
+        return [_checked(Case(case_id=_stem(next(iter(images.values()))), images=images), channels, Path(text),
+                         allow_missing)]
     path = Path(text)
     if not path.exists():
         raise UserInputError("input not found.", path=path, fix="give a manifest, a folder of images or an image.")
     if path.is_file() and path.suffix.lower() in (".csv", ".json"):
         manifest = Manifest.load(path)
-        return [_checked(c, channels, path) for c in manifest.cases]
+        return [_checked(c, channels, path, allow_missing) for c in manifest.cases]
     if path.is_file():
         if len(channels) != 1:
             raise UserInputError(f"one image given but the model needs {len(channels)} channels "
@@ -63,12 +65,13 @@ def cases_from_input(source: str | Path, channels: list[str]) -> list[Case]:
     if not grouped:
         raise UserInputError("folder holds no images named {case}_{XXXX}.nii.gz.", path=path,
                              fix="name one file per channel with a 4-digit channel index, as nnU-Net does.")
-    return [_checked(Case(case_id=cid, images=imgs), channels, path) for cid, imgs in sorted(grouped.items())]
+    return [_checked(Case(case_id=cid, images=imgs), channels, path, allow_missing)
+            for cid, imgs in sorted(grouped.items())]
 
 
-def _checked(case: Case, channels: list[str], where: Path) -> Case:
+def _checked(case: Case, channels: list[str], where: Path, allow_missing: bool) -> Case:
     missing = [ch for ch in channels if ch not in case.images]
-    if missing:
+    if missing and (not allow_missing or len(missing) == len(channels)):
         raise UserInputError(f"case {case.case_id} lacks channel(s) {', '.join(missing)} that the model needs.",
                              path=where, fix=f"provide {', '.join(channels)} for every case.")
     return case

@@ -27,6 +27,7 @@ from sarcomakit.planning.preprocess import preprocess_case, restore_to_input_geo
 from sarcomakit.training.checkpoint import load_checkpoint
 from sarcomakit.training.config import TrainConfig
 from sarcomakit.training.engine import build_model, select_device
+from sarcomakit.training.multitask import channel_availability
 from sarcomakit.training.run import RunFolder
 
 
@@ -99,8 +100,9 @@ class Predictor:
 
     def predict_case(self, case: Case) -> Prediction:
         """Preprocess with the plan, average the ensemble's outputs, restore to the input geometry."""
-        images = {ch: read_image(case.images[ch]) for ch in self.plan.channels}
-        pre = preprocess_case(images, self.plan)
+        images = {ch: read_image(case.images[ch]) for ch in self.plan.channels if ch in case.images}
+        pre = preprocess_case(images, self.plan, case_id=case.case_id, allow_missing_channels=self.multitask)
+        available = torch.from_numpy(channel_availability(pre, self.plan.channels))
         volume = torch.from_numpy(np.ascontiguousarray(pre.data)).to(self.device)
         patch = self.config.patch_size or self.plan.patch_size
         options = {"overlap": self.overlap, "sw_batch_size": self.config.sw_batch_size,
@@ -108,7 +110,7 @@ class Predictor:
         probabilities, grades, risks = [], [], []
         for model in self.models:
             if self.multitask:
-                out = predict_case_outputs(model, volume, patch, **options)
+                out = predict_case_outputs(model, volume, patch, available=available, **options)
                 probabilities.append(out.probabilities)
                 grades.append(out.grade_probabilities)
                 risks.append(out.log_risk)
@@ -116,7 +118,7 @@ class Predictor:
                 probabilities.append(predict_volume(model, volume, patch, **options))
         mean_probabilities = (sum(probabilities) / len(probabilities)).cpu().numpy()
         restored = restore_to_input_geometry(mean_probabilities, pre)
-        reference = images[self.plan.channels[0]]
+        reference = next(iter(images.values()))
         mask = array_to_image(restored.argmax(0).astype(np.uint8), reference)
         prediction = Prediction(case_id=case.case_id, mask=mask, probabilities=restored.astype(np.float32))
         if self.multitask:
@@ -142,7 +144,7 @@ def predict(run_dir: str | Path, source: str | Path, out_dir: str | Path, *, fol
     mask exists are skipped unless ``overwrite``; a failing case is reported and the others are predicted.
     """
     predictor = Predictor.from_run(run_dir, folds=folds, checkpoint=checkpoint, device=device, mirror=mirror)
-    cases = cases_from_input(source, predictor.plan.channels)
+    cases = cases_from_input(source, predictor.plan.channels, allow_missing=predictor.multitask)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -120,25 +120,43 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def load_case_images(case: Case, channels: list[str], orientation: str,
+def load_case_images(case: Case, channels: list[str], orientation: str, *, allow_missing: bool = False,
                      ) -> tuple[list[sitk.Image], sitk.Image | None, Geometry]:
     """Read a case's channels (and label) and reorient them; checks that all share one grid.
+
+    Args:
+        allow_missing: a channel the case lacks becomes an all-zero image on the grid of its other
+            channels (its name is in :func:`missing_channels`); at least one channel must be present.
 
     Returns:
         The reoriented channel images, the reoriented label (or None) and the input grid.
 
     Raises:
-        UserInputError: a channel is missing, or channels/label disagree in geometry.
+        UserInputError: a channel is missing (and not allowed to be), or channels/label disagree in geometry.
     """
-    missing = [ch for ch in channels if ch not in case.images]
-    if missing:
+    missing = missing_channels(case, channels)
+    if missing and (not allow_missing or len(missing) == len(channels)):
         raise UserInputError(f"case {case.case_id} has no image for channel(s) {', '.join(missing)}.",
                              fix="give every case one image per declared channel.")
-    images = [read_image(case.images[ch], sitk.sitkFloat32) for ch in channels]
+    present = [ch for ch in channels if ch not in missing]
+    read = {ch: read_image(case.images[ch], sitk.sitkFloat32) for ch in present}
     label = read_image(case.label) if case.label is not None else None
-    check_same_grid(images, label, case.case_id, [case.images[ch] for ch in channels], case.label)
+    check_same_grid([read[ch] for ch in present], label, case.case_id, [case.images[ch] for ch in present], case.label)
+    template = read[present[0]]
+    images = [read[ch] if ch in read else _zeros_like(template) for ch in channels]
     reoriented_label = reorient(label, orientation) if label is not None else None
     return [reorient(im, orientation) for im in images], reoriented_label, Geometry.of(images[0])
+
+
+def missing_channels(case: Case, channels: list[str]) -> list[str]:
+    """The declared channels a case has no image for."""
+    return [ch for ch in channels if ch not in case.images]
+
+
+def _zeros_like(image: sitk.Image) -> sitk.Image:
+    zeros = sitk.Image(image.GetSize(), sitk.sitkFloat32)
+    zeros.CopyInformation(image)
+    return zeros
 
 
 def check_same_grid(images: list[sitk.Image], label: sitk.Image | None, case_id: str,
@@ -215,13 +233,18 @@ def compute_fingerprint(manifest: Manifest, *, num_samples_per_case: int = 10000
     index = {c.case_id: i for i, c in enumerate(manifest.cases)}
 
     def analyse(case: Case) -> tuple[CaseFingerprint, dict[str, np.ndarray], dict[str, np.ndarray]]:
-        images, label, original = load_case_images(case, manifest.channels, orientation)
+        images, label, original = load_case_images(case, manifest.channels, orientation, allow_missing=True)
         data = np.stack([sitk.GetArrayViewFromImage(im) for im in images])
         label_array = sitk.GetArrayViewFromImage(label) if label is not None else None
-        return fingerprint_arrays(case.case_id, data, label_array, list(reversed(images[0].GetSpacing())),
-                                  manifest.channels, original_orientation=orientation_of(original),
-                                  num_samples=num_samples_per_case,
-                                  rng=np.random.default_rng([seed, index[case.case_id]]))
+        record, fg, nonzero = fingerprint_arrays(
+            case.case_id, data, label_array, list(reversed(images[0].GetSpacing())), manifest.channels,
+            original_orientation=orientation_of(original), num_samples=num_samples_per_case,
+            rng=np.random.default_rng([seed, index[case.case_id]]))
+        for channel in missing_channels(case, manifest.channels):  # zero-filled: no intensity statistics
+            record.foreground.pop(channel, None)
+            fg.pop(channel, None)
+            nonzero.pop(channel, None)
+        return record, fg, nonzero
 
     outcome = run_per_case(manifest.cases, analyse, name=lambda c: c.case_id, description="fingerprint",
                            show_progress=show_progress)

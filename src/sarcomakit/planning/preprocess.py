@@ -30,7 +30,7 @@ from sarcomakit.data.manifest import Case, Manifest
 from sarcomakit.errors import UserInputError
 from sarcomakit.io.atomic import atomic_path, write_json
 from sarcomakit.io.image import Geometry
-from sarcomakit.planning.fingerprint import check_same_grid, load_case_images
+from sarcomakit.planning.fingerprint import check_same_grid, load_case_images, missing_channels
 from sarcomakit.planning.normalize import nonzero_mask, normalize
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.resample import (
@@ -124,7 +124,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 # ---------------------------------------------------------------------------- one case
 def preprocess_case(images: dict[str, sitk.Image] | Case, plan: Plan, label: sitk.Image | None = None, *,
-                    case_id: str | None = None) -> PreprocessedCase:
+                    case_id: str | None = None, allow_missing_channels: bool = False) -> PreprocessedCase:
     """Reorient, crop, normalise and resample one case with ``plan`` (module docstring).
 
     Args:
@@ -132,20 +132,26 @@ def preprocess_case(images: dict[str, sitk.Image] | Case, plan: Plan, label: sit
         plan: the plan.
         label: the label image when ``images`` is a dict (a Case brings its own).
         case_id: identifier for a dict input (default ``"case"``).
+        allow_missing_channels: a missing modality is zero-filled (0 after normalisation) and listed in
+            ``properties["missing_channels"]`` instead of being an error; one channel must be present.
 
     Raises:
         UserInputError: a channel is missing, or the images/label disagree in geometry.
     """
     if isinstance(images, Case):
-        channel_images, label_image, reference = load_case_images(images, plan.channels, plan.orientation)
+        missing = missing_channels(images, plan.channels)
+        channel_images, label_image, reference = load_case_images(images, plan.channels, plan.orientation,
+                                                                  allow_missing=allow_missing_channels)
         case_id = images.case_id
     else:
         missing = [ch for ch in plan.channels if ch not in images]
-        if missing:
+        if missing and (not allow_missing_channels or len(missing) == len(plan.channels)):
             raise UserInputError(f"no image for channel(s) {', '.join(missing)}.",
                                  fix=f"give one image per plan channel: {', '.join(plan.channels)}.")
-        raw = [sitk.Cast(images[ch], sitk.sitkFloat32) for ch in plan.channels]
-        check_same_grid(raw, label, case_id or "case")
+        present = [sitk.Cast(images[ch], sitk.sitkFloat32) for ch in plan.channels if ch not in missing]
+        check_same_grid(present, label, case_id or "case")
+        raw = [sitk.Cast(images[ch], sitk.sitkFloat32) if ch not in missing else present[0] * 0.0
+               for ch in plan.channels]
         reference = Geometry.of(raw[0])
         channel_images = [reorient(im, plan.orientation) for im in raw]
         label_image = reorient(label, plan.orientation) if label is not None else None
@@ -166,11 +172,14 @@ def preprocess_case(images: dict[str, sitk.Image] | Case, plan: Plan, label: sit
         if seg is not None:
             mask |= seg > 0
     data = normalize(data, plan.normalization, mask)
+    for channel in missing:  # zero-filled modality: exactly 0 after normalisation, flagged below
+        data[plan.channels.index(channel)] = 0.0
 
     out, geometry = resample_channels(data, crop_geometry, plan.target_spacing)
     out_label = resample_label(seg, crop_geometry, plan.target_spacing) if seg is not None else None
     properties = {
         "channels": list(plan.channels),
+        "missing_channels": missing,
         "original_orientation": orientation_of(reference),
         "reoriented_geometry": reoriented.to_dict(),
         "shape_before_crop": list(reoriented.array_shape),
@@ -199,6 +208,7 @@ def _label_array(label: sitk.Image, plan: Plan, case_id: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- cohort
 def preprocess_cohort(manifest: Manifest, plan: Plan, out_dir: str | Path, *, overwrite: bool = False,
+                      allow_missing_channels: bool = False,
                       show_progress: bool = True) -> CohortResult[Path]:
     """Preprocess every case of ``manifest`` into ``out_dir`` (see :meth:`PreprocessedCase.save`).
 
@@ -220,7 +230,7 @@ def preprocess_cohort(manifest: Manifest, plan: Plan, out_dir: str | Path, *, ov
         return not overwrite and PreprocessedCase.is_saved(out, case.case_id, case.label is not None)
 
     def run(case: Case) -> Path:
-        return preprocess_case(case, plan).save(out)
+        return preprocess_case(case, plan, allow_missing_channels=allow_missing_channels).save(out)
 
     return run_per_case(manifest.cases, run, name=lambda c: c.case_id, description="preprocess", is_done=done,
                         show_progress=show_progress)

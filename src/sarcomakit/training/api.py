@@ -48,7 +48,8 @@ def train(manifest: Manifest, plan: Plan, run_dir: str | Path, *, folds: Sequenc
     manifest = manifest.subset(labelled)
     run = RunFolder.prepare(run_dir, manifest, plan, config)
     cache = Path(preprocessed_dir) if preprocessed_dir else run.root / "preprocessed"
-    outcome = preprocess_cohort(manifest, plan, cache)
+    # the multi-task model copes with a missing modality (zero-filled, flagged); segmentation needs them all
+    outcome = preprocess_cohort(manifest, plan, cache, allow_missing_channels=config.task == "multitask")
     if outcome.failures:
         outcome.print_summary(console)
     usable = set(labelled) - set(outcome.failures)
