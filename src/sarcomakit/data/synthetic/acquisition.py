@@ -33,7 +33,7 @@ def site_name(index: int) -> str:
 
 @dataclass(frozen=True)
 class SiteProtocol:
-    """A site's typical acquisition (every third site acquires thick slices)."""
+    """A site's typical acquisition (of every three sites, one acquires thick slices, one suppresses fat poorly)."""
 
     name: str
     orientation: str
@@ -51,6 +51,7 @@ def site_protocol(seed: int, site_index: int) -> SiteProtocol:
     """The protocol of site ``site_index`` in the cohort of ``seed``."""
     rng = np.random.default_rng([seed, _SITE_STREAM, site_index])
     thick = site_index % 3 == 2
+    poor_fat_suppression = site_index % 3 == 1  # e.g. an older magnet: fat suppression often fails off-centre
     return SiteProtocol(
         name=site_name(site_index),
         orientation=_SITE_ORIENTATIONS[site_index % len(_SITE_ORIENTATIONS)],
@@ -60,7 +61,7 @@ def site_protocol(seed: int, site_index: int) -> SiteProtocol:
                    float(np.exp(rng.uniform(np.log(100), np.log(3000))))),
         noise_fraction=rng.uniform(0.02, 0.07),
         bias_strength=rng.uniform(0.1, 0.3),
-        fat_suppression_failure=rng.uniform(0.0, 0.7),
+        fat_suppression_failure=rng.uniform(0.7, 1.0) if poor_fat_suppression else rng.uniform(0.0, 0.4),
         pet_fwhm_mm=rng.uniform(6.0, 8.0),
         ct_noise_hu=rng.uniform(6.0, 15.0),
     )
