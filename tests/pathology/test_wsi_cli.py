@@ -1,0 +1,74 @@
+"""`sarcomakit wsi` end to end on tiny synthetic slides, through the real CLI app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from sarcomakit.cli.main import app
+from sarcomakit.pathology.synthetic import make_synthetic_wsi_cohort
+
+runner = CliRunner()
+
+
+def _invoke(*args: str) -> object:
+    return runner.invoke(app, ["wsi", *args], catch_exceptions=False)
+
+
+@pytest.mark.slow
+def test_wsi_commands_end_to_end(tmp_path: Path) -> None:
+    slides_csv = make_synthetic_wsi_cohort(tmp_path / "data", n_slides=6, seed=1, size=(1024, 768))
+    work = tmp_path / "work"
+    csv = str(slides_csv)
+
+    result = _invoke("tile", csv, "--out", str(work), "--target-mpp", "1.0", "--tile-size", "48",
+                     "--min-tissue", "0.3")
+    assert result.exit_code == 0, result.output
+    assert len(list((work / "coords").glob("*.h5"))) == 6 and len(list((work / "thumbnails").glob("*.png"))) == 6
+    again = _invoke("tile", csv, "--out", str(work), "--target-mpp", "1.0", "--tile-size", "48")
+    assert again.exit_code == 0 and "6 skipped" in again.output
+
+    result = _invoke("embed", csv, "--out", str(work), "--encoder", "small_cnn", "--input-size", "48",
+                     "--workers", "0", "--batch-size", "32")
+    assert result.exit_code == 0, result.output
+    assert len(list((work / "features").glob("*.h5"))) == 6
+
+    result = _invoke("train", csv, "--out", str(work), "--model", "abmil", "--folds", "2", "--epochs", "3",
+                     "--bootstrap", "50", "--val-fraction", "0")
+    assert result.exit_code == 0, result.output
+    assert "macro AUC" in result.output
+    oof = pd.read_csv(work / "mil" / "abmil" / "oof_predictions.csv")
+    assert len(oof) == 6
+
+    result = _invoke("predict", csv, "--out", str(work), "--model", str(work / "mil" / "abmil"))
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(work / "predictions.csv")) == 6
+
+    result = _invoke("heatmap", csv, "--out", str(work), "--model", str(work / "mil" / "abmil"), "--top-k", "4")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(work / "heatmaps" / "slide_000" / "attention.csv")
+    assert list(table.columns) == ["slide_id", "x", "y", "size_level0", "attention", "attention_percentile"]
+    assert abs(table["attention"].sum() - 1) < 1e-4
+    assert (work / "heatmaps" / "slide_000" / "heatmap.png").is_file()
+    assert (work / "heatmaps" / "slide_000" / "top_tiles.png").is_file()
+
+    result = _invoke("cluster", csv, "--out", str(work), "--clusters", "3", "--tiles-per-slide", "30")
+    assert result.exit_code == 0, result.output
+    composition = pd.read_csv(work / "clusters" / "composition.csv")
+    assert len(composition) == 6 and {"cluster_0", "cluster_1", "cluster_2"} <= set(composition.columns)
+    assert (work / "clusters" / "embedding_map.png").is_file()
+    assert (work / "clusters" / "cluster_examples.png").is_file()
+
+
+def test_wsi_bad_input_exit_codes(tmp_path: Path) -> None:
+    missing = _invoke("tile", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "w"))
+    assert missing.exit_code == 2 and "not found" in missing.output
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes(b"not a slide")
+    pd.DataFrame([{"slide_id": "b1", "path": str(broken), "label": "x", "patient_id": "p"}]).to_csv(
+        tmp_path / "slides.csv", index=False)
+    failed = _invoke("tile", str(tmp_path / "slides.csv"), "--out", str(tmp_path / "w"))
+    assert failed.exit_code == 1 and "b1" in failed.output and "1 failed" in failed.output
