@@ -31,7 +31,13 @@ def test_wsi_commands_end_to_end(tmp_path: Path) -> None:
     again = _invoke("tile", csv, "--out", str(work), "--target-mpp", "1.0", "--tile-size", "48")
     assert again.exit_code == 0 and "6 skipped" in again.output
 
-    result = _invoke("embed", csv, "--out", str(work), "--encoder", "small_cnn", "--input-size", "48",
+    result = _invoke("pretrain", csv, "--out", str(work), "--encoder", "small_cnn", "--input-size", "48",
+                     "--epochs", "1", "--tiles-per-slide", "6", "--batch-size", "12")
+    assert result.exit_code == 0, result.output
+    weights = work / "ssl" / "encoder.pt"
+    assert weights.is_file()
+
+    result = _invoke("embed", csv, "--out", str(work), "--encoder", "small_cnn", "--weights", str(weights),
                      "--workers", "0", "--batch-size", "32")
     assert result.exit_code == 0, result.output
     assert len(list((work / "features").glob("*.h5"))) == 6

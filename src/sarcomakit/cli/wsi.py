@@ -216,13 +216,15 @@ def demo_command(
     n_slides: int = typer.Option(18, "--slides", help="Synthetic slides (at least 6)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     models: str = typer.Option("abmil,clam_sb", "--models", help="Comma-separated MIL models to compare."),
+    ssl_epochs: int = typer.Option(0, "--ssl-epochs", help="SimCLR-pretrain the encoder first (0: random init)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo steps whose outputs exist."),
 ) -> None:
     """Synthetic cohort -> tile -> embed -> MIL cross-validation -> heatmaps -> clusters -> HTML report."""
     from sarcomakit.pathology.pipeline import DemoOptions, run_demo
 
-    summary = run_demo(out, DemoOptions(n_slides=n_slides, seed=seed,
-                                        models=tuple(m.strip() for m in models.split(","))), overwrite=overwrite)
+    options = DemoOptions(n_slides=n_slides, seed=seed, ssl_epochs=ssl_epochs,
+                          models=tuple(m.strip() for m in models.split(",")))
+    summary = run_demo(out, options, overwrite=overwrite)
     console = Console()
     for line in summary.lines:
         console.print(line, highlight=False)

@@ -108,7 +108,7 @@ def pretrain_step(manifest: SlideManifest, work_dir: str | Path, encoder_name: s
     tiled, _ = slides_with(manifest, work, COORDS)
     if not len(tiled):
         raise UserInputError("no tiled slide to pretrain on.", path=work, fix="run `sarcomakit wsi tile` first.")
-    tiles = collect_tiles([(s.path, load_grid(work / COORDS / f"{s.slide_id}.h5")) for s in tiled],
+    tiles = collect_tiles([(s.path, load_grid(work / COORDS / f"{s.slide_id}.h5")) for s in tiled.slides],
                           per_slide=per_slide, seed=seed, mpp=mpp)
     encoder = build_encoder(encoder_name, **(encoder_options or {}))
     stain = None
