@@ -25,7 +25,7 @@ CHANNELS: tuple[str, ...] = ("T1", "T2FS", "PET", "CT")
 
 T1_SIGNAL = {Tissue.AIR: 0.0, Tissue.SKIN: 0.9, Tissue.FAT: 2.4, Tissue.MUSCLE: 1.0, Tissue.FASCIA: 1.5,
              Tissue.CORTEX: 0.08, Tissue.MARROW: 2.1, Tissue.ARTERY: 0.3, Tissue.VEIN: 0.6, Tissue.FLUID: 0.45,
-             Tissue.NODE: 0.95, Tissue.TUMOUR: 0.82, Tissue.NECROSIS: 0.5}
+             Tissue.NODE: 0.95, Tissue.TUMOUR: 0.78, Tissue.NECROSIS: 0.5}
 T2FS_SIGNAL = {Tissue.AIR: 0.0, Tissue.SKIN: 1.3, Tissue.FAT: 0.3, Tissue.MUSCLE: 1.0, Tissue.FASCIA: 0.45,
                Tissue.CORTEX: 0.08, Tissue.MARROW: 0.35, Tissue.ARTERY: 1.8, Tissue.VEIN: 2.6, Tissue.FLUID: 3.6,
                Tissue.NODE: 2.0, Tissue.TUMOUR: 2.3, Tissue.NECROSIS: 3.1}
@@ -37,7 +37,7 @@ CT_HU = {Tissue.AIR: -1000.0, Tissue.SKIN: 20.0, Tissue.FAT: -100.0, Tissue.MUSC
          Tissue.NODE: 32.0, Tissue.TUMOUR: 38.0, Tissue.NECROSIS: 15.0}
 # Tumour T2 signal by grade: myxoid low-grade tumours are the brightest and most homogeneous.
 TUMOUR_T2 = {"low": 2.6, "intermediate": 2.4, "high": 2.2}
-OEDEMA_T2 = 1.2  # added T2FS signal at full oedema: near the margin as bright as tumour
+OEDEMA_T2 = 1.0  # added T2FS signal at full oedema: near the margin almost as bright as tumour
 CT_RANGE_HU = (-1024, 3071)
 _PARTIAL_VOLUME_SIGMA = (0.45, 0.35, 0.35)  # voxels (slice, row, column): the slice profile and in-plane PSF
 
