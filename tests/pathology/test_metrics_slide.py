@@ -82,3 +82,17 @@ def test_classification_metrics_report(predictions: tuple[np.ndarray, np.ndarray
     assert np.all(out["confusion_matrix_ci_low"] <= out["confusion_matrix"])
     as_json = metrics_to_json(out)
     assert as_json["macro_auc"]["ci_low"] == auc.low
+
+
+def test_report_tables_and_text(predictions: tuple[np.ndarray, np.ndarray]) -> None:
+    from sarcomakit.pathology.report import confusion_table, format_metrics, metrics_table
+
+    y, proba = predictions
+    out = classification_metrics(y, proba, ["a", "b", "c"], n_boot=50, seed=0)
+    table = metrics_table(out)
+    assert list(table["metric"]) == ["balanced accuracy", "macro AUC", "AUC a", "AUC b", "AUC c"]
+    assert table.loc[1, "value"] == pytest.approx(out["macro_auc"].value)
+    confusion = confusion_table(out)
+    assert confusion.loc["true a", "pred a"] == out["confusion_matrix"][0, 0]
+    text = format_metrics(out, "title")
+    assert text.startswith("title") and f"macro AUC: {out['macro_auc'].value:.3f} (95% CI" in text
