@@ -30,7 +30,7 @@ wsi-demo: $(VENV)/.stamp-base
 	$(VENV)/bin/sarcomakit wsi demo
 
 test: $(VENV)/.stamp-dev
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n 2 --dist loadfile
 
 # Each benchmark appends its table to benchmarks/RESULTS.md (nnU-Net's side needs .venv-nnunet, see the script).
 bench: $(VENV)/.stamp-dev
