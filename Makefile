@@ -27,7 +27,7 @@ demo: $(VENV)/.stamp-base
 	$(VENV)/bin/sarcomakit demo $(DEMO_ARGS)
 
 wsi-demo: $(VENV)/.stamp-base
-	$(VENV)/bin/sarcomakit wsi demo
+	$(VENV)/bin/sarcomakit wsi demo --out sarcomakit-wsi-demo
 
 test: $(VENV)/.stamp-dev
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n 2 --dist loadfile
