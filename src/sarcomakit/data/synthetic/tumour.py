@@ -125,7 +125,7 @@ def random_rotation(rng: np.random.Generator, max_angle: float) -> np.ndarray:
 
 
 # Grade-dependent ranges: (low, intermediate, high).
-_DIAMETER_BETA = {"low": (1.5, 2.5), "intermediate": (2.0, 2.0), "high": (2.5, 1.5)}
+_DIAMETER_BETA = {"low": (2.0, 2.0), "intermediate": (2.5, 1.8), "high": (3.0, 1.5)}
 _NECROSIS = {"low": (0.25, 0.02, 0.10), "intermediate": (0.6, 0.05, 0.30), "high": (0.9, 0.15, 0.50)}
 _MARGIN = {"low": (0.02, 0.04), "intermediate": (0.03, 0.06), "high": (0.05, 0.09)}
 _HETEROGENEITY = {"low": (0.08, 0.15), "intermediate": (0.15, 0.30), "high": (0.30, 0.45)}
@@ -148,7 +148,7 @@ def draw_tumour(rng: np.random.Generator, limb: Limb, grade: str) -> Tumour:
     angle = rng.uniform(-np.pi, np.pi)
     reach = limb.muscle_reach(angle, z_centre)
     gap = max(reach - limb.femur_radius_mm, 12.0)
-    in_plane = 0.5 * diameter * rng.uniform(0.5, 0.85)
+    in_plane = 0.5 * diameter * rng.uniform(0.6, 0.9)
     radial = min(in_plane, 0.5 * gap + rng.uniform(0, 6))
     tangential = min(in_plane * rng.uniform(0.8, 1.1), 45.0)
     distance = limb.femur_radius_mm + radial * rng.uniform(0.75, 1.0) + rng.uniform() * max(gap - 2 * radial, 0)
