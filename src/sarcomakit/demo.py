@@ -72,6 +72,7 @@ def demo_config(plan: Plan, device: str, epochs: int | None, seed: int) -> Train
                        patch_size=patch, batch_size=None if on_gpu else 2, optimizer="adamw",
                        learning_rate=3e-3, weight_decay=1e-4, foreground_fraction=0.5,
                        augmentation="default" if on_gpu else "light", validate_every=1 if on_gpu else 5,
+                       checkpoint_selection="last",
                        sw_overlap=0.5 if on_gpu else 0.25, seed=seed, device=device, n_folds=5)
 
 

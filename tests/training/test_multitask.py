@@ -79,7 +79,7 @@ def test_multitask_run_writes_out_of_fold_and_clinical_predictions(tiny_cohort, 
     config = TrainConfig(task="multitask", task_options={"weighting": "uncertainty", "modality_dropout": 0.5},
                          epochs=3, iterations_per_epoch=4, patch_size=[16, 32, 32], batch_size=2,
                          optimizer="adamw", learning_rate=3e-3, augmentation="light", num_workers=0, n_folds=3,
-                         network_options=SMALL, device="cpu")
+                         network_options=SMALL, device="cpu", checkpoint_selection="last")
     results = train(tiny_cohort, plan, tmp_path / "run", folds=(0, 1), config=config)
     missing = PreprocessedCase.load(cache, tiny_cohort.cases[2].case_id)
     assert missing.properties["missing_channels"] == ["T2"] and np.all(missing.data[1] == 0)
@@ -87,6 +87,7 @@ def test_multitask_run_writes_out_of_fold_and_clinical_predictions(tiny_cohort, 
         losses = [h["train_loss"] for h in result.history]
         assert all(np.isfinite(losses))
         assert {"loss_segmentation", "val_dice", "val_score"} <= set(result.history[-1])
+        assert result.best_epoch == config.epochs - 1  # checkpoint_selection="last"
     with open(tmp_path / "run" / "oof_predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == OOF_COLUMNS

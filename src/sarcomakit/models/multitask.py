@@ -4,8 +4,11 @@ A registered segmentation backbone (the residual U-Net by default) gives the seg
 logits; a forward hook reads its bottleneck features, which feed two small heads:
 
 - features = [global average of the bottleneck | average under the predicted tumour
-  (the tumour probability, detached, pooled to the bottleneck grid, as weights) | channel
-  availability flags (1 = modality present, 0 = missing and zero-filled)];
+  (the tumour probability, detached, pooled to the bottleneck grid, as weights) | mean and
+  standard deviation of each input channel under the predicted tumour, and the tumour's share
+  of the patch (first-order "radiomics" the heads would otherwise have to rediscover through
+  the segmentation-trained bottleneck, e.g. PET uptake for grade) | channel availability flags
+  (1 = modality present, 0 = missing and zero-filled)];
 - grade head: MLP -> 3 logits (nominal) or 2 cumulative logits (ordinal, low < intermediate < high);
 - survival head: MLP -> 1 log-risk (Cox model, higher = worse).
 
@@ -53,7 +56,7 @@ class MultiTaskNet(nn.Module):
         self._features: torch.Tensor | None = None
         find_bottleneck(backbone).register_forward_hook(self._keep_features)
         width = self._bottleneck_width(in_channels)
-        n_features = width * (2 if mask_pooling else 1) + in_channels
+        n_features = width * (2 if mask_pooling else 1) + in_channels + (2 * in_channels + 1 if mask_pooling else 0)
         self.grade_head = nn.Sequential(nn.Linear(n_features, hidden), nn.LeakyReLU(0.01), nn.Dropout(dropout),
                                         nn.Linear(hidden, n_grades - 1 if ordinal else n_grades))
         self.survival_head = nn.Sequential(nn.Linear(n_features, hidden), nn.LeakyReLU(0.01), nn.Dropout(dropout),
@@ -70,7 +73,8 @@ class MultiTaskNet(nn.Module):
                                  fix="use the resunet or dynunet backbone for multi-task training.")
         return convs[-1].out_channels
 
-    def pooled_features(self, segmentation_logits: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    def pooled_features(self, x: torch.Tensor, segmentation_logits: torch.Tensor,
+                        available: torch.Tensor) -> torch.Tensor:
         features = self._features
         assert features is not None, "forward the backbone first"
         pooled = [features.mean(dim=(2, 3, 4))]
@@ -78,6 +82,11 @@ class MultiTaskNet(nn.Module):
             tumour = torch.softmax(segmentation_logits.detach().float(), 1)[:, 1:].sum(1, keepdim=True)
             weights = F.adaptive_avg_pool3d(tumour, features.shape[2:]).to(features.dtype)
             pooled.append((features * weights).sum(dim=(2, 3, 4)) / weights.sum(dim=(2, 3, 4)).clamp_min(1e-3))
+            mass = tumour.sum(dim=(2, 3, 4)).clamp_min(1e-3)
+            mean = (x.float() * tumour).sum(dim=(2, 3, 4)) / mass
+            var = ((x.float() - mean[..., None, None, None]) ** 2 * tumour).sum(dim=(2, 3, 4)) / mass
+            pooled += [mean.to(features.dtype), var.clamp_min(0).sqrt().to(features.dtype),
+                       tumour.mean(dim=(2, 3, 4)).to(features.dtype)]
         return torch.cat([*pooled, available.to(features.dtype)], dim=1)
 
     def forward(self, x: torch.Tensor, available: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -85,7 +94,7 @@ class MultiTaskNet(nn.Module):
         if available is None:
             available = torch.ones(x.shape[0], self.in_channels, device=x.device)
         segmentation = self.backbone(x)
-        features = self.pooled_features(segmentation, available)
+        features = self.pooled_features(x, segmentation, available)
         self._features = None
         return {"segmentation": segmentation, "grade": self.grade_head(features),
                 "log_risk": self.survival_head(features).reshape(-1)}

@@ -42,6 +42,9 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     num_workers: int | None = Field(None, ge=0)
     validate_every: int = Field(1, ge=1)
+    #: "validation": checkpoint_best.pt is the epoch with the best validation score; "last": the final
+    #: epoch (as nnU-Net's checkpoint_final), more robust when the validation fold is small
+    checkpoint_selection: Literal["validation", "last"] = "validation"
     sw_overlap: float = Field(0.5, ge=0, lt=1)
     sw_batch_size: int = Field(2, ge=1)
 

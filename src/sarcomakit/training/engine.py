@@ -190,13 +190,15 @@ def train_fold(train_cases: Sequence[PreprocessedCase], val_cases: Sequence[Prep
                 score = record.get(task.score_name, float("nan"))
                 history.append(record)
                 improved = not math.isnan(score) and score > best_score
-                if improved or not val_cases:
-                    best_score, best_epoch = (score if improved else best_score), epoch
+                if config.checkpoint_selection == "last" or not val_cases:
+                    improved = True
+                if improved:
+                    best_score, best_epoch = (score if not math.isnan(score) else best_score), epoch
                 state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "task": task.state_dict(), "epoch": epoch,
                          "best_score": best_score, "best_epoch": best_epoch, "history": history,
                          "config": config.model_dump(), "plan": plan.model_dump()}
-                if improved or not val_cases:
+                if improved:
                     save_checkpoint(best_path, state)
                 save_checkpoint(last_path, state)
                 flog.write_history(history)
