@@ -36,3 +36,10 @@ def test_experiment_writes_comparison_on_shared_folds(tiny_cohort, tmp_path: Pat
     assert set(methods) <= set(comparison.columns)
     assert (out / "comparison.md").read_text().count("|") > 10
     assert (out / "differences.csv").is_file()
+
+
+def test_cli_method_list_matches_the_library() -> None:
+    from sarcomakit.cli.experiment import METHODS
+    from sarcomakit.experiments.multitask_comparison import ALL_METHODS
+
+    assert METHODS == ALL_METHODS

@@ -8,10 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sarcomakit.data.manifest import Manifest
-from sarcomakit.experiments.multitask_comparison import ALL_METHODS, run_experiment
-from sarcomakit.planning.plan import Plan
-from sarcomakit.training.config import TrainConfig
+# kept in step with sarcomakit.experiments.multitask_comparison.ALL_METHODS (imported lazily: torch is slow to load)
+METHODS = ("multitask", "segmentation_only", "grade_only", "survival_only", "radiomics")
 
 
 def experiment_command(
@@ -19,7 +17,7 @@ def experiment_command(
     out_dir: Path = typer.Option(Path("experiments/multitask"), "--out", "-o", help="Experiment folder (resumable)."),
     plan: Path = typer.Option(None, "--plan", help="Plan JSON (default: planned on the cohort)."),
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds (stratified by grade and event)."),
-    methods: str = typer.Option(",".join(ALL_METHODS), "--methods", help="Comma list of methods to run."),
+    methods: str = typer.Option(",".join(METHODS), "--methods", help="Comma list of methods to run."),
     reference: str = typer.Option("multitask", "--reference", help="Method the others are compared with."),
     epochs: int = typer.Option(None, "--epochs", help="Epochs per fold (default 100)."),
     iterations: int = typer.Option(None, "--iterations", help="Iterations per epoch (default 50)."),
@@ -31,6 +29,11 @@ def experiment_command(
     config_file: Path = typer.Option(None, "--config", help="TrainConfig JSON shared by the deep models."),
 ) -> None:
     """Train every method on the same folds and write comparison.csv/.md with CIs and paired differences."""
+    from sarcomakit.data.manifest import Manifest
+    from sarcomakit.experiments.multitask_comparison import run_experiment
+    from sarcomakit.planning.plan import Plan
+    from sarcomakit.training.config import TrainConfig
+
     base = TrainConfig.load(config_file) if config_file else TrainConfig()
     config = base.updated(epochs=epochs, iterations_per_epoch=iterations, batch_size=batch_size, seed=seed,
                           device=device, task_options={**base.task_options, "weighting": weighting})

@@ -8,7 +8,6 @@ import typer
 from rich.console import Console
 
 from sarcomakit.errors import UserInputError
-from sarcomakit.inference.predictor import predict
 
 
 def predict_command(
@@ -24,6 +23,8 @@ def predict_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
 ) -> None:
     """Predict tumour masks (Gaussian sliding window, fold ensemble, optional mirroring)."""
+    from sarcomakit.inference.predictor import predict
+
     if checkpoint not in ("best", "last"):
         raise UserInputError(f"unknown checkpoint '{checkpoint}'.", fix="use --checkpoint best or last.")
     chosen = None if folds == "all" else [int(f) for f in folds.split(",")]

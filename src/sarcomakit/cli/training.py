@@ -7,11 +7,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from sarcomakit.data.manifest import Manifest
-from sarcomakit.planning.plan import Plan
-from sarcomakit.training.api import train
-from sarcomakit.training.config import TrainConfig
-
 
 def _folds(value: str, n_folds: int) -> list[int]:
     if value == "all":
@@ -48,6 +43,11 @@ def train_command(
     config_file: Path = typer.Option(None, "--config", help="TrainConfig JSON; options given here override it."),
 ) -> None:
     """Train a 3D segmentation network (residual U-Net by default) on one or more folds."""
+    from sarcomakit.data.manifest import Manifest
+    from sarcomakit.planning.plan import Plan
+    from sarcomakit.training.api import train
+    from sarcomakit.training.config import TrainConfig
+
     base = TrainConfig.load(config_file) if config_file else TrainConfig()
     task_options = dict(base.task_options)
     if tasks:
