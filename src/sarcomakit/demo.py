@@ -103,8 +103,8 @@ def held_out_table(test_set: Manifest, pred_dir: Path, per_case: pd.DataFrame,
     return pd.DataFrame(rows, columns=list(OOF_COLUMNS))
 
 
-def run_demo(out_dir: str | Path = "sarcomakit-demo", *, cases: int = 40, epochs: int | None = None, seed: int = 0,
-             test_fraction: float = 0.25, device: str = "auto", console: Console | None = None) -> DemoResult:
+def run_demo(out_dir: str | Path = "sarcomakit-demo", *, cases: int = 50, epochs: int | None = None, seed: int = 0,
+             test_fraction: float = 0.4, device: str = "auto", console: Console | None = None) -> DemoResult:
     """Run the whole multi-task job on a synthetic cohort and write ``out_dir/report.html``."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
@@ -131,7 +131,8 @@ def run_demo(out_dir: str | Path = "sarcomakit-demo", *, cases: int = 40, epochs
 
     console.rule("4/6 predict held-out cases")
     pred_dir = heldout / "predictions"
-    predict(run_dir, heldout / "manifest.json", pred_dir, device=device, console=console).print_summary(console)
+    predict(run_dir, heldout / "manifest.json", pred_dir, largest_component=True, device=device,
+            console=console).print_summary(console)
 
     console.rule("5/6 evaluate")
     evaluation = evaluate_predictions(pred_dir, test_set, heldout / "evaluation", show_progress=False)

@@ -10,7 +10,7 @@ from rich.console import Console
 
 def demo_command(
     out_dir: Path = typer.Option(Path("sarcomakit-demo"), "--out", "-o", help="Output folder (resumable)."),
-    cases: int = typer.Option(40, "--cases", help="Synthetic cases (a quarter is held out)."),
+    cases: int = typer.Option(50, "--cases", help="Synthetic cases (40% are held out for evaluation)."),
     epochs: int = typer.Option(None, "--epochs", help="Training epochs (default: 20 on CPU, 100 on GPU)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the cohort and the training."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),

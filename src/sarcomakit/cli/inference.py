@@ -19,6 +19,8 @@ def predict_command(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
     mirror: bool = typer.Option(False, "--tta/--no-tta", help="Mirroring test-time augmentation (8x slower)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write class probability maps."),
+    largest_component: bool = typer.Option(False, "--largest-component",
+                                           help="Keep only the largest connected component of each class."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Predict cases whose mask already exists."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
 ) -> None:
@@ -30,7 +32,8 @@ def predict_command(
     chosen = None if folds == "all" else [int(f) for f in folds.split(",")]
     console = Console(stderr=True)
     result = predict(run_dir, source, out_dir, folds=chosen, checkpoint=checkpoint, mirror=mirror,
-                     save_probabilities=probabilities, overwrite=overwrite, device=device, console=console)
+                     save_probabilities=probabilities, largest_component=largest_component, overwrite=overwrite,
+                     device=device, console=console)
     result.print_summary(console)
     if result.failures and not result.results and not result.skipped:
         raise typer.Exit(1)

@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from rich.console import Console
+from scipy import ndimage
 
 from sarcomakit.cohort_runner import CohortResult, run_per_case
 from sarcomakit.data.manifest import GRADES, Case
@@ -58,11 +59,13 @@ class Predictor:
     """The models of a run, ready to predict cases (load once, predict many)."""
 
     def __init__(self, plan: Plan, config: TrainConfig, models: Sequence[torch.nn.Module], device: torch.device,
-                 *, mirror: bool = False, overlap: float | None = None, risk_cutoff: float | None = None) -> None:
+                 *, mirror: bool = False, overlap: float | None = None, risk_cutoff: float | None = None,
+                 largest_component: bool = False) -> None:
         self.plan = plan
         self.config = config
         self.models = list(models)
         self.multitask = config.task == "multitask"
+        self.largest_component = largest_component
         self.risk_cutoff = risk_cutoff
         self.device = device
         self.mirror_axes = (0, 1, 2) if mirror else ()
@@ -70,7 +73,8 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, folds: Sequence[int] | None = None, checkpoint: str = "best",
-                 device: str = "auto", mirror: bool = False, overlap: float | None = None) -> Predictor:
+                 device: str = "auto", mirror: bool = False, overlap: float | None = None,
+                 largest_component: bool = False) -> Predictor:
         """Load the given folds (default: every trained fold, an ensemble) of a run folder."""
         run = RunFolder.open(run_dir)
         plan, config = run.plan(), run.config()
@@ -96,7 +100,7 @@ class Predictor:
             models.append(model)
         # the ensemble's log-risk is the folds' mean, so its cut-off is the mean of theirs
         return cls(plan, config, models, torch_device, mirror=mirror, overlap=overlap,
-                   risk_cutoff=float(np.mean(cutoffs)) if cutoffs else None)
+                   risk_cutoff=float(np.mean(cutoffs)) if cutoffs else None, largest_component=largest_component)
 
     def predict_case(self, case: Case) -> Prediction:
         """Preprocess with the plan, average the ensemble's outputs, restore to the input geometry."""
@@ -119,7 +123,10 @@ class Predictor:
         mean_probabilities = (sum(probabilities) / len(probabilities)).cpu().numpy()
         restored = restore_to_input_geometry(mean_probabilities, pre)
         reference = next(iter(images.values()))
-        mask = array_to_image(restored.argmax(0).astype(np.uint8), reference)
+        labels = restored.argmax(0).astype(np.uint8)
+        if self.largest_component:
+            labels = keep_largest_component(labels)
+        mask = array_to_image(labels, reference)
         prediction = Prediction(case_id=case.case_id, mask=mask, probabilities=restored.astype(np.float32))
         if self.multitask:
             prediction.grade_probabilities = np.mean(grades, axis=0)
@@ -129,13 +136,31 @@ class Predictor:
         return prediction
 
 
+def keep_largest_component(labels: np.ndarray) -> np.ndarray:
+    """Keep, for each foreground class, only its largest 26-connected component (others become background).
+
+    nnU-Net applies this post-processing when it improves validation Dice; for one tumour per case
+    it removes stray islands (vessels, fluid) the network mistook for tumour.
+    """
+    out = labels.copy()
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        components, count = ndimage.label(labels == value, structure=np.ones((3, 3, 3), bool))
+        if count > 1:
+            sizes = np.bincount(components.ravel())[1:]
+            out[(components > 0) & (components != 1 + int(np.argmax(sizes)))] = 0
+    return out
+
+
 def prediction_path(out_dir: Path, case_id: str) -> Path:
     return out_dir / f"{case_id}.nii.gz"
 
 
 def predict(run_dir: str | Path, source: str | Path, out_dir: str | Path, *, folds: Sequence[int] | None = None,
             checkpoint: str = "best", mirror: bool = False, save_probabilities: bool = False,
-            overwrite: bool = False, device: str = "auto", console: Console | None = None) -> CohortResult[Path]:
+            largest_component: bool = False, overwrite: bool = False, device: str = "auto",
+            console: Console | None = None) -> CohortResult[Path]:
     """Predict every case of ``source`` (manifest, folder or one case) into ``out_dir``.
 
     Writes ``{case_id}.nii.gz`` masks on each input's exact grid and, with ``save_probabilities``,
@@ -143,7 +168,8 @@ def predict(run_dir: str | Path, source: str | Path, out_dir: str | Path, *, fol
     ``clinical_predictions.csv`` (grade probabilities, predicted grade, log-risk, risk group). Cases whose
     mask exists are skipped unless ``overwrite``; a failing case is reported and the others are predicted.
     """
-    predictor = Predictor.from_run(run_dir, folds=folds, checkpoint=checkpoint, device=device, mirror=mirror)
+    predictor = Predictor.from_run(run_dir, folds=folds, checkpoint=checkpoint, device=device, mirror=mirror,
+                                   largest_component=largest_component)
     cases = cases_from_input(source, predictor.plan.channels, allow_missing=predictor.multitask)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
