@@ -36,6 +36,11 @@ class CohortResult(Generic[R]):
     failures: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
+    @property
+    def all_failed(self) -> bool:
+        """True when items failed and none succeeded or was already done (a command should exit non-zero)."""
+        return bool(self.failures) and not self.results and not self.skipped
+
     def print_summary(self, console: Console | None = None, what: str = "case") -> None:
         console = console or Console(stderr=True)
         done = len(self.results)

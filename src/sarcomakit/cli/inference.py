@@ -35,7 +35,7 @@ def predict_command(
                      save_probabilities=probabilities, largest_component=largest_component, overwrite=overwrite,
                      device=device, console=console)
     result.print_summary(console)
-    if result.failures and not result.results and not result.skipped:
+    if result.all_failed:
         raise typer.Exit(1)
 
 

@@ -28,7 +28,7 @@ def _console() -> Console:
 def _finish(outcome: Any, what: str) -> None:
     """Print the failure summary; exit 1 when every slide failed."""
     outcome.print_summary(_console(), what=what)
-    if outcome.failures and not outcome.results and not outcome.skipped:
+    if outcome.all_failed:
         raise typer.Exit(1)
 
 
