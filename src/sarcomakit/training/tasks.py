@@ -16,6 +16,7 @@ from monai.losses import DiceCELoss
 
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.errors import UserInputError
+from sarcomakit.evaluation.metrics import dice
 from sarcomakit.inference.sliding_window import predict_volume
 from sarcomakit.models import build_network
 from sarcomakit.planning.plan import Plan
@@ -69,12 +70,7 @@ class Task:
 
 def segmentation_dice(prediction: np.ndarray, reference: np.ndarray, n_classes: int) -> list[float]:
     """Dice per foreground class of two label maps (1.0 when a class is absent from both)."""
-    scores = []
-    for k in range(1, n_classes):
-        ref, pred = reference == k, prediction == k
-        denom = ref.sum() + pred.sum()
-        scores.append(1.0 if denom == 0 else float(2.0 * np.logical_and(ref, pred).sum() / denom))
-    return scores
+    return [dice(prediction == k, reference == k) for k in range(1, n_classes)]
 
 
 def case_tensor(case: PreprocessedCase, device: torch.device) -> torch.Tensor:
