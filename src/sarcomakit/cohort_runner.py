@@ -41,6 +41,12 @@ class CohortResult(Generic[R]):
         """True when items failed and none succeeded or was already done (a command should exit non-zero)."""
         return bool(self.failures) and not self.results and not self.skipped
 
+    @property
+    def exit_code(self) -> int:
+        """The exit status of every cohort command: 0 when each item succeeded or was already done, 1 when any
+        item failed (the others are finished first and the failures listed in the summary)."""
+        return 1 if self.failures else 0
+
     def print_summary(self, console: Console | None = None, what: str = "case") -> None:
         console = console or Console(stderr=True)
         done = len(self.results)
