@@ -181,6 +181,66 @@ def test_memory_flags_no_events_and_replaces_cases_by_id():
     assert restored.state_dict() == memory.state_dict()
 
 
+
+def memory_with_three_cases() -> CoxRiskMemory:
+    memory = CoxRiskMemory(size=16)
+    memory.push(torch.tensor([0.3, -0.2, 0.1]), torch.tensor([1.0, 3.0, 5.0]), torch.tensor([1.0, 0.0, 1.0]),
+                ["b", "c", "d"])
+    return memory
+
+
+def test_two_patches_of_one_case_are_one_death_not_two_tied_deaths():
+    # case "a" died at t=2 and is in the batch once, then as two patches with the same log-risk
+    once = memory_with_three_cases().loss(torch.tensor([0.4, -0.5]), torch.tensor([2.0, 4.0]),
+                                          torch.tensor([1.0, 0.0]), ["a", "e"], update=False)
+    twice = memory_with_three_cases().loss(torch.tensor([0.4, 0.4, -0.5]), torch.tensor([2.0, 2.0, 4.0]),
+                                           torch.tensor([1.0, 1.0, 0.0]), ["a", "a", "e"], update=False)
+    assert twice.loss.item() == pytest.approx(once.loss.item(), rel=1e-6)
+    assert (twice.n_cases, twice.n_events) == (once.n_cases, once.n_events) == (5, 3)
+    # counted per patch, "a" would be two tied deaths at t=2 that also sit twice in every risk set
+    per_patch = cox_neg_partial_log_likelihood(torch.tensor([0.4, 0.4, -0.5, 0.3, -0.2, 0.1]),
+                                               torch.tensor([2.0, 2.0, 4.0, 1.0, 3.0, 5.0]),
+                                               torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 1.0]))
+    assert abs(twice.loss.item() - float(per_patch)) > 0.05
+
+
+def test_patches_of_one_case_enter_with_their_mean_log_risk_and_share_its_gradient():
+    patches = torch.tensor([0.1, 0.7, -0.5], requires_grad=True)
+    merged = torch.tensor([0.4, -0.5], requires_grad=True)
+    time, event = torch.tensor([2.0, 2.0, 4.0]), torch.tensor([1.0, 1.0, 0.0])
+    memory = memory_with_three_cases()
+    out = memory.loss(patches, time, event, ["a", "a", "e"])
+    expected = memory_with_three_cases().loss(merged, time[1:], event[1:], ["a", "e"], update=False)
+    assert out.loss.item() == pytest.approx(expected.loss.item(), rel=1e-6)
+    out.loss.backward()
+    expected.loss.backward()
+    torch.testing.assert_close(patches.grad, torch.stack([merged.grad[0] / 2, merged.grad[0] / 2, merged.grad[1]]))
+    # the batch entered the memory as one entry per case
+    entries = {entry[0]: entry[1:] for entry in memory.state_dict()["entries"]}
+    assert len(memory) == 5 and entries["a"] == pytest.approx((0.4, 2.0, 1.0))
+    memory.push(torch.tensor([1.0, 3.0]), torch.tensor([6.0, 6.0]), torch.tensor([0.0, 0.0]), ["f", "f"])
+    assert len(memory) == 6 and dict((e[0], e[1]) for e in memory.state_dict()["entries"])["f"] == 2.0
+
+
+def test_patches_of_one_case_count_once_without_a_memory_too():
+    def survival_loss(log_risk: list[float], ids: list[str]) -> float:
+        times = {"a": 2.0, "b": 1.0, "c": 3.0}
+        events = {"a": 1.0, "b": 1.0, "c": 0.0}
+        losses, _, _ = masked_task_losses(
+            {"log_risk": torch.tensor(log_risk)},
+            {"survival_time": torch.tensor([times[i] for i in ids]), "event": torch.tensor([events[i] for i in ids]),
+             "case_ids": ids})
+        return float(losses["survival"])
+
+    assert survival_loss([0.4, 0.4, 0.2, -0.1], ["a", "a", "b", "c"]) == pytest.approx(
+        survival_loss([0.4, 0.2, -0.1], ["a", "b", "c"]), rel=1e-6)
+
+
+def test_patches_of_one_case_with_different_survival_are_refused():
+    with pytest.raises(ValueError, match="different survival"):
+        CoxRiskMemory(4).loss(torch.zeros(2), torch.tensor([2.0, 3.0]), torch.tensor([1.0, 1.0]), ["a", "a"])
+
+
 # ---------------------------------------------------------------------- grade
 def test_nominal_grade_loss_matches_weighted_cross_entropy_and_ignores_unknown():
     g = torch.Generator().manual_seed(0)

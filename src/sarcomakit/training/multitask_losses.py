@@ -144,6 +144,45 @@ def _cox_inputs(log_risk: Tensor, time: Tensor, event: Tensor) -> tuple[Tensor, 
     return log_risk, time, died
 
 
+def one_entry_per_case(log_risk: Tensor, time: Tensor, event: Tensor, case_ids: Sequence[str | None]
+                       ) -> tuple[Tensor, Tensor, Tensor, list[str | None]]:
+    """Merge the patches of one case into one survival entry: the mean of their log-risks, the case's time and event.
+
+    A batch may hold several patches of a case; the Cox partial likelihood is over patients, so each
+    case must appear once (otherwise a death counts as several tied deaths). The mean keeps a gradient
+    to every patch. Entries without an id are kept as they are. Order follows first appearance.
+
+    Args:
+        log_risk, time, event: one value per patch, shape (B,).
+        case_ids: the case id of each patch (None: an anonymous case of its own).
+
+    Returns:
+        ``(log_risk, time, event, ids)`` with one entry per case.
+
+    Raises:
+        ValueError: patches of one case carry different times or events.
+    """
+    ids = list(case_ids)
+    keys: list[object] = [case_id if case_id is not None else (None, k) for k, case_id in enumerate(ids)]
+    position: dict[object, int] = {}
+    first_index: list[int] = []
+    for k, key in enumerate(keys):
+        if key not in position:
+            position[key] = len(position)
+            first_index.append(k)
+    if len(position) == len(keys):
+        return log_risk, time, event, ids
+    group = torch.tensor([position[key] for key in keys], device=log_risk.device)
+    first = torch.tensor(first_index, device=log_risk.device)
+    for values in (time, event):
+        if not torch.allclose(values, values[first][group], rtol=0.0, atol=0.0, equal_nan=True):
+            raise ValueError("patches of one case carry different survival times or events")
+    counts = torch.bincount(group, minlength=len(position)).to(log_risk.dtype)
+    mean_risk = torch.zeros(len(position), dtype=log_risk.dtype, device=log_risk.device).index_add(
+        0, group, log_risk) / counts
+    return mean_risk, time[first], event[first], [ids[k] for k in first_index]
+
+
 @dataclass
 class CoxMemoryLoss:
     """The Cox loss of a batch against the memory, and what it was computed on."""
@@ -163,6 +202,11 @@ class CoxRiskMemory:
     with gradients through the batch's log-risks only (memory risks are constants from earlier steps,
     the idea of a momentum queue as in MoCo-style contrastive learning). After the loss, the batch enters
     the queue and the oldest cases leave. A case id already in the memory is replaced, not duplicated.
+
+    A case is one subject of the partial likelihood however many of its patches a batch holds: patches
+    that share a case id are merged into one entry whose log-risk is the mean of theirs (see
+    :func:`one_entry_per_case`). Counted apart, two patches of a case that died would be two tied deaths
+    and the case would weigh twice in its own risk set.
 
     Args:
         size: the number of cases kept (e.g. the size of a training fold, or a few dozen).
@@ -209,6 +253,7 @@ class CoxRiskMemory:
         ids = list(case_ids) if case_ids is not None else [None] * log_risk.numel()
         if len(ids) != log_risk.numel():
             raise ValueError("give one case id per case of the batch")
+        log_risk, time, event, ids = one_entry_per_case(log_risk, time, event, ids)
         current = set(i for i in ids if i is not None)
         stored = [entry for entry in self._entries if entry[0] is None or entry[0] not in current]
         memory = torch.tensor([entry[1:] for entry in stored], dtype=log_risk.dtype,
@@ -227,11 +272,13 @@ class CoxRiskMemory:
         return result
 
     def push(self, log_risk: Tensor, time: Tensor, event: Tensor, case_ids: Sequence[str | None] | None = None) -> None:
-        """Add cases (detached) to the memory, replacing entries with the same id."""
-        risks = log_risk.detach().reshape(-1).cpu().tolist()
-        times = torch.as_tensor(time).reshape(-1).cpu().tolist()
-        events = torch.as_tensor(event).reshape(-1).cpu().tolist()
-        ids = list(case_ids) if case_ids is not None else [None] * len(risks)
+        """Add cases (detached) to the memory, replacing entries with the same id (patches of a case merged)."""
+        risk_values = log_risk.detach().reshape(-1).cpu()
+        ids = list(case_ids) if case_ids is not None else [None] * risk_values.numel()
+        merged = one_entry_per_case(risk_values, torch.as_tensor(time).reshape(-1).cpu(),
+                                    torch.as_tensor(event).reshape(-1).cpu(), ids)
+        risks, times, events = (values.tolist() for values in merged[:3])
+        ids = merged[3]
         new_ids = {i for i in ids if i is not None}
         if new_ids:
             kept = [entry for entry in self._entries if entry[0] not in new_ids]
@@ -422,7 +469,8 @@ def masked_task_losses(outputs: Mapping[str, Tensor], targets: Mapping[str, Tens
             (B, 2) when ordinal, ``"log_risk"`` (B,) or (B, 1). Tasks without an output are not computed.
         targets: ``"segmentation"`` label maps (B, 1, ...) with optional ``"has_segmentation"`` (B,) bool;
             ``"grade"`` (B,) long, -1 unknown; ``"survival_time"`` (B,) float, NaN unknown, and
-            ``"event"`` (B,) float 0/1, NaN unknown; optional ``"case_ids"`` (list) for the Cox memory.
+            ``"event"`` (B,) float 0/1, NaN unknown; optional ``"case_ids"`` (list): the patches of one case enter
+            the Cox loss as one case (:func:`one_entry_per_case`) and are matched in the memory.
         segmentation_loss: loss of (logits, labels); default MONAI's Dice + cross-entropy.
         grade_class_weights, ordinal: see :func:`grade_loss`.
         cox_memory: compute the Cox loss against this memory (else over the batch alone).
@@ -477,8 +525,11 @@ def masked_task_losses(outputs: Mapping[str, Tensor], targets: Mapping[str, Tens
             out = cox_memory.loss(log_risk[valid], time, event, valid_ids, update=update_memory)
             loss, has_events = out.loss, out.has_events
         else:
+            risk = log_risk[valid]
+            if valid_ids is not None:
+                risk, time, event, _ = one_entry_per_case(risk, time, event, valid_ids)
             has_events = bool(event.sum() > 0)
-            loss = cox_ph_loss(log_risk[valid], time, event) if has_events else log_risk.sum() * 0.0
+            loss = cox_ph_loss(risk, time, event) if has_events else log_risk.sum() * 0.0
         if counts["survival"] == 0 or not has_events:
             loss = log_risk.sum() * 0.0
             skipped.append("survival")
