@@ -60,15 +60,27 @@ def test_bootstrap_interval_contains_point_and_shrinks_with_n() -> None:
 
 
 def test_grouped_bootstrap_keeps_patients_together() -> None:
-    seen_sizes = []
+    # Patients of unequal size: p0 has 5 slides, p1..p4 one each. Resampling patients keeps every slide of
+    # a drawn patient together, so a resample's size varies (5 to 25 rows); resampling slides always gives 9.
+    groups = np.array([0, 0, 0, 0, 0, 1, 2, 3, 4])
+    resamples: list[np.ndarray] = []
 
-    def count_pairs(idx: np.ndarray) -> float:
-        seen_sizes.append(len(idx))
-        return float(len(idx))
+    def record(idx: np.ndarray) -> float:
+        resamples.append(np.asarray(idx))
+        return float(np.mean(groups[idx] == 0))  # share of rows from the large patient
 
-    # 5 patients with 2 slides each: every resample has exactly 10 rows, in whole patients.
-    bootstrap_ci(count_pairs, 10, n_boot=20, groups=[0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
-    assert set(seen_sizes) == {10}
+    point, low, high = bootstrap_ci(record, len(groups), n_boot=200, groups=groups)
+    drawn = resamples[1:]  # the first call is the point estimate on all rows
+    assert len(drawn) == 200
+    for idx in drawn:
+        counts = np.bincount(idx, minlength=len(groups))
+        for patient in range(5):  # each slide of a patient is drawn as often as the patient
+            assert len(set(counts[groups == patient])) == 1
+        assert np.bincount(groups[idx], minlength=5)[0] % 5 == 0
+    assert len({len(idx) for idx in drawn}) > 1
+    # the share of the large patient jumps between 0 and 1 with patients, not around 5/9 with slides
+    assert point == pytest.approx(5 / 9)
+    assert low == 0.0 and high >= 5 / 6
 
 
 def test_classification_metrics_report(predictions: tuple[np.ndarray, np.ndarray]) -> None:
