@@ -9,6 +9,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
+from figure_checks import figure_shape, near_colour, read_png
 from sarcomakit.evaluation.classification import (
     balanced_accuracy,
     binary_auc,
@@ -136,7 +137,16 @@ def test_roc_and_reliability_figures_are_written(tmp_path):
     y, proba = predictions(60, 7)
     grades = np.array(["low", "intermediate", "high"], dtype=object)[y].tolist()
     grades[0] = None
-    for path in (plot_roc_curves(grades, proba, tmp_path / "roc.png"),
-                 plot_reliability_diagram(y, proba, tmp_path / "figures" / "reliability.png")):
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    roc = read_png(plot_roc_curves(grades, proba, tmp_path / "roc.png"))
+    assert roc.shape[:2] == figure_shape(4.8, 4.6, 120)
+    for colour in ("#1f77b4", "#ff7f0e", "#2ca02c"):  # low, intermediate and high vs rest, each its own curve
+        assert near_colour(roc, colour, 30).sum() > 100
+    assert near_colour(roc, "#b3b3b3", 10).sum() > 50  # the chance diagonal (grey 0.7)
+
+    reliability = read_png(plot_reliability_diagram(y, proba, tmp_path / "figures" / "reliability.png"))
+    assert reliability.shape[:2] == figure_shape(4.8, 5.6, 120)
+    curves, counts = reliability[: int(0.7 * reliability.shape[0])], reliability[int(0.78 * reliability.shape[0]):]
+    for colour in ("#1f77b4", "#ff7f0e"):  # p(high) and top-label confidence: a curve above, count bars below
+        assert near_colour(curves, colour, 30).sum() > 50
+        assert near_colour(counts, colour, 30).sum() > 50
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["figures", "reliability.png", "roc.png"]
