@@ -240,7 +240,8 @@ class CoxRiskMemory:
         Args:
             log_risk: the batch's log-risks with gradients, shape (B,) or (B, 1).
             time, event: the batch's times and events (only cases with a known survival).
-            case_ids: optional ids; memory entries of the same cases are left out and replaced.
+            case_ids: optional ids; patches sharing an id count as one case, and memory entries of the
+                same cases are left out and replaced.
             update: push the batch into the memory afterwards (False for validation).
 
         Returns:
