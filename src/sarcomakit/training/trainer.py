@@ -56,6 +56,9 @@ class Callback:
         """After an epoch's optimisation. ``record`` (``record["epoch"]`` is the epoch just run) is already the last
         entry of ``trainer.state.history``; callbacks may extend it (validation metrics) for the ones after them."""
 
+    def on_step_end(self, trainer: Trainer, loss: float) -> None:
+        """After each optimisation step (``trainer.state.step`` steps done), with the step's loss."""
+
     def on_fit_end(self, trainer: Trainer) -> None:
         """After the last epoch (or a stop), also when training failed (then ``trainer.failed`` is set)."""
 
@@ -221,7 +224,10 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.state.step += 1
-        return float(output.total.detach()), output.parts
+        loss = float(output.total.detach())
+        for callback in self.callbacks:
+            callback.on_step_end(self, loss)
+        return loss, output.parts
 
     def _train_one_epoch(self) -> dict[str, float]:
         """One epoch of optimisation; returns the epoch's record (loss, learning rate, timing, data wait)."""
