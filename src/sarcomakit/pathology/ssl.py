@@ -217,10 +217,12 @@ def pretrain_encoder(tile_source: torch.Tensor | Dataset, encoder: PatchEncoder,
     if tiles.shape[0] < 2:
         raise UserInputError(f"SSL pretraining needs at least 2 tiles, got {tiles.shape[0]}.")
     batch_size = max(2, min(batch_size, tiles.shape[0]))
-    torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    objective = SimCLRObjective(encoder, ProjectionHead(encoder.embed_dim, projection_dim).to(device),
-                                augment or ViewAugment(encoder.input_size, stain=stain), temperature, generator)
+    with torch.random.fork_rng(devices=[]):  # a seeded head without touching the caller's random state
+        torch.manual_seed(seed)
+        head = ProjectionHead(encoder.embed_dim, projection_dim).to(device)
+    objective = SimCLRObjective(encoder, head, augment or ViewAugment(encoder.input_size, stain=stain), temperature,
+                                generator)
     module = encoder.module.to(device)
     optimizer = torch.optim.AdamW([*module.parameters(), *objective.parameters()], lr=lr, weight_decay=1e-4)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tiles), batch_size=batch_size,
