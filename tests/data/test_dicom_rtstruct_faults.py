@@ -115,10 +115,13 @@ def test_fallback_series_chosen_by_the_stated_rule_and_recorded(tmp_path, dicom,
             del image.ReferencedSOPClassUID
     ds.save_as(path)
     shutil.rmtree(contoured.folder)
+    lowest_uid = min(ct_a, ct_b, key=lambda s: s.series_uid)
+    highest_uid = ct_b if lowest_uid is ct_a else ct_a
+    highest_uid.folder.rename(root / "aa_found_first")  # the scan order must not decide
 
     case = import_dicom(root, tmp_path / "out", roi_name=roi, show_progress=False).cases[0]
 
-    expected = mr if hint != "SOP class CT" else min(ct_a, ct_b, key=lambda s: s.series_uid)
+    expected = mr if hint != "SOP class CT" else lowest_uid
     assert case.extra["label_series"] == expected.series_uid
     assert case.extra["label_series_fallback"] == "frame_of_reference"
     mask = _mask(case.label)

@@ -95,7 +95,7 @@ class Instance:
     pixel_spacing: tuple[float, float]  # (row spacing, column spacing) as in DICOM
     rows: int
     columns: int
-    stamp: tuple[int, int] = (0, 0)  # file size and modification time (ns): what the file holds, cheaply
+    stamp: tuple[int, int]  # file size and modification time (ns): what the file holds, cheaply
 
 
 @dataclass
@@ -116,7 +116,8 @@ class Series:
         return {i.sop_uid for i in self.instances}
 
     @property
-    def label(self) -> str:
+    def title(self) -> str:
+        """How messages name the series: its description (else its UID) and modality."""
         return f"series '{self.description or self.uid}' ({self.modality})"
 
     def content_stamp(self) -> str:
@@ -221,7 +222,7 @@ def series_geometry(series: Series) -> tuple[list[Instance], Geometry]:
             steps (missing slices) or a sheared stack (gantry tilt).
     """
     where = series.instances[0].path.parent
-    label = series.label
+    label = series.title
     first = series.instances[0]
     for inst in series.instances:
         if not np.allclose(inst.orientation, first.orientation, atol=ORIENTATION_TOL):
@@ -476,11 +477,14 @@ def _choose_structure(patient: _Patient, usable: list[Series], malformed: Mappin
                              f"(available: {', '.join(names) or 'none'}).", path=patient.structures[0].path,
                              fix="pass the ROI name to use with --roi.")
     channel_order = {s.uid: i for i, ch in enumerate(channel_map) for s in mapped.get(ch, [])}
-    options = []
-    for structure in exact or with_roi:
-        found = _contoured_series(structure, usable, roi_name, malformed)
-        if found is not None:
-            options.append(_Contoured(structure, *found))
+    options: list[_Contoured] = []
+    for candidates in (exact, with_roi):  # structure sets naming the ROI exactly first
+        for structure in candidates:
+            found = _contoured_series(structure, usable, roi_name, malformed)
+            if found is not None:
+                options.append(_Contoured(structure, *found))
+        if options:
+            break
     if not options:
         wanted = with_roi[0]
         refs = ", ".join(wanted.referenced_series_uids) or "none named"
@@ -494,7 +498,7 @@ def _choose_structure(patient: _Patient, usable: list[Series], malformed: Mappin
     if chosen.match == FRAME_OF_REFERENCE:
         log.warning("patient %s: the series the RTSTRUCT references is not in the folder; drawing '%s' on %s "
                     "(%d slices, same frame of reference), chosen by the rule: %s", patient.patient_id, roi_name,
-                    chosen.series.label, len(chosen.series.instances), FALLBACK_RULE)
+                    chosen.series.title, len(chosen.series.instances), FALLBACK_RULE)
     return chosen
 
 
@@ -510,7 +514,7 @@ def _rasterise(patient: _Patient, contoured: _Contoured, roi_name: str, referenc
             raise patient.error(exc) from None
         refs = ", ".join(contoured.structure.referenced_series_uids) or "not named"
         raise patient.error(exc, f"the series the RTSTRUCT references ({refs}) is not in the folder, and "
-                            f"{contoured.series.label} of the same frame of reference does not fit its contours: ",
+                            f"{contoured.series.title} of the same frame of reference does not fit its contours: ",
                             fix="export the series the contours were drawn on together with the RTSTRUCT.") from None
     notes = {"label_roi": roi.roi_name, "label_series": contoured.series.uid}
     if fallback:
