@@ -200,7 +200,7 @@ def test_roi_name_used_is_recorded_as_the_rtstruct_spells_it(tmp_path, dicom):
 
 # ---------------------------------------------------------------------- 3. contours outside the series
 def _truncated(dicom, root: Path, patient_id: str = "STS-001"):
-    """An export missing the upper slices: the series is contiguous, contours 6..9 lie beyond slice 7."""
+    """An export missing the upper slices: the series is contiguous, contours on slices 8 and 9 lie beyond it."""
     ct = dicom.write_series(root / patient_id, _stored(), modality="CT", patient_id=patient_id)
     dicom.write_rtstruct(root / patient_id / "rs.dcm", ct, {"GTV_Mass": [_square(dicom, ct, k) for k in range(4, 10)]})
     return ct
@@ -214,7 +214,7 @@ def test_contours_beyond_the_series_fail_the_patient_with_exit_1(tmp_path, dicom
 
     assert result.exit_code == 1, result.output
     failure = _failure(tmp_path / "out", "STS-001")
-    assert failure.startswith("2 of 6 contour(s) lie beyond the first or last slice")
+    assert failure.startswith("2 of 6 contour(s) lie outside the series (beyond its slices 0..7")
     assert "--allow-partial-masks" in failure
     assert Manifest.load(tmp_path / "out" / "manifest.csv").case_ids == ["GOOD"]
 
@@ -232,7 +232,7 @@ def test_partial_masks_allowed_are_recorded_and_flagged_by_validate(tmp_path, di
     assert mask[4:8].sum() == 4 * 36 and mask.sum() == 4 * 36
     report = validate_manifest(manifest)
     assert report.ok and "partial_label" in report.checks()
-    assert "2 contour(s) beyond the first or last slice" in next(i.message for i in report.warnings
+    assert "2 contour(s) lying outside the images were dropped" in next(i.message for i in report.warnings
                                                                  if i.check == "partial_label")
     validated = CliRunner().invoke(app, ["validate", str(manifest.source), "--json", str(tmp_path / "report.json")])
     assert validated.exit_code == 0
@@ -259,6 +259,17 @@ def test_no_contour_inside_the_series_fails_even_when_partial_masks_are_allowed(
     dicom.write_rtstruct(tmp_path / "dicom" / "rs.dcm", ct, {"GTV_Mass": [_square(dicom, ct, k) for k in (10, 11)]})
     with pytest.raises(UserInputError, match="none of the 2 contour"):
         import_dicom(tmp_path / "dicom", tmp_path / "out", allow_partial_masks=True, show_progress=False)
+
+
+def test_contour_wholly_outside_the_field_of_view_counts_as_dropped():
+    square = np.array([[3.5, 4.5], [9.5, 4.5], [9.5, 10.5], [3.5, 10.5]])
+    inside, outside = _axial(square, 3.0), _axial(square + [40.0, 0.0], 6.0)
+    with pytest.raises(UserInputError, match=r"1 of 2 contour\(s\) lie outside the series"):
+        rasterise_contours([inside, outside], _grid(3.0))
+    filled = rasterise_contours([inside, outside], _grid(3.0), allow_partial=True)
+    assert (filled.dropped, filled.clipped) == (1, 0) and filled.mask[1].sum() == 36 and filled.mask.sum() == 36
+    with pytest.raises(UserInputError, match="none of the 1 contour"):
+        rasterise_contours([outside], _grid(3.0), allow_partial=True)
 
 
 # ---------------------------------------------------------------------- 4. RTSTRUCT without its images

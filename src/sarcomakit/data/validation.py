@@ -44,7 +44,7 @@ ORIGIN_RELATIVE_TOL = 1e-3  # of the largest spacing, at least SPACING_ATOL
 # Columns in which an importer records that a mask holds only part of its contours (DICOM import
 # with --allow-partial-masks), and what the count means.
 PARTIAL_LABEL_COLUMNS: dict[str, str] = {
-    "label_contours_dropped": "beyond the first or last slice of the images were dropped",
+    "label_contours_dropped": "lying outside the images were dropped",
     "label_contours_clipped": "reaching past the images' field of view were cut",
 }
 

@@ -30,8 +30,8 @@ Steps, per patient (one case per PatientID, made file-name safe):
    registered to the contoured series) are listed in ``extra["unregistered"]``.
 
 Contours beyond the series (a truncated export) fail the patient unless ``allow_partial_masks``;
-then the mask keeps what lies inside and ``extra["label_contours_dropped"]`` (contours beyond the
-first or last slice) or ``extra["label_contours_clipped"]`` (contours cut by the field of view)
+then the mask keeps what lies inside and ``extra["label_contours_dropped"]`` (contours wholly
+outside the series) or ``extra["label_contours_clipped"]`` (contours cut by its field of view)
 record it, which ``sarcomakit validate`` reports as a warning.
 
 Outputs: ``{out_dir}/images/{case}_{channel}.nii.gz``, ``{out_dir}/labels/{case}.nii.gz`` and

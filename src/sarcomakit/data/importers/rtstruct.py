@@ -28,8 +28,9 @@ A mask is only returned when the contours fit the grid; otherwise :class:`UserIn
 - **Every slice between contours** (``contiguous=True``, used when the grid is not the series the
   RTSTRUCT names): when adjacent contour planes are all at least two slices apart, the contours come
   from a coarser grid and the mask would be striped.
-- **Inside the series.** Contours beyond the first or last slice (dropped) or reaching past the
-  in-plane field of view (clipped) make a partial mask: refused unless ``allow_partial``, and counted.
+- **Inside the series.** Contours wholly outside it (beyond its first or last slice, or its field of
+  view: dropped) or reaching past its field of view (clipped) make a partial mask: refused unless
+  ``allow_partial``, and counted. A mask with no contour inside the series is always refused.
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ class ContourMask:
 
     mask: np.ndarray  # (z, y, x) bool
     n_contours: int
-    dropped: int = 0  # contours beyond the first or last slice: not drawn
+    dropped: int = 0  # contours wholly outside the grid (beyond its end slices or its field of view): not drawn
     clipped: int = 0  # contours reaching past the in-plane field of view: drawn cut
     clipped_voxels: int = 0  # voxels of the clipped contours that lie outside the grid
 
@@ -297,6 +298,9 @@ def rasterise_contours(contours: list[np.ndarray], geometry: Geometry, *, where:
             result.dropped += 1
             continue
         rows, cols, lost = _fill(index[:, 1], index[:, 0], shape[1:])
+        if lost and not rows.size:
+            result.dropped += 1
+            continue
         if lost:
             result.clipped += 1
             result.clipped_voxels += lost
@@ -304,8 +308,9 @@ def rasterise_contours(contours: list[np.ndarray], geometry: Geometry, *, where:
         plane[rows, cols] = True
         result.mask[k] ^= plane
     if result.dropped == len(placed):
-        raise UserInputError(f"none of the {len(placed)} contour(s) lies within the series' slices 0..{shape[0] - 1} "
-                             f"(contour slices {slices[0]}..{slices[-1]}).", path=where,
+        raise UserInputError(f"none of the {len(placed)} contour(s) lies within the series (its slices 0.."
+                             f"{shape[0] - 1} and field of view; contours on slices {slices[0]}..{slices[-1]}).",
+                             path=where,
                              fix="check that the RTSTRUCT belongs to this image series.")
     if result.dropped or result.clipped:
         what = _partial_description(result, slices, shape[0])
@@ -321,8 +326,8 @@ def rasterise_contours(contours: list[np.ndarray], geometry: Geometry, *, where:
 def _partial_description(result: ContourMask, slices: list[int], n_slices: int) -> str:
     parts = []
     if result.dropped:
-        parts.append(f"{result.dropped} of {result.n_contours} contour(s) lie beyond the first or last slice of the "
-                     f"series (contours on slices {slices[0]}..{slices[-1]}, series slices 0..{n_slices - 1})")
+        parts.append(f"{result.dropped} of {result.n_contours} contour(s) lie outside the series (beyond its slices "
+                     f"0..{n_slices - 1} or its field of view; contours on slices {slices[0]}..{slices[-1]})")
     if result.clipped:
         parts.append(f"{result.clipped} contour(s) reach past the series' field of view ({result.clipped_voxels} "
                      "voxel(s) cut off)")
