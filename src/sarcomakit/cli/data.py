@@ -87,28 +87,36 @@ def _channel_map(channel: list[str] | None, channel_map: Path | None) -> dict[st
 def import_dicom_command(
     dicom_dir: Path = typer.Argument(..., help="Folder with the DICOM studies (any layout)."),
     out_dir: Path = typer.Argument(..., help="Folder for images/, labels/ and manifest.csv."),
-    roi: str = typer.Option("GTV_Mass", "--roi", help="RTSTRUCT ROI to use as the label (case-insensitive)."),
+    roi: str = typer.Option("GTV_Mass", "--roi", help="RTSTRUCT ROI to use as the label: the exact name, else the "
+                            "only ROI matching it when case is ignored."),
     channel: list[str] = typer.Option(None, "--channel", help="NAME=PATTERN mapping series to a channel by "
                                       "Modality or SeriesDescription; repeat per channel."),
     channel_map: Path = typer.Option(None, "--channel-map", help="JSON file {channel: pattern}."),
     no_suv: bool = typer.Option(False, "--no-suv", help="Keep PET in Bq/ml instead of SUV."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Convert every patient again (default: keep "
                                    "patients converted by an earlier run with the same inputs and options)."),
+    allow_partial_masks: bool = typer.Option(False, "--allow-partial-masks", help="Keep patients whose contours "
+                                             "reach beyond the image series (truncated export) with the part of "
+                                             "the mask inside it; the manifest records how many contours were "
+                                             "dropped and 'validate' warns. Default: such patients fail."),
 ) -> None:
     """Convert DICOM series to NIfTI and rasterise an RTSTRUCT ROI as the label, one case per patient.
 
     A channel pattern matches a series whose Modality equals it or whose SeriesDescription contains it
     (regular expression, any case); prefix it with 'modality:' or 'description:' to test only one.
     Default channels: CT, PET (Modality PT) and MR, by Modality. Channels on another grid than the
-    contoured series are resampled onto it.
+    contoured series are resampled onto it. Exit status 1 when any patient failed (the others are
+    converted; reasons in import_failures.json), 2 when none could be.
     """
-    from sarcomakit.data.importers.dicom import import_dicom
+    from sarcomakit.data.importers.dicom import import_dicom_cohort
 
-    manifest = import_dicom(dicom_dir, out_dir, roi_name=roi, channel_map=_channel_map(channel, channel_map),
-                            suv=not no_suv, overwrite=overwrite)
+    imported = import_dicom_cohort(dicom_dir, out_dir, roi_name=roi, channel_map=_channel_map(channel, channel_map),
+                                   suv=not no_suv, overwrite=overwrite, allow_partial_masks=allow_partial_masks)
     console = Console()
-    _done(manifest, console)
+    _done(imported.manifest, console)
     _report_failures(out_dir, console)
+    if imported.outcome.exit_code:
+        raise typer.Exit(imported.outcome.exit_code)
 
 
 @import_app.command("table")

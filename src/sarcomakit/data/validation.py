@@ -4,8 +4,8 @@
 the others. Problems are :class:`ValidationIssue` records with a severity:
 
 - ``error``: the cohort cannot be used as is (training or evaluation would fail or be wrong);
-- ``warning``: usable, but probably not what the user meant (an empty mask, a cohort without
-  any observed event, folds given for some cases only).
+- ``warning``: usable, but probably not what the user meant (an empty mask, a mask an importer
+  recorded as partial, a cohort without any observed event, folds given for some cases only).
 
 Geometry is read from the image headers only (``sitk.ImageFileReader.ReadImageInformation``);
 voxels are read, one image at a time, only for the NaN/Inf and label-value checks. NIfTI voxels
@@ -41,6 +41,12 @@ Severity = Literal["error", "warning"]
 SPACING_ATOL = 1e-3
 DIRECTION_ATOL = 1e-3
 ORIGIN_RELATIVE_TOL = 1e-3  # of the largest spacing, at least SPACING_ATOL
+# Columns in which an importer records that a mask holds only part of its contours (DICOM import
+# with --allow-partial-masks), and what the count means.
+PARTIAL_LABEL_COLUMNS: dict[str, str] = {
+    "label_contours_dropped": "lying outside the images were dropped",
+    "label_contours_clipped": "reaching past the images' field of view were cut",
+}
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,7 @@ def validate_manifest(manifest: Manifest, *, check_images: bool = True, check_vo
         cases = progress(cases)
     for case in cases:
         _check_clinical(case, out)
+        _check_partial_label(case, out)
         _check_case_files(case, manifest, out, check_images=check_images, check_voxels=check_voxels)
     _check_cohort_clinical(manifest, out)
     return ValidationReport(issues=out.issues, n_cases=len(manifest.cases), source=manifest.source)
@@ -243,6 +250,22 @@ def _check_clinical(case: Case, out: _Collector) -> None:
     if case.survival_time is not None and case.event is None and "event" not in invalid:
         out.warning("time_without_event", cid, "survival_time is given without an event status; the case "
                     "is left out of the survival task.", "give event 1 (death) or 0 (censored).")
+
+
+def _check_partial_label(case: Case, out: _Collector) -> None:
+    """Warn about a mask imported from contours that lay partly outside the images (see PARTIAL_LABEL_COLUMNS)."""
+    found = []
+    for column, meaning in PARTIAL_LABEL_COLUMNS.items():
+        try:
+            count = int(float(str(case.extra.get(column, 0))))
+        except ValueError:
+            count = 0
+        if count > 0:
+            found.append(f"{count} contour(s) {meaning}")
+    if found:
+        out.warning("partial_label", case.case_id, f"label is a partial mask: {'; '.join(found)} when it was "
+                    "imported.", "re-export the complete image series and import again, or keep the case out of "
+                    "segmentation training and evaluation.", case.label)
 
 
 # ---------------------------------------------------------------------- per-case files
