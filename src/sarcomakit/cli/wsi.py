@@ -1,9 +1,10 @@
 """``sarcomakit wsi``: whole-slide pipeline commands (tile, embed, pretrain, train, predict, heatmap, cluster, demo).
 
-Every command takes a slide manifest CSV (slide_id, path, label, patient_id[, fold]) or a folder of slides,
-and a work folder (``--out``) that the steps share. Slides already done are skipped unless ``--overwrite``;
-failures are listed at the end. Exit status: 0 when at least one slide succeeded (or all were already done),
-1 when every slide failed, 2 for invalid input.
+Every command takes a slide manifest CSV (slide_id, path, label, patient_id[, fold]), a folder of slides or
+a single slide file, and a work folder (``--out``) that the steps share. Slides already done are skipped
+unless ``--overwrite``; failures are listed at the end. Exit status, as for every cohort command: 0 when
+every slide succeeded or was already done, 1 when any slide failed (the others are finished first), 2 for
+invalid input found before any work.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 wsi_app = typer.Typer(help="Whole-slide histopathology: tiling, patch embeddings, MIL, heatmaps, clusters.",
                       no_args_is_help=True)
 
-SLIDES_HELP = "Slide manifest CSV (slide_id,path,label,patient_id[,fold]) or a folder of slides."
+SLIDES_HELP = "Slide manifest CSV (slide_id,path,label,patient_id[,fold]), a folder of slides or one slide file."
 OUT_HELP = "Work folder shared by the wsi steps (coords/, features/, mil/, heatmaps/, clusters/)."
 
 
@@ -26,10 +28,9 @@ def _console() -> Console:
 
 
 def _finish(outcome: Any, what: str) -> None:
-    """Print the failure summary; exit 1 when every slide failed."""
+    """Print the failure summary; exit 1 when any slide failed."""
     outcome.print_summary(_console(), what=what)
-    if outcome.all_failed:
-        raise typer.Exit(1)
+    raise typer.Exit(outcome.exit_code)
 
 
 def _load(slides: Path, require_labels: bool = False, classes: str | None = None) -> Any:
@@ -151,7 +152,9 @@ def train_command(
     console.print(format_metrics(result.metrics, title=f"{model}, {folds}-fold CV (patient-grouped)"))
     console.print(f"out-of-fold predictions: {result.out_dir / 'oof_predictions.csv'}")
     for slide_id, message in result.failures.items():
-        console.print(f"  [red]failed[/red] {slide_id}: {message}", highlight=False)
+        console.print(f"  [red]failed[/red] {escape(slide_id)}: {escape(message)}", highlight=False, soft_wrap=True)
+    if result.failures:
+        raise typer.Exit(1)
 
 
 @wsi_app.command("predict")
