@@ -116,3 +116,7 @@ def test_any_failed_slide_makes_the_exit_status_1(small_slide: Path, tmp_path: P
     assert result.exit_code == 1, result.output
     assert "1 slide(s) done" in result.output and "1 failed" in result.output
     assert (tmp_path / "work" / "coords" / "good.h5").is_file()  # the good slide was finished
+    pooled = _invoke("pretrain", str(tmp_path / "slides.csv"), "--out", str(tmp_path / "work"), "--input-size", "48",
+                     "--epochs", "1", "--tiles-per-slide", "4", "--batch-size", "4")
+    assert pooled.exit_code == 1, pooled.output  # pretrained on the tiled slide, the other one is listed
+    assert (tmp_path / "work" / "ssl" / "encoder.pt").is_file() and "failed bad: no coords file" in pooled.output

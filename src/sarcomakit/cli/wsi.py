@@ -33,6 +33,19 @@ def _finish(outcome: Any, what: str) -> None:
     raise typer.Exit(outcome.exit_code)
 
 
+def _finish_pooled(manifest: Any, out: Path, kind: str) -> None:
+    """A pooled step (pretrain, cluster) uses the slides that have its input (``kind``: coords or features);
+    the others count as failed, as in the per-slide steps: listed one per line, exit status 1."""
+    from sarcomakit.pathology.pipeline import slides_with
+
+    _, missing = slides_with(manifest, out, kind)
+    console = _console()
+    for slide_id, message in missing.items():
+        console.print(f"  [red]failed[/red] {escape(slide_id)}: {escape(message)}", highlight=False, soft_wrap=True)
+    if missing:
+        raise typer.Exit(1)
+
+
 def _load(slides: Path, require_labels: bool = False, classes: str | None = None) -> Any:
     from sarcomakit.pathology.slide_manifest import load_slides
 
@@ -113,12 +126,16 @@ def pretrain_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Pretrain again if encoder.pt exists."),
 ) -> None:
     """Self-supervised (SimCLR) pretraining of a patch encoder on tiles of the tiled slides."""
-    from sarcomakit.pathology.pipeline import pretrain_step
+    from sarcomakit.pathology.pipeline import COORDS, SSL, pretrain_step
 
+    manifest = _load(slides)
+    already_done = (out / SSL / "encoder.pt").is_file() and not overwrite
     options = _encoder_options(input_size, None, None, None)
-    path = pretrain_step(_load(slides), out, encoder, options, epochs, per_slide, batch_size, lr, stain, seed,
+    path = pretrain_step(manifest, out, encoder, options, epochs, per_slide, batch_size, lr, stain, seed,
                          device, mpp, overwrite)
     _console().print(f"encoder checkpoint: {path} (use: wsi embed --encoder {encoder} --weights {path})")
+    if not already_done:
+        _finish_pooled(manifest, out, COORDS)
 
 
 @wsi_app.command("train")
@@ -205,12 +222,13 @@ def cluster_command(
     mpp: float = typer.Option(None, "--mpp", help="Level-0 microns per pixel for slides without metadata."),
 ) -> None:
     """Phenotype clusters of patch embeddings: composition table, 2D map, example tiles."""
-    from sarcomakit.pathology.pipeline import cluster_step
+    from sarcomakit.pathology.pipeline import FEATURES, cluster_step
 
-    result = cluster_step(_load(slides), out, method, n_clusters, per_slide, map_method, min_cluster_size, seed,
-                          mpp)
+    manifest = _load(slides)
+    result = cluster_step(manifest, out, method, n_clusters, per_slide, map_method, min_cluster_size, seed, mpp)
     _console().print(f"{result.n_clusters} clusters; composition: {result.composition_csv}; "
                      f"map: {result.map_png}; examples: {result.examples_png}")
+    _finish_pooled(manifest, out, FEATURES)
 
 
 @wsi_app.command("demo")
