@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.errors import UserInputError
@@ -21,12 +22,21 @@ def _done(manifest: Manifest, console: Console) -> None:
     console.print(f"check it with: sarcomakit validate {manifest.source}", highlight=False)
 
 
-def _report_failures(out_dir: Path, console: Console) -> None:
+def _exit_on_failures(out_dir: Path, console: Console) -> None:
+    """List the cases this import could not convert (the importer rewrites import_failures.json on every run)
+    and exit with status 1 when there are any, as every cohort command does."""
     failures_file = out_dir / "import_failures.json"
-    if failures_file.is_file():
-        failed = json.loads(failures_file.read_text(encoding="utf-8"))
-        console.print(f"[yellow]{len(failed)} case(s) failed and are not in the manifest; reasons in "
-                      f"{failures_file}[/yellow]", highlight=False)
+    if not failures_file.is_file():
+        return
+    failed = json.loads(failures_file.read_text(encoding="utf-8"))
+    if not failed:
+        return
+    console.print(f"[yellow]{len(failed)} case(s) failed and are not in the manifest; reasons in "
+                  f"{failures_file}[/yellow]", highlight=False, soft_wrap=True)
+    for case_id, reason in failed.items():
+        console.print(f"  [red]failed[/red] {escape(str(case_id))}: {escape(str(reason))}", highlight=False,
+                      soft_wrap=True)
+    raise typer.Exit(1)
 
 
 def _manifest_path(path: Path) -> Path:
@@ -59,7 +69,7 @@ def import_msd_command(
 
     console = Console()
     _done(import_msd(dataset_json, out_dir, include_test=include_test), console)
-    _report_failures(out_dir, console)
+    _exit_on_failures(out_dir, console)
 
 
 def _channel_map(channel: list[str] | None, channel_map: Path | None) -> dict[str, str] | None:
@@ -114,7 +124,7 @@ def import_dicom_command(
                                    suv=not no_suv, overwrite=overwrite, allow_partial_masks=allow_partial_masks)
     console = Console()
     _done(imported.manifest, console)
-    _report_failures(out_dir, console)
+    _exit_on_failures(out_dir, console)
     if imported.outcome.exit_code:
         raise typer.Exit(imported.outcome.exit_code)
 
@@ -172,20 +182,19 @@ def register(app: typer.Typer) -> None:
         json_report: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
     ) -> None:
         """Check a manifest and print every problem; exit status 1 when there are errors."""
-        from sarcomakit.cohort_runner import progress_bar
+        from sarcomakit.cohort_runner import cohort_progress
         from sarcomakit.data.validation import validate_manifest
         from sarcomakit.io.atomic import write_json
 
-        manifest = Manifest.load(manifest_path)
+        manifest = Manifest.load(manifest_path, allow_duplicate_ids=True)  # reported with everything else
         console = Console()
-        with progress_bar(transient=True) as bar:
-            task = bar.add_task("validating", total=len(manifest), status="")
+        with cohort_progress("validating", len(manifest), transient=True) as progress:
 
             def tracked(cases):
                 for case in cases:
-                    bar.update(task, status=case.case_id)
+                    progress.working_on(case.case_id)
                     yield case
-                    bar.advance(task)
+                    progress.advance()
 
             report = validate_manifest(manifest, check_images=not no_images, progress=tracked)
         report.print(console)
