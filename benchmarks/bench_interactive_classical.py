@@ -73,13 +73,14 @@ def quality_table(cases: list[InteractiveCase], rounds: int, group: str) -> str:
     curve = evaluation.curve_frame()
     summary = evaluation.summary().set_index("method")
     head = " | ".join(f"Dice r{k}" for k in range(1, rounds + 1))
-    lines = [f"| cases | method | {head} | NoC@85 (failed) | NoC@90 (failed) | AUC | surface Dice | latency median / p95 s |",
-             "|---|---|" + "---|" * (rounds + 5)]
+    columns = "NoC@85 (failed) | NoC@90 (failed) | AUC | surface Dice | latency median / p95 s"
+    lines = [f"| cases | method | {head} | {columns} |", "|---|---|" + "---|" * (rounds + 5)]
     for method in evaluation.methods:
         points = curve[curve.method == method].sort_values("round")
         cells = " | ".join(f"{row.mean_dice:.3f} [{row.ci_low:.2f}, {row.ci_high:.2f}]" for row in points.itertuples())
         row = summary.loc[method]
-        lines.append(f"| {group} (n={int(row.n_cases)}) | {method} | {cells} | {row.noc85:.1f} ({int(row.noc85_failed)}) "
+        lines.append(f"| {group} (n={int(row.n_cases)}) | {method} | {cells} "
+                     f"| {row.noc85:.1f} ({int(row.noc85_failed)}) "
                      f"| {row.noc90:.1f} ({int(row.noc90_failed)}) | {row.mean_dice_auc:.3f} "
                      f"| {row.mean_final_surface_dice:.3f} | {row.latency_median_s:.2f} / {row.latency_p95_s:.2f} |")
     per_case = evaluation.case_frame()
