@@ -10,11 +10,12 @@ from sarcomakit.evaluation.metrics import dice
 from sarcomakit.interactive.classical import (
     GeodesicModel,
     RandomWalkerModel,
+    box_as_seeds,
     inner_faces,
     keep_seeded_components,
     roi_seeds,
 )
-from sarcomakit.interactive.prompts import Click, Scribble
+from sarcomakit.interactive.prompts import Box, Click, Scribble
 from sarcomakit.interactive.robot import RobotConfig, RobotUser
 from sarcomakit.interactive.roi import Roi
 from sarcomakit.interactive.session import InteractiveSession
@@ -112,3 +113,21 @@ def test_only_components_holding_a_positive_seed_are_kept():
     kept = keep_seeded_components(mask, seeds)
     assert kept[5, 5, 5] and not kept[14, 14, 14]
     assert kept.sum() == ellipsoid((20, 20, 20), (5, 5, 5), (3, 3, 3)).sum()
+
+
+def test_a_positive_box_becomes_an_outline_of_background_and_a_centre_click():
+    box = Box.from_corners((5, 2, 3), (5, 6, 9), positive=True)
+    outline, centre = box_as_seeds([box])
+    assert isinstance(outline, Scribble) and not outline.positive
+    assert len(outline.voxels) == 2 * 7 + 2 * 3  # the rectangle's border, corners once
+    assert isinstance(centre, Click) and centre.positive and centre.voxel == (5, 4, 6)
+    negative_box = Box.from_corners((5, 2, 3), (5, 6, 9), positive=False)
+    assert box_as_seeds([negative_box]) == [negative_box]
+
+
+@pytest.mark.parametrize("model_class", MODELS)
+def test_a_box_on_the_largest_slice_segments_the_sphere(model_class):
+    image, reference = sphere_in_noise(seed=5)
+    session = InteractiveSession(model_class(), image)
+    session.add_box((14, 6, 6), (14, 26, 26))
+    assert dice(session.predict(), reference) >= 0.85

@@ -8,7 +8,8 @@ Common rules, applied inside the ROI the session passes:
 
 - each image channel is standardised by its median and interquartile range inside the ROI, so
   one ``beta`` / ``contrast`` suits CT, MRI and PET alike;
-- seeds are the rasterised prompts (a later prompt overrides an earlier one on shared voxels);
+- seeds are the rasterised prompts (a later prompt overrides an earlier one on shared voxels); a
+  positive box gives its outline as background and its centre voxel as foreground;
 - with positive prompts only (clicks, extreme points), the ROI faces that are not the image
   border (all faces when the ROI is the whole image) become background seeds: the assumption
   of box-initialised methods (GrabCut, InteractiveNet's crop around extreme points) that the
@@ -44,7 +45,7 @@ from scipy import ndimage
 from skimage.graph import MCP_Geometric
 from skimage.segmentation import random_walker
 
-from sarcomakit.interactive.prompts import Prompt, rasterize_prompts
+from sarcomakit.interactive.prompts import Box, Click, Prompt, Scribble, rasterize_prompts
 from sarcomakit.interactive.roi import Roi
 
 
@@ -156,7 +157,7 @@ def roi_seeds(prompts: Sequence[Prompt], image_shape: Sequence[int],
         ``(positive, negative)`` boolean arrays of ``roi.shape``, or None when no positive seed
         lies in the ROI (nothing to segment).
     """
-    positive, negative = rasterize_prompts(prompts, image_shape, roi)
+    positive, negative = rasterize_prompts(box_as_seeds(prompts), image_shape, roi)
     if not positive.any():
         return None
     if not negative.any():
@@ -164,6 +165,31 @@ def roi_seeds(prompts: Sequence[Prompt], image_shape: Sequence[int],
     if not negative.any():  # the ROI is the whole image: its border is the only background left
         negative = inner_faces(roi, image_shape, include_image_border=True) & ~positive
     return positive, negative
+
+
+def box_as_seeds(prompts: Sequence[Prompt]) -> list[Prompt]:
+    """Prompts with each positive box replaced by seeds a seeded method can use.
+
+    A box drawn around an object holds background in its corners, so its filled rectangle (the
+    network encoding) would be wrong as foreground seeds. As in box-initialised methods, its
+    outline on its slice becomes a negative scribble and its centre voxel a positive click.
+    Negative boxes stay as they are: all of a box drawn on background is background.
+    """
+    seeds: list[Prompt] = []
+    for prompt in prompts:
+        if isinstance(prompt, Box) and prompt.positive:
+            voxels = prompt.covered_voxels()
+            low, high = np.asarray(prompt.start), np.asarray(prompt.stop)
+            on_edge = np.zeros(len(voxels), dtype=bool)
+            for axis in range(3):
+                if low[axis] != high[axis]:
+                    on_edge |= (voxels[:, axis] == low[axis]) | (voxels[:, axis] == high[axis])
+            outline = voxels[on_edge]
+            seeds.append(Scribble.from_voxels(outline, positive=False, axis=prompt.axis))
+            seeds.append(Click.from_voxel((low + high) // 2, positive=True))
+        else:
+            seeds.append(prompt)
+    return seeds
 
 
 def inner_faces(roi: Roi, image_shape: Sequence[int], *, include_image_border: bool = False) -> np.ndarray:
