@@ -6,19 +6,25 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_ARGS ?=
 
-.PHONY: venv demo test lint bench wsi-demo clean
+# Every install is constrained to the versions in the lock (torch excepted), and to the torch the venv
+# already has, so that no dependency can replace it with another build. `make lock` refreshes the lock.
+LOCK      ?= requirements/lock.txt
+TORCH_PIN  = $(VENV)/torch-pin.txt
+PIP       := $(PY) -m pip install -q -c $(LOCK)
 
-$(VENV)/.stamp-base: pyproject.toml
+.PHONY: venv demo test test-latest lint typecheck lock lock-upgrade bench wsi-demo clean
+
+$(VENV)/.stamp-base: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e .
+	$(PIP) --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) "$(TORCH_SPEC)"
+	$(PY) -c "from importlib.metadata import version; print('torch==' + version('torch'))" > $(TORCH_PIN)
+	$(PIP) -c $(TORCH_PIN) -e .
 	touch $@
 
 $(VENV)/.stamp-dev: $(VENV)/.stamp-base
-	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q numpy setuptools wheel
-	$(PY) -m pip install -q --no-build-isolation "pyradiomics==3.0.1"
+	$(PIP) -c $(TORCH_PIN) -e ".[dev]" numpy setuptools wheel
+	$(PIP) -c $(TORCH_PIN) --no-build-isolation "pyradiomics==3.0.1"
 	touch $@
 
 venv: $(VENV)/.stamp-base
@@ -32,6 +38,52 @@ wsi-demo: $(VENV)/.stamp-base
 test: $(VENV)/.stamp-dev
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n 2 --dist loadfile
 
+# Early warning: the newest releases of every dependency (torch excepted: TORCH_SPEC, kept once installed),
+# in a venv of their own; a failure here and not in `make test` means the lock is holding a break back.
+LATEST_VENV ?= .venv-latest
+LATEST_PY   := $(LATEST_VENV)/bin/python
+test-latest:
+	test -x $(LATEST_PY) || $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_PY) -m pip install -q --upgrade pip
+	$(LATEST_PY) -c "import torch" 2>/dev/null || $(LATEST_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(LATEST_PY) -c "from importlib.metadata import version; print('torch==' + version('torch'))" \
+		> $(LATEST_VENV)/torch-pin.txt
+	$(LATEST_PY) -m pip install -q -c $(LATEST_VENV)/torch-pin.txt --upgrade --upgrade-strategy eager \
+		-e ".[dev]" numpy setuptools wheel
+	$(LATEST_PY) -m pip install -q -c $(LATEST_VENV)/torch-pin.txt --no-build-isolation "pyradiomics==3.0.1"
+	$(LATEST_PY) -m pip list --format=freeze --exclude-editable > $(LATEST_VENV)/versions.txt
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(LATEST_PY) -m pytest -n 2 --dist loadfile
+
+# Refresh the lock with uv (installed into a throwaway venv) after changing pyproject.toml's dependencies:
+# `make lock` keeps the current pins where they still fit, `make lock-upgrade` moves everything to the newest
+# releases (then run `make test`). The lock is for Linux x86_64 and Python 3.11, the machines CI runs on.
+# torch is resolved as the CPU build (from the pip config's find-links, which holds it on these machines,
+# else PyTorch's CPU wheel page) so that no CUDA package enters the lock, and is not written to it.
+UV_VERSION   ?= 0.13.9
+LOCK_VENV    ?= .venv-lock
+TORCH_WHEELS ?= $(or $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),\
+                     https://download.pytorch.org/whl/cpu/torch/)
+LOCK_ARGS    ?=
+lock:
+	test -x $(LOCK_VENV)/bin/uv || ($(PYTHON) -m venv $(LOCK_VENV) && \
+		$(LOCK_VENV)/bin/python -m pip install -q "uv==$(UV_VERSION)")
+	echo "$(TORCH_SPEC)" > $(LOCK_VENV)/torch.txt
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml requirements/lock.in --extra dev --extra radiomics \
+		--constraints $(LOCK_VENV)/torch.txt --find-links $(TORCH_WHEELS) --no-emit-package torch \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--custom-compile-command "make lock" --quiet $(LOCK_ARGS) -o $(LOCK)
+	! grep -iE '^(nvidia|triton|cuda)' $(LOCK) || (echo "the lock holds CUDA packages: torch was not resolved as the CPU build (set TORCH_WHEELS)" && false)
+
+lock-upgrade:
+	$(MAKE) lock LOCK_ARGS=--upgrade
+
+lint: $(VENV)/.stamp-dev
+	$(VENV)/bin/ruff check src tests benchmarks
+
+# Not part of `lint` yet: src is not clean.
+typecheck: $(VENV)/.stamp-dev
+	$(VENV)/bin/mypy
+
 # Each benchmark appends its table to benchmarks/RESULTS.md (nnU-Net's side needs .venv-nnunet, see the script).
 bench: $(VENV)/.stamp-dev
 	$(PY) benchmarks/bench_preprocessing.py
@@ -40,9 +92,6 @@ bench: $(VENV)/.stamp-dev
 	$(PY) benchmarks/bench_wsi_tiling.py
 	$(PY) benchmarks/bench_wsi_read.py
 	$(PY) benchmarks/bench_wsi_embed.py
-
-lint: $(VENV)/.stamp-dev
-	$(VENV)/bin/ruff check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

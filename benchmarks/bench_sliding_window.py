@@ -18,9 +18,9 @@ from monai.inferers import sliding_window_inference
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import append_results, machine_header  # noqa: E402
 
+from sarcomakit.core.device import select_device  # noqa: E402
 from sarcomakit.inference.sliding_window import predict_volume  # noqa: E402
 from sarcomakit.models import build_network  # noqa: E402
-from sarcomakit.training.engine import select_device  # noqa: E402
 
 
 def main() -> None:

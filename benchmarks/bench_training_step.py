@@ -23,11 +23,12 @@ from monai.losses import DiceCELoss
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import append_results, machine_header  # noqa: E402
 
+from sarcomakit.core.device import select_device  # noqa: E402
 from sarcomakit.data.synthetic import make_synthetic_cohort  # noqa: E402
 from sarcomakit.planning.plan import plan_cohort  # noqa: E402
 from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_cohort  # noqa: E402
 from sarcomakit.training.config import TrainConfig  # noqa: E402
-from sarcomakit.training.engine import build_model, select_device, train_fold  # noqa: E402
+from sarcomakit.training.fold import build_model, train_fold  # noqa: E402
 
 
 def bare_monai_step_seconds(plan, config: TrainConfig, device: torch.device, iterations: int) -> float:
@@ -70,7 +71,7 @@ def main() -> None:
                          batch_size=args.batch_size, augmentation=args.augmentation, device=str(device))
 
     bare = bare_monai_step_seconds(plan, config, device, args.iterations)
-    result = train_fold(cases, [], plan, config, work / f"run-{time.time_ns()}")
+    result = train_fold(cases, [], plan, config, work / f"run-{time.time_ns()}", fold=0)
     steady = result.history[-1]  # the first epoch includes worker start-up
     ours = steady["epoch_seconds"] / args.iterations
     overhead = ours / bare - 1

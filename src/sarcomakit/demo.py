@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sarcomakit.baselines.threshold import threshold_baseline
+from sarcomakit.core.device import select_device
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.data.synthetic import make_synthetic_cohort
 from sarcomakit.evaluation.bootstrap import summarise
@@ -36,10 +37,9 @@ from sarcomakit.io.atomic import write_json, write_text
 from sarcomakit.io.image import read_image
 from sarcomakit.planning.plan import Plan, plan_cohort
 from sarcomakit.reporting.multitask_report import write_multitask_report
+from sarcomakit.tasks.multitask import OOF_COLUMNS
 from sarcomakit.training.api import train
 from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.engine import select_device
-from sarcomakit.training.multitask import OOF_COLUMNS
 
 # Small enough for two CPU cores, large enough to hold most of a tumour at the demo's spacing.
 CPU_PATCH_CAP = (32, 80, 80)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from sklearn.exceptions import ConvergenceWarning
 
 from sarcomakit.baselines.radiomics import (
     PenalizedCoxRegression,
@@ -166,13 +167,27 @@ def test_penalised_cox_matches_lifelines():
         frame = x.assign(T=time, E=event)
         reference = lifelines.CoxPHFitter(penalizer=penalizer).fit(frame, "T", "E")
         # same objective (lifelines' log-likelihood includes the penalty) at the same optimum; lifelines
-        # stops its Newton steps earlier (gradient ~1e-3 vs ~1e-8 here), which bounds the coefficient agreement
-        assert ours.converged_
+        # stops its Newton steps earlier (gradient ~1e-3 vs ~1e-7 here), which bounds the coefficient agreement.
+        # With penalizer=0, L-BFGS-B ends "ABNORMAL" (line search at float64 rounding) yet has converged.
+        assert ours.converged_ and ours.gradient_max_ <= 1e-6 * len(time)
         assert ours.objective_ == pytest.approx(-reference.log_likelihood_, rel=1e-9)
         np.testing.assert_allclose(ours.coef_, reference.params_.to_numpy(), rtol=2e-3, atol=1e-5)
     # a larger penalty shrinks the coefficients
     strong = PenalizedCoxRegression(penalizer=1.0).fit(x.to_numpy(), time, event)
     assert np.linalg.norm(strong.coef_standardised_) < np.linalg.norm(ours.coef_standardised_)
+
+
+def test_penalised_cox_reports_a_fit_stopped_short():
+    features, _, time, event = planted_table(120, seed=3)
+    x = features.iloc[:, :4].to_numpy()
+    with pytest.warns(ConvergenceWarning, match="did not converge in 1 iterations"):
+        stopped = PenalizedCoxRegression(penalizer=0.0, max_iter=1).fit(x, time, event)
+    assert not stopped.converged_ and stopped.gradient_max_ > 1e-6 * len(time)
+    full = PenalizedCoxRegression(penalizer=0.0).fit(x, time, event)
+    assert full.objective_ < stopped.objective_
+    # the tolerance is per case: a tolerance above the stopped fit's gradient accepts it
+    loose = PenalizedCoxRegression(penalizer=0.0, max_iter=1, tol=2 * stopped.gradient_max_ / len(time))
+    assert loose.fit(x, time, event).converged_
 
 
 REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "radiology"

@@ -74,3 +74,28 @@ def test_subset_keeps_order_and_rejects_unknown_ids(tmp_path: Path) -> None:
     assert manifest.subset(["B", "A"]).case_ids == ["B", "A"]
     with pytest.raises(KeyError):
         manifest.subset(["Z"])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_duplicate_case_ids_are_refused_with_the_ids_listed(tmp_path: Path, suffix: str) -> None:
+    manifest = _manifest(tmp_path)
+    manifest.cases += [manifest.cases[0], manifest.cases[1], manifest.cases[0]]
+    path = manifest.save(tmp_path / f"manifest{suffix}")
+    with pytest.raises(UserInputError, match="more than once: A \\(3x\\), B \\(2x\\)") as info:
+        Manifest.load(path)
+    assert str(info.value).startswith(str(path)) and str(info.value).count("Fix:") == 1
+    kept = Manifest.load(path, allow_duplicate_ids=True)  # for validate, which lists every problem at once
+    assert kept.case_ids == ["A", "B", "A", "B", "A"] and kept.duplicate_ids() == {"A": 3, "B": 2}
+
+
+def test_folder_or_image_given_for_a_manifest_says_what_it_is(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="is a folder, not a manifest file"):
+        Manifest.load(tmp_path)
+    path = _manifest(tmp_path).save(tmp_path / "manifest.csv")
+    with pytest.raises(UserInputError, match="is a folder, not a manifest file") as info:
+        Manifest.load(tmp_path)
+    assert f"give {path}" in str(info.value)
+    image = tmp_path / "scan.nii.gz"
+    image.write_bytes(b"\x1f\x8b")
+    with pytest.raises(UserInputError, match="is an image, not a manifest"):
+        Manifest.load(image)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from figure_checks import read_png
 from sarcomakit.cli.main import app
-from sarcomakit.pathology.synthetic import make_synthetic_wsi_cohort
+from sarcomakit.pathology.synthetic import make_synthetic_wsi_cohort, write_synthetic_slide
 
 runner = CliRunner()
 
@@ -91,3 +91,45 @@ def test_wsi_bad_input_exit_codes(tmp_path: Path) -> None:
         tmp_path / "slides.csv", index=False)
     failed = _invoke("tile", str(tmp_path / "slides.csv"), "--out", str(tmp_path / "w"))
     assert failed.exit_code == 1 and "b1" in failed.output and "1 failed" in failed.output
+
+
+@pytest.fixture(scope="module")
+def small_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("one_slide")
+    return write_synthetic_slide(folder / "ups_01.svs", subtype="ups", size=(1024, 768), mpp=0.5, seed=4).path
+
+
+TILE_OPTIONS = ("--target-mpp", "1.0", "--tile-size", "48", "--min-tissue", "0.3")
+
+
+def test_single_slide_file_is_a_one_slide_manifest(small_slide: Path, tmp_path: Path) -> None:
+    result = _invoke("tile", str(small_slide), "--out", str(tmp_path / "work"), *TILE_OPTIONS)
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "work" / "coords").glob("*.h5")] == ["ups_01.h5"]
+    needs_labels = _invoke("train", str(small_slide), "--out", str(tmp_path / "work"))
+    assert needs_labels.exit_code == 2 and "not a single slide" in needs_labels.output
+
+
+def test_other_files_are_not_parsed_as_a_slide_list_silently(tmp_path: Path) -> None:
+    image = tmp_path / "overview.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    result = _invoke("tile", str(image), "--out", str(tmp_path / "work"))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    [line] = [line for line in result.output.splitlines() if "cannot be read as a slide manifest CSV" in line]
+    assert "Fix:" in line and "one slide file" in line
+
+
+def test_any_failed_slide_makes_the_exit_status_1(small_slide: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes(b"not a slide")
+    pd.DataFrame([{"slide_id": "good", "path": str(small_slide), "label": "ups", "patient_id": "p1"},
+                  {"slide_id": "bad", "path": str(broken), "label": "ups", "patient_id": "p2"}]).to_csv(
+        tmp_path / "slides.csv", index=False)
+    result = _invoke("tile", str(tmp_path / "slides.csv"), "--out", str(tmp_path / "work"), *TILE_OPTIONS)
+    assert result.exit_code == 1, result.output
+    assert "1 slide(s) done" in result.output and "1 failed" in result.output
+    assert (tmp_path / "work" / "coords" / "good.h5").is_file()  # the good slide was finished
+    pooled = _invoke("pretrain", str(tmp_path / "slides.csv"), "--out", str(tmp_path / "work"), "--input-size", "48",
+                     "--epochs", "1", "--tiles-per-slide", "4", "--batch-size", "4")
+    assert pooled.exit_code == 1, pooled.output  # pretrained on the tiled slide, the other one is listed
+    assert (tmp_path / "work" / "ssl" / "encoder.pt").is_file() and "failed bad: no coords file" in pooled.output

@@ -13,7 +13,7 @@ from sarcomakit.io.image import Geometry, read_image
 from sarcomakit.planning.plan import plan_cohort
 from sarcomakit.training.api import train
 from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.engine import poly_learning_rate
+from sarcomakit.training.fold import poly_learning_rate
 from sarcomakit.training.run import RunFolder
 
 CONFIG = TrainConfig(epochs=6, iterations_per_epoch=6, patch_size=[16, 32, 32], batch_size=2, optimizer="adamw",
@@ -30,7 +30,7 @@ def test_poly_schedule() -> None:
 def test_training_reduces_loss_resumes_and_predicts_on_input_geometry(tiny_cohort, tmp_path: Path) -> None:
     plan = plan_cohort(tiny_cohort, tmp_path / "plan.json")
     run_dir = tmp_path / "run"
-    result = train(tiny_cohort, plan, run_dir, folds=(0,), config=CONFIG)[0]
+    result = train(tiny_cohort, plan, run_dir, folds=(0,), config=CONFIG).folds[0]
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < losses[0] * 0.8, losses
     assert result.score_name == "val_dice" and result.best_score > 0.3
@@ -43,7 +43,7 @@ def test_training_reduces_loss_resumes_and_predicts_on_input_geometry(tiny_cohor
 
     with pytest.raises(UserInputError, match="already has a checkpoint"):
         train(tiny_cohort, plan, run_dir, folds=(0,), config=CONFIG)
-    resumed = train(tiny_cohort, plan, run_dir, folds=(0,), config=CONFIG.updated(epochs=8), resume=True)[0]
+    resumed = train(tiny_cohort, plan, run_dir, folds=(0,), config=CONFIG.updated(epochs=8), resume=True).folds[0]
     assert [h["epoch"] for h in resumed.history] == list(range(8))
 
     out = tmp_path / "pred"

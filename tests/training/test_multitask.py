@@ -13,9 +13,9 @@ from sarcomakit.inference.predictor import predict
 from sarcomakit.models.multitask import build_multitask_network, find_bottleneck
 from sarcomakit.planning.plan import plan_cohort
 from sarcomakit.planning.preprocess import PreprocessedCase
+from sarcomakit.tasks.multitask import OOF_COLUMNS, ClinicalTargets, MultiTaskTask
 from sarcomakit.training.api import train
 from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.multitask import OOF_COLUMNS, ClinicalTargets, MultiTaskTask
 
 SMALL = {"channels": [8, 16, 32], "num_res_units": 1}
 
@@ -123,7 +123,7 @@ def test_multitask_run_writes_out_of_fold_and_clinical_predictions(tiny_cohort, 
     results = train(tiny_cohort, plan, tmp_path / "run", folds=(0, 1), config=config)
     missing = PreprocessedCase.load(cache, tiny_cohort.cases[2].case_id)
     assert missing.properties["missing_channels"] == ["T2"] and np.all(missing.data[1] == 0)
-    for result in results.values():
+    for result in results.folds.values():
         losses = [h["train_loss"] for h in result.history]
         assert all(np.isfinite(losses))
         assert {"loss_segmentation", "val_dice", "val_score"} <= set(result.history[-1])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.errors import UserInputError
@@ -21,12 +22,21 @@ def _done(manifest: Manifest, console: Console) -> None:
     console.print(f"check it with: sarcomakit validate {manifest.source}", highlight=False)
 
 
-def _report_failures(out_dir: Path, console: Console) -> None:
+def _exit_on_failures(out_dir: Path, console: Console) -> None:
+    """List the cases this import could not convert (the importer rewrites import_failures.json on every run)
+    and exit with status 1 when there are any, as every cohort command does."""
     failures_file = out_dir / "import_failures.json"
-    if failures_file.is_file():
-        failed = json.loads(failures_file.read_text(encoding="utf-8"))
-        console.print(f"[yellow]{len(failed)} case(s) failed and are not in the manifest; reasons in "
-                      f"{failures_file}[/yellow]", highlight=False)
+    if not failures_file.is_file():
+        return
+    failed = json.loads(failures_file.read_text(encoding="utf-8"))
+    if not failed:
+        return
+    console.print(f"[yellow]{len(failed)} case(s) failed and are not in the manifest; reasons in "
+                  f"{failures_file}[/yellow]", highlight=False, soft_wrap=True)
+    for case_id, reason in failed.items():
+        console.print(f"  [red]failed[/red] {escape(str(case_id))}: {escape(str(reason))}", highlight=False,
+                      soft_wrap=True)
+    raise typer.Exit(1)
 
 
 def _manifest_path(path: Path) -> Path:
@@ -59,7 +69,7 @@ def import_msd_command(
 
     console = Console()
     _done(import_msd(dataset_json, out_dir, include_test=include_test), console)
-    _report_failures(out_dir, console)
+    _exit_on_failures(out_dir, console)
 
 
 def _channel_map(channel: list[str] | None, channel_map: Path | None) -> dict[str, str] | None:
@@ -87,28 +97,36 @@ def _channel_map(channel: list[str] | None, channel_map: Path | None) -> dict[st
 def import_dicom_command(
     dicom_dir: Path = typer.Argument(..., help="Folder with the DICOM studies (any layout)."),
     out_dir: Path = typer.Argument(..., help="Folder for images/, labels/ and manifest.csv."),
-    roi: str = typer.Option("GTV_Mass", "--roi", help="RTSTRUCT ROI to use as the label (case-insensitive)."),
+    roi: str = typer.Option("GTV_Mass", "--roi", help="RTSTRUCT ROI to use as the label: the exact name, else the "
+                            "only ROI matching it when case is ignored."),
     channel: list[str] = typer.Option(None, "--channel", help="NAME=PATTERN mapping series to a channel by "
                                       "Modality or SeriesDescription; repeat per channel."),
     channel_map: Path = typer.Option(None, "--channel-map", help="JSON file {channel: pattern}."),
     no_suv: bool = typer.Option(False, "--no-suv", help="Keep PET in Bq/ml instead of SUV."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Convert every patient again (default: keep "
                                    "patients converted by an earlier run with the same inputs and options)."),
+    allow_partial_masks: bool = typer.Option(False, "--allow-partial-masks", help="Keep patients whose contours "
+                                             "reach beyond the image series (truncated export) with the part of "
+                                             "the mask inside it; the manifest records how many contours were "
+                                             "dropped and 'validate' warns. Default: such patients fail."),
 ) -> None:
     """Convert DICOM series to NIfTI and rasterise an RTSTRUCT ROI as the label, one case per patient.
 
     A channel pattern matches a series whose Modality equals it or whose SeriesDescription contains it
     (regular expression, any case); prefix it with 'modality:' or 'description:' to test only one.
     Default channels: CT, PET (Modality PT) and MR, by Modality. Channels on another grid than the
-    contoured series are resampled onto it.
+    contoured series are resampled onto it. Exit status 1 when any patient failed (the others are
+    converted; reasons in import_failures.json), 2 when none could be.
     """
-    from sarcomakit.data.importers.dicom import import_dicom
+    from sarcomakit.data.importers.dicom import import_dicom_cohort
 
-    manifest = import_dicom(dicom_dir, out_dir, roi_name=roi, channel_map=_channel_map(channel, channel_map),
-                            suv=not no_suv, overwrite=overwrite)
+    imported = import_dicom_cohort(dicom_dir, out_dir, roi_name=roi, channel_map=_channel_map(channel, channel_map),
+                                   suv=not no_suv, overwrite=overwrite, allow_partial_masks=allow_partial_masks)
     console = Console()
-    _done(manifest, console)
-    _report_failures(out_dir, console)
+    _done(imported.manifest, console)
+    _exit_on_failures(out_dir, console)
+    if imported.outcome.exit_code:
+        raise typer.Exit(imported.outcome.exit_code)
 
 
 @import_app.command("table")
@@ -164,20 +182,19 @@ def register(app: typer.Typer) -> None:
         json_report: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
     ) -> None:
         """Check a manifest and print every problem; exit status 1 when there are errors."""
-        from sarcomakit.cohort_runner import progress_bar
+        from sarcomakit.cohort_runner import cohort_progress
         from sarcomakit.data.validation import validate_manifest
         from sarcomakit.io.atomic import write_json
 
-        manifest = Manifest.load(manifest_path)
+        manifest = Manifest.load(manifest_path, allow_duplicate_ids=True)  # reported with everything else
         console = Console()
-        with progress_bar(transient=True) as bar:
-            task = bar.add_task("validating", total=len(manifest), status="")
+        with cohort_progress("validating", len(manifest), transient=True) as progress:
 
             def tracked(cases):
                 for case in cases:
-                    bar.update(task, status=case.case_id)
+                    progress.working_on(case.case_id)
                     yield case
-                    bar.advance(task)
+                    progress.advance()
 
             report = validate_manifest(manifest, check_images=not no_images, progress=tracked)
         report.print(console)

@@ -35,8 +35,7 @@ def predict_command(
                      save_probabilities=probabilities, largest_component=largest_component, overwrite=overwrite,
                      device=device, console=console)
     result.print_summary(console)
-    if result.all_failed:
-        raise typer.Exit(1)
+    raise typer.Exit(result.exit_code)
 
 
 def register(app: typer.Typer) -> None:

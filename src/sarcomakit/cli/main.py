@@ -8,13 +8,19 @@ import os
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
+from sarcomakit.cohort_runner import CohortFailed
 from sarcomakit.errors import UserInputError
 
 
 class _UserErrorGroup(TyperGroup):
     """Top-level group that prints a :class:`UserInputError` as one message and exits with status 2.
+
+    A :class:`CohortFailed` (items failed after all were tried, so a cohort-level output such as a
+    plan could not be made) prints its failures, one line each, and exits with status 1, the status
+    of every cohort command with failed items (:attr:`CohortResult.exit_code`).
 
     Catching here (rather than around ``app()``) makes the CLI behave the same when it is
     invoked by the console script, ``python -m sarcomakit`` or a test's ``CliRunner``.
@@ -24,8 +30,9 @@ class _UserErrorGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except UserInputError as exc:
-            Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
-            raise typer.Exit(2) from None
+            Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(str(exc))}",
+                                                       highlight=False)
+            raise typer.Exit(exc.result.exit_code if isinstance(exc, CohortFailed) else 2) from None
         except KeyboardInterrupt:
             Console(stderr=True).print("interrupted; completed outputs are kept, rerun the command to resume.")
             raise typer.Exit(130) from None

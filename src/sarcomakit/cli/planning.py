@@ -100,8 +100,7 @@ def preprocess_command(
     """Preprocess a cohort with a plan (reorient, crop, normalise, resample); resumable."""
     outcome = preprocess_cohort(Manifest.load(manifest), Plan.load(plan), out, overwrite=overwrite)
     outcome.print_summary()
-    if outcome.failures:
-        raise typer.Exit(1)
+    raise typer.Exit(outcome.exit_code)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,9 +1,10 @@
 """``sarcomakit wsi``: whole-slide pipeline commands (tile, embed, pretrain, train, predict, heatmap, cluster, demo).
 
-Every command takes a slide manifest CSV (slide_id, path, label, patient_id[, fold]) or a folder of slides,
-and a work folder (``--out``) that the steps share. Slides already done are skipped unless ``--overwrite``;
-failures are listed at the end. Exit status: 0 when at least one slide succeeded (or all were already done),
-1 when every slide failed, 2 for invalid input.
+Every command takes a slide manifest CSV (slide_id, path, label, patient_id[, fold]), a folder of slides or
+a single slide file, and a work folder (``--out``) that the steps share. Slides already done are skipped
+unless ``--overwrite``; failures are listed at the end. Exit status, as for every cohort command: 0 when
+every slide succeeded or was already done, 1 when any slide failed (the others are finished first), 2 for
+invalid input found before any work.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 wsi_app = typer.Typer(help="Whole-slide histopathology: tiling, patch embeddings, MIL, heatmaps, clusters.",
                       no_args_is_help=True)
 
-SLIDES_HELP = "Slide manifest CSV (slide_id,path,label,patient_id[,fold]) or a folder of slides."
+SLIDES_HELP = "Slide manifest CSV (slide_id,path,label,patient_id[,fold]), a folder of slides or one slide file."
 OUT_HELP = "Work folder shared by the wsi steps (coords/, features/, mil/, heatmaps/, clusters/)."
 
 
@@ -26,9 +28,21 @@ def _console() -> Console:
 
 
 def _finish(outcome: Any, what: str) -> None:
-    """Print the failure summary; exit 1 when every slide failed."""
+    """Print the failure summary; exit 1 when any slide failed."""
     outcome.print_summary(_console(), what=what)
-    if outcome.all_failed:
+    raise typer.Exit(outcome.exit_code)
+
+
+def _finish_pooled(manifest: Any, out: Path, kind: str) -> None:
+    """A pooled step (pretrain, cluster) uses the slides that have its input (``kind``: coords or features);
+    the others count as failed, as in the per-slide steps: listed one per line, exit status 1."""
+    from sarcomakit.pathology.pipeline import slides_with
+
+    _, missing = slides_with(manifest, out, kind)
+    console = _console()
+    for slide_id, message in missing.items():
+        console.print(f"  [red]failed[/red] {escape(slide_id)}: {escape(message)}", highlight=False, soft_wrap=True)
+    if missing:
         raise typer.Exit(1)
 
 
@@ -112,12 +126,16 @@ def pretrain_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Pretrain again if encoder.pt exists."),
 ) -> None:
     """Self-supervised (SimCLR) pretraining of a patch encoder on tiles of the tiled slides."""
-    from sarcomakit.pathology.pipeline import pretrain_step
+    from sarcomakit.pathology.pipeline import COORDS, SSL, pretrain_step
 
+    manifest = _load(slides)
+    already_done = (out / SSL / "encoder.pt").is_file() and not overwrite
     options = _encoder_options(input_size, None, None, None)
-    path = pretrain_step(_load(slides), out, encoder, options, epochs, per_slide, batch_size, lr, stain, seed,
+    path = pretrain_step(manifest, out, encoder, options, epochs, per_slide, batch_size, lr, stain, seed,
                          device, mpp, overwrite)
     _console().print(f"encoder checkpoint: {path} (use: wsi embed --encoder {encoder} --weights {path})")
+    if not already_done:
+        _finish_pooled(manifest, out, COORDS)
 
 
 @wsi_app.command("train")
@@ -151,7 +169,9 @@ def train_command(
     console.print(format_metrics(result.metrics, title=f"{model}, {folds}-fold CV (patient-grouped)"))
     console.print(f"out-of-fold predictions: {result.out_dir / 'oof_predictions.csv'}")
     for slide_id, message in result.failures.items():
-        console.print(f"  [red]failed[/red] {slide_id}: {message}", highlight=False)
+        console.print(f"  [red]failed[/red] {escape(slide_id)}: {escape(message)}", highlight=False, soft_wrap=True)
+    if result.failures:
+        raise typer.Exit(1)
 
 
 @wsi_app.command("predict")
@@ -202,12 +222,13 @@ def cluster_command(
     mpp: float = typer.Option(None, "--mpp", help="Level-0 microns per pixel for slides without metadata."),
 ) -> None:
     """Phenotype clusters of patch embeddings: composition table, 2D map, example tiles."""
-    from sarcomakit.pathology.pipeline import cluster_step
+    from sarcomakit.pathology.pipeline import FEATURES, cluster_step
 
-    result = cluster_step(_load(slides), out, method, n_clusters, per_slide, map_method, min_cluster_size, seed,
-                          mpp)
+    manifest = _load(slides)
+    result = cluster_step(manifest, out, method, n_clusters, per_slide, map_method, min_cluster_size, seed, mpp)
     _console().print(f"{result.n_clusters} clusters; composition: {result.composition_csv}; "
                      f"map: {result.map_png}; examples: {result.examples_png}")
+    _finish_pooled(manifest, out, FEATURES)
 
 
 @wsi_app.command("demo")

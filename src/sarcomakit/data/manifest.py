@@ -14,6 +14,9 @@ Two file forms, same content:
 
 Relative paths are relative to the manifest file's folder; they are written relative when the
 file lies beside or above the images, so a cohort folder can be moved whole.
+
+Case ids are unique: :meth:`Manifest.load` refuses a file that lists an id twice (the case would be
+pooled twice into the fingerprint and could land on both sides of a split).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import io
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +34,7 @@ from typing import Any
 
 from sarcomakit.errors import UserInputError
 from sarcomakit.io.atomic import write_text
+from sarcomakit.io.image import is_image_path
 
 GRADES: tuple[str, ...] = ("low", "intermediate", "high")
 CLINICAL_FIELDS: tuple[str, ...] = ("grade", "survival_time", "event", "site", "fold")
@@ -92,6 +97,10 @@ class Manifest:
     def has_labels(self) -> bool:
         return any(c.label is not None for c in self.cases)
 
+    def duplicate_ids(self) -> dict[str, int]:
+        """Case ids listed more than once, with how many times, in order of first appearance."""
+        return {cid: n for cid, n in Counter(self.case_ids).items() if n > 1}
+
     def subset(self, case_ids: Iterable[str]) -> Manifest:
         """A manifest of the given cases, in the given order."""
         wanted = list(case_ids)
@@ -137,12 +146,31 @@ class Manifest:
 
     # ------------------------------------------------------------------ files
     @classmethod
-    def load(cls, path: str | Path) -> Manifest:
-        """Read a manifest from ``.csv`` or ``.json`` (see the module docstring for both forms)."""
+    def load(cls, path: str | Path, *, allow_duplicate_ids: bool = False) -> Manifest:
+        """Read a manifest from ``.csv`` or ``.json`` (see the module docstring for both forms).
+
+        Args:
+            path: the manifest file.
+            allow_duplicate_ids: keep a manifest that lists a case id twice (``validate`` does, to
+                report it with every other problem); every other command refuses it.
+
+        Raises:
+            UserInputError: the file is missing, a folder or an image, unreadable, or lists a case id twice.
+        """
         p = Path(path)
-        if not p.is_file():
-            raise UserInputError("manifest not found.", path=p,
-                                 fix="give the path of a manifest .csv or .json (e.g. from 'sarcomakit synth').")
+        _check_manifest_path(p)
+        manifest = cls._read(p)
+        duplicates = manifest.duplicate_ids()
+        if duplicates and not allow_duplicate_ids:
+            listed = ", ".join(f"{cid} ({n}x)" for cid, n in list(duplicates.items())[:8])
+            more = f" and {len(duplicates) - 8} more" if len(duplicates) > 8 else ""
+            raise UserInputError(f"lists case id(s) more than once: {listed}{more}.", path=p,
+                                 fix="give every case a unique case_id (e.g. append the study date), or drop the "
+                                     "repeated rows.")
+        return manifest
+
+    @classmethod
+    def _read(cls, p: Path) -> Manifest:
         base = p.parent.resolve()
         text = p.read_text(encoding="utf-8-sig")
         if p.suffix.lower() == ".json":
@@ -201,6 +229,21 @@ class Manifest:
 
 
 # ---------------------------------------------------------------------- helpers
+def _check_manifest_path(p: Path) -> None:
+    """Refuse what is not a manifest file with a message saying what it is instead."""
+    if p.is_dir():
+        inside = [p / name for name in ("manifest.csv", "manifest.json") if (p / name).is_file()]
+        fix = f"give {inside[0]}." if inside else "give the path of the manifest .csv or .json file."
+        raise UserInputError("is a folder, not a manifest file.", path=p, fix=fix)
+    if not p.is_file():
+        raise UserInputError("manifest not found.", path=p,
+                             fix="give the path of a manifest .csv or .json (e.g. from 'sarcomakit synth').")
+    if is_image_path(p):
+        raise UserInputError("is an image, not a manifest.", path=p,
+                             fix="list it in a manifest (columns case_id, image_<CHANNEL>, label), e.g. with "
+                                 "'sarcomakit import table'.")
+
+
 def _path_out(path: Path | None, relative_to: Path | None) -> str | None:
     if path is None:
         return None

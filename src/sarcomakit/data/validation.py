@@ -4,12 +4,17 @@
 the others. Problems are :class:`ValidationIssue` records with a severity:
 
 - ``error``: the cohort cannot be used as is (training or evaluation would fail or be wrong);
-- ``warning``: usable, but probably not what the user meant (an empty mask, a cohort without
-  any observed event, folds given for some cases only).
+- ``warning``: usable, but probably not what the user meant (an empty mask, a mask an importer
+  recorded as partial, a cohort without any observed event, folds given for some cases only).
 
-Geometry is read from the image headers only (``sitk.ImageFileReader.ReadImageInformation``);
-voxels are read, one image at a time, only for the NaN/Inf and label-value checks. NIfTI voxels
-are read with nibabel because ITK's NIfTI reader silently turns NaN and Inf into 0.
+Geometry is read from the image headers only; voxels are read, one image at a time, only for the
+NaN/Inf and label-value checks (through :func:`~sarcomakit.io.image.read_image`, which refuses
+truncated files and keeps NaN/Inf so that they can be counted here).
+
+Two checks also run outside ``validate``, in every command that reads a case, and live here so that
+both say the same thing: :func:`check_case_grid` (channels and label on one grid) and
+:func:`check_case_headers` (the same from the headers alone). Duplicate case ids are refused by
+:meth:`Manifest.load <sarcomakit.data.manifest.Manifest.load>`.
 
 Example:
     >>> report = validate_manifest(Manifest.load("cohort/manifest.csv"))  # doctest: +SKIP
@@ -21,27 +26,28 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from rich.console import Console
 from rich.table import Table
 
 from sarcomakit.data.manifest import GRADES, Case, Manifest
-from sarcomakit.io.image import Geometry
+from sarcomakit.errors import UserInputError
+from sarcomakit.io.image import Geometry, ImageHeader, read_header, read_image
 
 Severity = Literal["error", "warning"]
 
-# Tolerances for "same grid" (mm for spacing/origin, cosine units for direction), as in Geometry.matches.
-SPACING_ATOL = 1e-3
-DIRECTION_ATOL = 1e-3
-ORIGIN_RELATIVE_TOL = 1e-3  # of the largest spacing, at least SPACING_ATOL
-
+# Columns in which an importer records that a mask holds only part of its contours (DICOM import
+# with --allow-partial-masks), and what the count means.
+PARTIAL_LABEL_COLUMNS: dict[str, str] = {
+    "label_contours_dropped": "lying outside the images were dropped",
+    "label_contours_clipped": "reaching past the images' field of view were cut",
+}
 
 @dataclass(frozen=True)
 class ValidationIssue:
@@ -165,6 +171,7 @@ def validate_manifest(manifest: Manifest, *, check_images: bool = True, check_vo
         cases = progress(cases)
     for case in cases:
         _check_clinical(case, out)
+        _check_partial_label(case, out)
         _check_case_files(case, manifest, out, check_images=check_images, check_voxels=check_voxels)
     _check_cohort_clinical(manifest, out)
     return ValidationReport(issues=out.issues, n_cases=len(manifest.cases), source=manifest.source)
@@ -172,11 +179,9 @@ def validate_manifest(manifest: Manifest, *, check_images: bool = True, check_vo
 
 # ---------------------------------------------------------------------- cohort-wide checks
 def _check_cohort_table(manifest: Manifest, out: _Collector) -> None:
-    counts = Counter(manifest.case_ids)
-    for case_id, n in counts.items():
-        if n > 1:
-            out.error("duplicate_case_id", case_id, f"case id appears {n} times.",
-                      "give every case a unique case_id (e.g. append the study date).")
+    for case_id, n in manifest.duplicate_ids().items():
+        out.error("duplicate_case_id", case_id, f"case id appears {n} times.",
+                  "give every case a unique case_id (e.g. append the study date).")
     values = list(manifest.labels.values())
     if 0 not in values:
         out.error("labels_declaration", None, f"declared labels {manifest.labels} have no background value 0.",
@@ -245,32 +250,81 @@ def _check_clinical(case: Case, out: _Collector) -> None:
                     "is left out of the survival task.", "give event 1 (death) or 0 (censored).")
 
 
+def _check_partial_label(case: Case, out: _Collector) -> None:
+    """Warn about a mask imported from contours that lay partly outside the images (see PARTIAL_LABEL_COLUMNS)."""
+    found = []
+    for column, meaning in PARTIAL_LABEL_COLUMNS.items():
+        try:
+            count = int(float(str(case.extra.get(column, 0))))
+        except ValueError:
+            count = 0
+        if count > 0:
+            found.append(f"{count} contour(s) {meaning}")
+    if found:
+        out.warning("partial_label", case.case_id, f"label is a partial mask: {'; '.join(found)} when it was "
+                    "imported.", "re-export the complete image series and import again, or keep the case out of "
+                    "segmentation training and evaluation.", case.label)
+
+
+# ---------------------------------------------------------------------- checks shared with the commands
+def grid_mismatch(name: str, geometry: Geometry, reference_name: str, reference: Geometry) -> str | None:
+    """One line saying how ``name`` (e.g. "channel T2", "label") departs from ``reference_name``'s grid,
+    or None when both coincide within the tolerances of :meth:`Geometry.differences`."""
+    diffs = reference.differences(geometry)
+    if not diffs:
+        return None
+    return f"{name} is not on the grid of channel {reference_name}: {'; '.join(diffs)}"
+
+
+def _channel_fix(channel: str, reference: str) -> str:
+    return f"resample channel {channel} onto channel {reference}'s grid (register it first if they are not aligned)."
+
+
+LABEL_GRID_FIX = ("resample the label onto the image grid with nearest-neighbour interpolation, or re-export it "
+                  "from the image it was drawn on.")
+
+
+def check_case_grid(geometries: Mapping[str, Geometry], label: Geometry | None = None, *,
+                    paths: Mapping[str, Path] | None = None, label_path: Path | None = None) -> None:
+    """Refuse a case whose channels (by name, in order) or label do not share the first channel's grid.
+
+    Raises:
+        UserInputError: naming the first channel off the grid (or the label), the mismatch in one line
+            and the file when ``paths`` are given.
+    """
+    names = list(geometries)
+    if not names:
+        return
+    reference = names[0]
+    for name in names[1:]:
+        problem = grid_mismatch(f"channel {name}", geometries[name], reference, geometries[reference])
+        if problem:
+            raise UserInputError(problem + ".", path=(paths or {}).get(name), fix=_channel_fix(name, reference))
+    if label is not None:
+        problem = grid_mismatch("label", label, reference, geometries[reference])
+        if problem:
+            raise UserInputError(problem + ".", path=label_path, fix=LABEL_GRID_FIX)
+
+
+def check_case_headers(case: Case, channels: Sequence[str]) -> None:
+    """:func:`check_case_grid` from the image headers alone, for commands that do not read the channels.
+
+    Raises:
+        UserInputError: a file is missing, a folder or unreadable, or the grids disagree.
+    """
+    present = [ch for ch in channels if ch in case.images]
+    geometries = {ch: read_header(case.images[ch]).geometry for ch in present}
+    label = read_header(case.label).geometry if case.label is not None else None
+    check_case_grid(geometries, label, paths={ch: case.images[ch] for ch in present}, label_path=case.label)
+
+
 # ---------------------------------------------------------------------- per-case files
-@dataclass
-class _Header:
-    geometry: Geometry
-    dimension: int
-    components: int
-
-
-def _read_header(path: Path) -> _Header:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    return _Header(Geometry(size=tuple(int(s) for s in reader.GetSize()),
-                            spacing=tuple(float(s) for s in reader.GetSpacing()),
-                            origin=tuple(float(o) for o in reader.GetOrigin()),
-                            direction=tuple(float(d) for d in reader.GetDirection())),
-                   dimension=int(reader.GetDimension()),
-                   components=int(reader.GetNumberOfComponents()))
-
-
 def _reason(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[-1].strip() if text else type(exc).__name__
 
 
-def _open(path: Path | None, what: str, cid: str, out: _Collector, *, check_images: bool) -> _Header | None:
+def _open(path: Path | None, what: str, cid: str, out: _Collector, *, check_images: bool) -> ImageHeader | None:
     """Header of ``path``, or None after reporting why it cannot be used."""
     if path is None:
         return None
@@ -285,8 +339,11 @@ def _open(path: Path | None, what: str, cid: str, out: _Collector, *, check_imag
     if not check_images:
         return None
     try:
-        header = _read_header(path)
-    except Exception as exc:  # ITK raises RuntimeError, but nothing about one file may stop the others
+        header = read_header(path)
+    except UserInputError as exc:
+        out.error("unreadable_file", cid, f"{what} {exc.detail}", exc.fix or "", path)
+        return None
+    except Exception as exc:  # nothing about one file may stop the others
         out.error("unreadable_file", cid, f"{what} cannot be read as an image ({_reason(exc)}).",
                   "replace the file with a readable NIfTI/NRRD/MHA image.", path)
         return None
@@ -303,36 +360,16 @@ def _open(path: Path | None, what: str, cid: str, out: _Collector, *, check_imag
     return header
 
 
-def _fmt(values: tuple[float, ...]) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
-
-
-def _geometry_differences(a: Geometry, b: Geometry) -> list[str]:
-    """Human-readable differences between two grids, empty when they coincide within tolerance."""
-    diffs = []
-    if a.size != b.size:
-        diffs.append(f"shape {b.size} vs {a.size}")
-    if not np.allclose(a.spacing, b.spacing, atol=SPACING_ATOL, rtol=0):
-        diffs.append(f"spacing {_fmt(b.spacing)} vs {_fmt(a.spacing)} mm")
-    origin_tol = max(SPACING_ATOL, ORIGIN_RELATIVE_TOL * max(a.spacing))
-    if not np.allclose(a.origin, b.origin, atol=origin_tol, rtol=0):
-        diffs.append(f"origin {_fmt(b.origin)} vs {_fmt(a.origin)} mm")
-    if not np.allclose(a.direction, b.direction, atol=DIRECTION_ATOL, rtol=0):
-        diffs.append(f"direction {_fmt(b.direction)} vs {_fmt(a.direction)}")
-    return diffs
-
-
 def _read_voxels(path: Path, what: str, cid: str, out: _Collector) -> np.ndarray | None:
-    """Voxel values as stored. NIfTI goes through nibabel: ITK's NIfTI reader turns NaN/Inf into 0,
-    which would hide exactly what this check looks for (and silently corrupt the image downstream)."""
+    """Voxel values as stored, NaN/Inf included (so that they can be counted); None after reporting why not."""
     try:
-        if path.name.lower().endswith((".nii", ".nii.gz")):
-            return np.asanyarray(nib.load(str(path)).dataobj)
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    except Exception as exc:  # nibabel/zlib/ITK raise many types for a damaged file; report, never stop
+        return sitk.GetArrayFromImage(read_image(path, check_finite=False))  # a copy: the image is temporary
+    except UserInputError as exc:
+        out.error("unreadable_file", cid, f"{what} {exc.detail}", exc.fix or "", path)
+    except Exception as exc:  # a damaged file may raise anything; report, never stop
         out.error("unreadable_file", cid, f"{what} voxels cannot be read ({_reason(exc)}).",
                   "replace the file with a readable image (it may be truncated).", path)
-        return None
+    return None
 
 
 def _check_case_files(case: Case, manifest: Manifest, out: _Collector, *, check_images: bool,
@@ -356,12 +393,9 @@ def _check_case_files(case: Case, manifest: Manifest, out: _Collector, *, check_
         if reference is None:
             reference = (channel, header.geometry)
         else:
-            diffs = _geometry_differences(reference[1], header.geometry)
-            if diffs:
-                out.error("geometry_mismatch", cid,
-                          f"channel {channel} is not on the grid of channel {reference[0]}: {'; '.join(diffs)}.",
-                          f"resample channel {channel} onto channel {reference[0]}'s grid (registration "
-                          "first if they are not aligned).", path)
+            problem = grid_mismatch(f"channel {channel}", header.geometry, *reference)
+            if problem:
+                out.error("geometry_mismatch", cid, problem + ".", _channel_fix(channel, reference[0]), path)
         if check_voxels:
             array = _read_voxels(path, f"channel {channel}", cid, out)
             if array is not None and np.issubdtype(array.dtype, np.floating):
@@ -369,21 +403,18 @@ def _check_case_files(case: Case, manifest: Manifest, out: _Collector, *, check_
                 n_inf = int(np.isinf(array).sum())
                 if n_nan or n_inf:
                     out.error("non_finite_voxels", cid,
-                              f"channel {channel} has {n_nan} NaN and {n_inf} infinite voxel(s) (SimpleITK "
-                              "reads NIfTI NaN/Inf as 0).",
-                              "recompute the image, or replace the non-finite voxels deliberately before "
-                              "training.", path)
+                              f"channel {channel} has {n_nan} NaN and {n_inf} infinite voxel(s); every command "
+                              "refuses it.",
+                              "recompute the image, or replace those voxels deliberately (e.g. with 0) and save "
+                              "it again.", path)
 
     header = _open(case.label, "label", cid, out, check_images=check_images)
     if header is None or case.label is None:
         return
     if reference is not None:
-        diffs = _geometry_differences(reference[1], header.geometry)
-        if diffs:
-            out.error("label_geometry_mismatch", cid,
-                      f"label is not on the grid of channel {reference[0]}: {'; '.join(diffs)}.",
-                      "resample the label onto the image grid with nearest-neighbour interpolation, or "
-                      "re-export it from the image it was drawn on.", case.label)
+        problem = grid_mismatch("label", header.geometry, *reference)
+        if problem:
+            out.error("label_geometry_mismatch", cid, problem + ".", LABEL_GRID_FIX, case.label)
     if check_voxels:
         _check_label_values(case, manifest, out)
 

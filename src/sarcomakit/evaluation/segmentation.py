@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from rich.table import Table
 
 from sarcomakit.cohort_runner import run_per_case
 from sarcomakit.data.manifest import Case, Manifest
+from sarcomakit.data.validation import check_case_headers
 from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.bootstrap import summarise
 from sarcomakit.evaluation.metrics import METRIC_LABELS, METRIC_NAMES, segmentation_metrics
@@ -140,7 +141,8 @@ def evaluate_predictions(prediction_dir: str | Path, manifest: Manifest | str | 
     Returns:
         A :class:`SegmentationEvaluation`. Cases without prediction or label are listed in
         ``missing``; cases that could not be evaluated (unreadable file, prediction off the label's
-        grid) in ``failures``, with a message naming the file; the others are evaluated.
+        grid, channels and label of the case off one grid) in ``failures``, with a message naming the
+        file; the others are evaluated.
 
     Raises:
         UserInputError: the prediction folder or manifest is missing, a requested case is not in the
@@ -176,11 +178,16 @@ def evaluate_predictions(prediction_dir: str | Path, manifest: Manifest | str | 
                              fix=f"name each prediction after its case id (e.g. {example}) and check that "
                                  "the manifest lists labels.")
 
-    outcome = run_per_case(
-        to_evaluate,
-        lambda item: evaluate_case(item[1], item[0].label, label_names, tolerance_mm=tolerance_mm),
-        name=lambda item: item[0].case_id, description="evaluate", console=console, show_progress=show_progress,
-    )
+    def evaluate(item: tuple[Case, Path]) -> list[dict[str, Any]]:
+        case, prediction = item
+        # a case whose channels and label are off one grid is not trustworthy; evaluating needs no channel
+        # voxels, so their headers are checked, and only for the files that are there
+        check_case_headers(replace(case, images={ch: p for ch, p in case.images.items() if p.exists()}),
+                           cohort.channels)
+        return evaluate_case(prediction, case.label, label_names, tolerance_mm=tolerance_mm)
+
+    outcome = run_per_case(to_evaluate, evaluate, name=lambda item: item[0].case_id, description="evaluate",
+                           console=console, show_progress=show_progress)
     rows = []
     for case, _ in to_evaluate:
         for row in outcome.results.get(case.case_id, []):

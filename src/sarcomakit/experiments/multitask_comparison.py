@@ -30,10 +30,10 @@ from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.comparison import ComparisonResult, compare_methods, write_comparison
 from sarcomakit.io.atomic import write_json, write_text
 from sarcomakit.planning.plan import Plan, plan_cohort
+from sarcomakit.tasks.multitask import OOF_COLUMNS
 from sarcomakit.training.api import train
 from sarcomakit.training.config import TrainConfig
 from sarcomakit.training.folds import make_folds, save_folds
-from sarcomakit.training.multitask import OOF_COLUMNS
 
 log = logging.getLogger(__name__)
 

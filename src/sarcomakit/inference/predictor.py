@@ -6,8 +6,9 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -16,57 +17,46 @@ from rich.console import Console
 from scipy import ndimage
 
 from sarcomakit.cohort_runner import CohortResult, run_per_case
-from sarcomakit.data.manifest import GRADES, Case
+from sarcomakit.core import distributed
+from sarcomakit.core.device import select_device
+from sarcomakit.data.manifest import Case
 from sarcomakit.errors import UserInputError
-from sarcomakit.inference.case_level import predict_case_outputs
 from sarcomakit.inference.inputs import cases_from_input
-from sarcomakit.inference.sliding_window import predict_volume
 from sarcomakit.io.atomic import write_text
 from sarcomakit.io.image import array_to_image, read_image, write_image
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import preprocess_case, restore_to_input_geometry
+from sarcomakit.tasks import Task, build_task
 from sarcomakit.training.checkpoint import load_checkpoint
 from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.engine import build_model, select_device
-from sarcomakit.training.multitask import channel_availability
 from sarcomakit.training.run import RunFolder
 
 
 @dataclass
 class Prediction:
-    """A case's predicted mask on its input grid, the class probabilities (K, z, y, x), and for a
-    multi-task run the grade probabilities (low, intermediate, high), the log-risk and its risk group."""
+    """A case's predicted mask on its input grid, the class probabilities (K, z, y, x) there, and the task's
+    case-level row (e.g. grade probabilities and log-risk of a multi-task run; only ``case_id`` otherwise)."""
 
     case_id: str
     mask: sitk.Image
     probabilities: np.ndarray
-    grade_probabilities: np.ndarray | None = None
-    log_risk: float | None = None
-    risk_group: str | None = None
-
-    def clinical_row(self) -> dict[str, object]:
-        row: dict[str, object] = {"case_id": self.case_id}
-        if self.grade_probabilities is not None:
-            p = self.grade_probabilities
-            row.update({"p_low": float(p[0]), "p_intermediate": float(p[1]), "p_high": float(p[2]),
-                        "grade_pred": GRADES[int(np.argmax(p))]})
-        if self.log_risk is not None:
-            row.update({"log_risk": self.log_risk, "risk_group": self.risk_group})
-        return row
+    row: dict[str, Any] = field(default_factory=dict)
 
 
 class Predictor:
-    """The models of a run, ready to predict cases (load once, predict many)."""
+    """The models of a run, ready to predict cases (load once, predict many). What a case's prediction holds
+    beyond its mask is the run's task's business (:meth:`~sarcomakit.tasks.base.Task.infer`, ``combine``,
+    ``case_row``)."""
 
-    def __init__(self, plan: Plan, config: TrainConfig, models: Sequence[torch.nn.Module], device: torch.device,
-                 *, mirror: bool = False, overlap: float | None = None, risk_cutoff: float | None = None,
-                 largest_component: bool = False) -> None:
+    def __init__(self, plan: Plan, config: TrainConfig, task: Task, models: Sequence[torch.nn.Module],
+                 device: torch.device, *, fold_states: Sequence[dict[str, Any]] = (), mirror: bool = False,
+                 overlap: float | None = None, largest_component: bool = False) -> None:
         self.plan = plan
         self.config = config
+        self.task = task
         self.models = list(models)
-        self.multitask = config.task == "multitask"
+        self.fold_states = list(fold_states) or [{} for _ in self.models]
         self.largest_component = largest_component
-        self.risk_cutoff = risk_cutoff
         self.device = device
         self.mirror_axes = (0, 1, 2) if mirror else ()
         self.overlap = config.sw_overlap if overlap is None else overlap
@@ -86,54 +76,39 @@ class Predictor:
                                  fix="train those folds first, or choose among "
                                      f"{sorted(available) or 'none'}.")
         torch_device = select_device(device)
-        models, cutoffs = [], []
+        task = build_task(config)
+        models, states = [], []
         for fold in chosen:
             state_file = available[fold].parent / "task_state.json"
-            if state_file.is_file():
-                cutoff = json.loads(state_file.read_text()).get("risk_cutoff")
-                if cutoff is not None:
-                    cutoffs.append(cutoff)
+            states.append(json.loads(state_file.read_text()) if state_file.is_file() else {})
             state = load_checkpoint(available[fold], map_location=torch_device)
-            model = build_model(plan, config).to(torch_device)
+            model = task.build_model(plan, config).to(torch_device)
             model.load_state_dict(state["model"])
             model.eval()
             models.append(model)
-        # the ensemble's log-risk is the folds' mean, so its cut-off is the mean of theirs
-        return cls(plan, config, models, torch_device, mirror=mirror, overlap=overlap,
-                   risk_cutoff=float(np.mean(cutoffs)) if cutoffs else None, largest_component=largest_component)
+        return cls(plan, config, task, models, torch_device, fold_states=states, mirror=mirror, overlap=overlap,
+                   largest_component=largest_component)
 
     def predict_case(self, case: Case) -> Prediction:
-        """Preprocess with the plan, average the ensemble's outputs, restore to the input geometry."""
+        """Preprocess with the plan, combine the ensemble's outputs, restore to the input geometry."""
         images = {ch: read_image(case.images[ch]) for ch in self.plan.channels if ch in case.images}
-        pre = preprocess_case(images, self.plan, case_id=case.case_id, allow_missing_channels=self.multitask)
-        available = torch.from_numpy(channel_availability(pre, self.plan.channels))
-        volume = torch.from_numpy(np.ascontiguousarray(pre.data)).to(self.device)
-        patch = self.config.patch_size or self.plan.patch_size
-        options = {"overlap": self.overlap, "sw_batch_size": self.config.sw_batch_size,
-                   "mirror_axes": self.mirror_axes, "amp": self.config.amp}
-        probabilities, grades, risks = [], [], []
-        for model in self.models:
-            if self.multitask:
-                out = predict_case_outputs(model, volume, patch, available=available, **options)
-                probabilities.append(out.probabilities)
-                grades.append(out.grade_probabilities)
-                risks.append(out.log_risk)
-            else:
-                probabilities.append(predict_volume(model, volume, patch, **options))
-        mean_probabilities = (sum(probabilities) / len(probabilities)).cpu().numpy()
-        restored = restore_to_input_geometry(mean_probabilities, pre)
+        pre = preprocess_case(images, self.plan, case_id=case.case_id,
+                              allow_missing_channels=self.task.requirements.allow_missing_channels)
+        with torch.no_grad():
+            outputs = [self.task.infer(model, pre, self.plan, self.config, self.device, overlap=self.overlap,
+                                       mirror_axes=self.mirror_axes) for model in self.models]
+        combined = self.task.combine(outputs, self.fold_states)
+        if combined.probabilities is None:
+            raise UserInputError(f"the run's task '{self.task.name}' does not segment.", path=case.images,
+                                 fix="predict with a segmentation or multi-task run.")
+        restored = restore_to_input_geometry(combined.probabilities.cpu().numpy(), pre)
         reference = next(iter(images.values()))
         labels = restored.argmax(0).astype(np.uint8)
         if self.largest_component:
             labels = keep_largest_component(labels)
-        mask = array_to_image(labels, reference)
-        prediction = Prediction(case_id=case.case_id, mask=mask, probabilities=restored.astype(np.float32))
-        if self.multitask:
-            prediction.grade_probabilities = np.mean(grades, axis=0)
-            prediction.log_risk = float(np.mean(risks))
-            if self.risk_cutoff is not None:
-                prediction.risk_group = "high" if prediction.log_risk > self.risk_cutoff else "low"
-        return prediction
+        return Prediction(case_id=case.case_id, mask=array_to_image(labels, reference),
+                          probabilities=restored.astype(np.float32),
+                          row=self.task.case_row(case.case_id, combined))
 
 
 def keep_largest_component(labels: np.ndarray) -> np.ndarray:
@@ -168,20 +143,26 @@ def predict(run_dir: str | Path, source: str | Path, out_dir: str | Path, *, fol
     ``clinical_predictions.csv`` (grade probabilities, predicted grade, log-risk, risk group). Cases whose
     mask exists are skipped unless ``overwrite``; a failing case is reported and the others are predicted.
     """
+    distributed.init_from_environment(device)
     predictor = Predictor.from_run(run_dir, folds=folds, checkpoint=checkpoint, device=device, mirror=mirror,
                                    largest_component=largest_component)
-    cases = cases_from_input(source, predictor.plan.channels, allow_missing=predictor.multitask)
+    task = predictor.task
+    cases = cases_from_input(source, predictor.plan.channels, allow_missing=task.requirements.allow_missing_channels)
+    # under torchrun each process predicts every world_size-th case and writes its own part of the table
+    cases = distributed.shard(cases)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    clinical_path = out / "clinical_predictions.csv"
-    clinical = _read_rows(clinical_path) if predictor.multitask and not overwrite else {}
+    final_table = out / task.case_table
+    table_path = final_table if distributed.world_size() == 1 else \
+        out / f"{final_table.stem}.part{distributed.rank()}{final_table.suffix}"
+    table = _read_rows(final_table) if task.case_columns and not overwrite else {}
 
     def one(case: Case) -> Path:
         prediction = predictor.predict_case(case)
-        if predictor.multitask:
-            clinical[case.case_id] = prediction.clinical_row()
-            _write_rows(clinical, clinical_path)
+        if task.case_columns:
+            table[case.case_id] = prediction.row
+            _write_rows(table, table_path, task.case_columns)
         if save_probabilities:
             probs = np.moveaxis(prediction.probabilities, 0, -1)
             image = sitk.GetImageFromArray(np.ascontiguousarray(probs), isVector=True)
@@ -192,6 +173,15 @@ def predict(run_dir: str | Path, source: str | Path, out_dir: str | Path, *, fol
     result = run_per_case(cases, one, name=lambda c: c.case_id, description="predicting",
                           is_done=None if overwrite else (lambda c: prediction_path(out, c.case_id).exists()),
                           console=console)
+    if task.case_columns and distributed.world_size() > 1:
+        distributed.barrier()
+        if distributed.is_main():
+            merged = {**table}
+            for part in sorted(out.glob(f"{final_table.stem}.part*{final_table.suffix}")):
+                merged.update(_read_rows(part))
+            _write_rows(merged, final_table, task.case_columns)
+            for part in out.glob(f"{final_table.stem}.part*{final_table.suffix}"):
+                part.unlink()
     return result
 
 
@@ -202,11 +192,10 @@ def _read_rows(path: Path) -> dict[str, dict[str, object]]:
         return {row["case_id"]: row for row in csv.DictReader(handle)}
 
 
-def _write_rows(rows: dict[str, dict[str, object]], path: Path) -> None:
-    """Per-case grade probabilities, predicted grade, log-risk and risk group (rewritten after each case)."""
-    columns = ["case_id", "p_low", "p_intermediate", "p_high", "grade_pred", "log_risk", "risk_group"]
+def _write_rows(rows: dict[str, dict[str, object]], path: Path, columns: Sequence[str]) -> None:
+    """The task's per-case table (rewritten after each case, so an interrupted run keeps what it predicted)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for case_id in sorted(rows):
         writer.writerow(rows[case_id])

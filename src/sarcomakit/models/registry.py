@@ -16,32 +16,26 @@ from collections.abc import Callable, Sequence
 import torch
 from monai.networks.nets import DynUNet, SegResNet, UNet
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.registry import Registry
 
 NetworkFactory = Callable[..., torch.nn.Module]
-_REGISTRY: dict[str, NetworkFactory] = {}
+#: Network factories by name (see :mod:`sarcomakit.core.registry` for the naming rules).
+NETWORKS: Registry[NetworkFactory] = Registry("network", option="--network")
 
 
 def register_network(name: str) -> Callable[[NetworkFactory], NetworkFactory]:
-    """Decorator adding a network factory under ``name``."""
-
-    def decorate(factory: NetworkFactory) -> NetworkFactory:
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorate
+    """Decorator adding a network factory under ``name`` (a taken name raises ``ValueError``)."""
+    return NETWORKS.register(name)
 
 
 def available_networks() -> list[str]:
-    return sorted(_REGISTRY)
+    return NETWORKS.names()
 
 
 def build_network(name: str, *, in_channels: int, out_channels: int, patch_size: Sequence[int],
                   **options: object) -> torch.nn.Module:
-    """Build the network registered as ``name``."""
-    if name not in _REGISTRY:
-        raise UserInputError(f"unknown network '{name}'.", fix=f"choose one of {', '.join(available_networks())}.")
-    return _REGISTRY[name](in_channels=in_channels, out_channels=out_channels, patch_size=tuple(patch_size),
+    """Build the network registered as ``name`` (an unknown name is a user error listing the networks)."""
+    return NETWORKS.get(name)(in_channels=in_channels, out_channels=out_channels, patch_size=tuple(patch_size),
                            **options)
 
 

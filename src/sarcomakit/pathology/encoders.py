@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from monai.networks import nets
 from torch import nn
 
+from sarcomakit.core.registry import Registry
 from sarcomakit.errors import UserInputError
 
 log = logging.getLogger("sarcomakit")
@@ -118,24 +119,18 @@ class SmallCNN(nn.Module):
 
 
 EncoderBuilder = Callable[..., PatchEncoder]
-_REGISTRY: dict[str, EncoderBuilder] = {}
+#: Patch-encoder builders by name (see :mod:`sarcomakit.core.registry` for the naming rules).
+ENCODERS: Registry[EncoderBuilder] = Registry("encoder", option="--encoder")
 
 
 def register_encoder(name: str) -> Callable[[EncoderBuilder], EncoderBuilder]:
-    """Decorator adding a builder ``fn(**kw) -> PatchEncoder`` to the registry under ``name``."""
-
-    def decorate(fn: EncoderBuilder) -> EncoderBuilder:
-        if name in _REGISTRY:
-            raise ValueError(f"encoder {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return decorate
+    """Decorator adding a builder ``fn(**kw) -> PatchEncoder`` under ``name`` (a taken name raises ``ValueError``)."""
+    return ENCODERS.register(name)
 
 
 def available_encoders() -> list[str]:
     """Names accepted by :func:`build_encoder`."""
-    return sorted(_REGISTRY)
+    return ENCODERS.names()
 
 
 def _monai_resnet(name: str, depth: int, embed_dim: int, input_size: int) -> PatchEncoder:
@@ -181,10 +176,10 @@ def _foundation(checkpoint: str | Path | None = None, architecture: str | None =
     if checkpoint is None or architecture is None:
         raise UserInputError("the 'foundation' encoder needs a local checkpoint and an architecture name.",
                              fix=f"give checkpoint=PATH and architecture=one of {available_encoders()}.")
-    if architecture == "foundation" or architecture not in _REGISTRY:
+    if architecture == "foundation" or architecture not in ENCODERS:
         raise UserInputError(f"unknown architecture {architecture!r} for the foundation checkpoint.",
                              fix=f"choose one of {[n for n in available_encoders() if n != 'foundation']}.")
-    encoder = _REGISTRY[architecture](input_size=input_size, **arch_kw)
+    encoder = ENCODERS.get(architecture)(input_size=input_size, **arch_kw)
     encoder.mean = tuple(float(v) for v in mean)  # type: ignore[assignment]
     encoder.std = tuple(float(v) for v in std)  # type: ignore[assignment]
     encoder.weights = load_weights(encoder.module, checkpoint, strict=strict)
@@ -281,15 +276,14 @@ def build_encoder(name: str, weights: str | Path | None = None, strict: bool = T
     Returns:
         The :class:`PatchEncoder`, in eval mode on the CPU.
     """
-    if name not in _REGISTRY:
-        raise UserInputError(f"unknown encoder {name!r}.", fix=f"choose one of {available_encoders()}.")
+    builder = ENCODERS.get(name)
     if weights is not None and name != "foundation":
         saved = _saved_encoder_options(weights)
         kw = {**saved, **kw}
     if name == "foundation":
-        encoder = _REGISTRY[name](checkpoint=weights or kw.pop("checkpoint", None), strict=strict, **kw)
+        encoder = builder(checkpoint=weights or kw.pop("checkpoint", None), strict=strict, **kw)
     else:
-        encoder = _REGISTRY[name](**kw)
+        encoder = builder(**kw)
         if weights is not None:
             encoder.weights = load_weights(encoder.module, weights, strict=strict)
     encoder.module.eval()

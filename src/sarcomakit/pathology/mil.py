@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.registry import Registry
 
 
 def _as_batch(bag: torch.Tensor) -> torch.Tensor:
@@ -272,26 +272,27 @@ class StandardizedMIL(nn.Module):
 
 
 MILBuilder = Callable[..., nn.Module]
-_REGISTRY: dict[str, MILBuilder] = {"abmil": GatedABMIL, "clam_sb": CLAMSB, "transmil": TransMIL}
+#: Slide-level (MIL) models by name (see :mod:`sarcomakit.core.registry` for the naming rules).
+MIL_MODELS: Registry[MILBuilder] = Registry("MIL model", option="--model")
+MIL_MODELS.add("abmil", GatedABMIL)
+MIL_MODELS.add("clam_sb", CLAMSB)
+MIL_MODELS.add("transmil", TransMIL)
 
 
 def register_mil_model(name: str, builder: MILBuilder) -> None:
-    """Add a model class or builder ``fn(in_dim, n_classes, **kw) -> nn.Module`` under ``name``."""
-    if name in _REGISTRY:
-        raise ValueError(f"MIL model {name!r} is already registered")
-    _REGISTRY[name] = builder
+    """Add a model class or builder ``fn(in_dim, n_classes, **kw) -> nn.Module`` under ``name`` (a taken name raises
+    ``ValueError``)."""
+    MIL_MODELS.add(name, builder)
 
 
 def available_mil_models() -> list[str]:
     """Names accepted by :func:`build_mil_model`."""
-    return sorted(_REGISTRY)
+    return MIL_MODELS.names()
 
 
 def build_mil_model(name: str, in_dim: int, n_classes: int, **kw: Any) -> nn.Module:
     """Build a registered MIL model (``abmil``, ``clam_sb``, ``transmil``) for ``in_dim``-wide features."""
-    if name not in _REGISTRY:
-        raise UserInputError(f"unknown MIL model {name!r}.", fix=f"choose one of {available_mil_models()}.")
-    return _REGISTRY[name](in_dim=in_dim, n_classes=n_classes, **kw)
+    return MIL_MODELS.get(name)(in_dim=in_dim, n_classes=n_classes, **kw)
 
 
 def mil_loss(model: nn.Module, out: dict[str, torch.Tensor], target: torch.Tensor,

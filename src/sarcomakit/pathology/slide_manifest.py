@@ -1,8 +1,8 @@
 """The slide manifest: which slides make the cohort, their labels, patients and optional folds.
 
 A CSV with columns ``slide_id, path, label, patient_id`` and optionally ``fold``. Relative paths are
-resolved against the CSV's folder. A folder of slides can stand in for a manifest when labels are not
-needed (tiling, embedding, prediction).
+resolved against the CSV's folder. A folder of slides, or one slide file, can stand in for a manifest
+when labels are not needed (tiling, embedding, prediction).
 """
 
 from __future__ import annotations
@@ -105,7 +105,10 @@ def load_slide_manifest(path: str | Path, classes: Sequence[str] | None = None, 
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except Exception as exc:  # unreadable CSV: the user's file
-        raise UserInputError(f"cannot read the slide manifest ({exc}).", path=path) from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"cannot be read as a slide manifest CSV ({reason}).", path=path,
+                             fix=f"give a CSV with slide_id,path,label,patient_id columns, a folder of slides or "
+                                 f"one slide file ({', '.join(SLIDE_SUFFIXES[:4])}, ...).") from exc
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise UserInputError(f"slide manifest lacks column(s) {missing}; found {list(frame.columns)}.", path=path,
@@ -148,21 +151,34 @@ def load_slide_manifest(path: str | Path, classes: Sequence[str] | None = None, 
     return SlideManifest(records, class_list, path)
 
 
+def is_slide_path(path: Path) -> bool:
+    """True when ``path`` has the suffix of a whole-slide image format."""
+    return path.suffix.lower() in SLIDE_SUFFIXES
+
+
 def manifest_from_folder(folder: str | Path) -> SlideManifest:
     """An unlabelled manifest of the slide files in ``folder`` (ids are the file names without suffix)."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder.iterdir() if is_slide_path(p) and p.is_file())
     if not files:
         raise UserInputError(f"no slide files ({', '.join(SLIDE_SUFFIXES[:4])}, ...) in the folder.", path=folder)
     return SlideManifest([SlideRecord(p.stem, p.resolve(), None, p.stem) for p in files], [], folder)
 
 
+def manifest_from_slide(path: str | Path) -> SlideManifest:
+    """An unlabelled one-slide manifest (id: the file name without suffix)."""
+    path = Path(path)
+    return SlideManifest([SlideRecord(path.stem, path.resolve(), None, path.stem)], [], path)
+
+
 def load_slides(source: str | Path, classes: Sequence[str] | None = None, require_labels: bool = False,
                 check_files: bool = True) -> SlideManifest:
-    """A manifest from a CSV file or a folder of slides."""
+    """A manifest from a CSV file, a folder of slides or a single slide file (the last two unlabelled)."""
     source = Path(source)
-    if source.is_dir():
+    if source.is_dir() or (source.is_file() and is_slide_path(source)):
+        kind = "folder" if source.is_dir() else "single slide"
         if require_labels:
-            raise UserInputError("training needs labels: give a slide manifest CSV, not a folder.", path=source)
-        return manifest_from_folder(source)
+            raise UserInputError(f"training needs labels: give a slide manifest CSV, not a {kind}.", path=source,
+                                 fix="list the slides with their labels in a CSV (slide_id,path,label,patient_id).")
+        return manifest_from_folder(source) if source.is_dir() else manifest_from_slide(source)
     return load_slide_manifest(source, classes, require_labels, check_files)

@@ -5,7 +5,8 @@ rotations, composed into one affine warp per tile), colour jitter (brightness, c
 and optionally H&E stain augmentation; the encoder plus a small projection head is trained so that the two
 views of a tile are closer to each other than to any other view in the batch (NT-Xent loss, Chen et al.
 2020). The augmentations are written with torch tensor ops because torchvision is kept out of the runtime.
-The saved checkpoint is loadable by ``build_encoder(name, weights=path)``.
+The saved checkpoint is loadable by ``build_encoder(name, weights=path)``. Training runs on the project's
+:class:`~sarcomakit.training.trainer.Trainer` (the objective holds the projection head and the view augmentation).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from torch.utils.data import Dataset
 
 from sarcomakit.errors import UserInputError
 from sarcomakit.pathology.encoders import PatchEncoder, save_encoder_checkpoint
+from sarcomakit.tasks.base import LossOutput, Objective
+from sarcomakit.training.trainer import Callback, Trainer
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
@@ -118,6 +121,38 @@ class ProjectionHead(nn.Module):
         return self.net(x)
 
 
+class SimCLRObjective(Objective):
+    """NT-Xent of two augmented views of each tile of a batch, through the encoder and the projection head (whose
+    parameters are the objective's: trained with the encoder, dropped afterwards)."""
+
+    def __init__(self, encoder: PatchEncoder, head: ProjectionHead, augment: ViewAugment, temperature: float,
+                 generator: torch.Generator) -> None:
+        super().__init__()
+        self.normalize = encoder.normalize
+        self.head = head
+        self.augment = augment
+        self.temperature = temperature
+        self.generator = generator
+
+    def forward(self, model: nn.Module, batch: Any, device: torch.device) -> LossOutput:
+        tiles = batch[0]
+        views = [self.normalize(self.augment(tiles, self.generator)).to(device) for _ in range(2)]
+        return LossOutput(nt_xent_loss(self.head(model(views[0])), self.head(model(views[1])), self.temperature))
+
+
+class _StepLosses(Callback):
+    """Keeps every step's loss and reports it to an optional ``fn(step, loss)`` (progress display)."""
+
+    def __init__(self, on_step: Callable[[int, float], None] | None) -> None:
+        self.on_step = on_step
+        self.losses: list[float] = []
+
+    def on_step_end(self, trainer: Trainer, loss: float) -> None:
+        self.losses.append(loss)
+        if self.on_step is not None:
+            self.on_step(len(self.losses), loss)
+
+
 def collect_tiles(slides: Sequence[tuple[str | Path, Any]], per_slide: int = 64, seed: int = 0,
                   mpp: float | None = None) -> torch.Tensor:
     """A random sample of at most ``per_slide`` tiles (3, H, W) from each (slide path, TileGrid) pair."""
@@ -164,7 +199,7 @@ def pretrain_encoder(tile_source: torch.Tensor | Dataset, encoder: PatchEncoder,
         encoder: the encoder to train (in place).
         epochs: passes over the tiles.
         batch_size: tiles per step (2 x batch_size views); at least 2.
-        lr: AdamW learning rate (cosine decay over the run).
+        lr: AdamW learning rate (cosine decay over the epochs).
         temperature: NT-Xent temperature.
         projection_dim: width of the projection head's output.
         stain: optional per-tile stain augmentation, e.g. ``StainAugment``.
@@ -182,33 +217,23 @@ def pretrain_encoder(tile_source: torch.Tensor | Dataset, encoder: PatchEncoder,
     if tiles.shape[0] < 2:
         raise UserInputError(f"SSL pretraining needs at least 2 tiles, got {tiles.shape[0]}.")
     batch_size = max(2, min(batch_size, tiles.shape[0]))
-    torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    augment = augment or ViewAugment(encoder.input_size, stain=stain)
-    head = ProjectionHead(encoder.embed_dim, projection_dim)
+    with torch.random.fork_rng(devices=[]):  # a seeded head without touching the caller's random state
+        torch.manual_seed(seed)
+        head = ProjectionHead(encoder.embed_dim, projection_dim).to(device)
+    objective = SimCLRObjective(encoder, head, augment or ViewAugment(encoder.input_size, stain=stain), temperature,
+                                generator)
     module = encoder.module.to(device)
-    head.to(device)
-    params = list(module.parameters()) + list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    steps_per_epoch = tiles.shape[0] // batch_size
-    total = max(1, epochs * steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    losses: list[float] = []
-    module.train()
-    head.train()
-    for _ in range(epochs):
-        order = torch.randperm(tiles.shape[0], generator=generator)
-        for start in range(0, steps_per_epoch * batch_size, batch_size):
-            batch = tiles[order[start:start + batch_size]]
-            views = [encoder.normalize(augment(batch, generator)).to(device) for _ in range(2)]
-            loss = nt_xent_loss(head(module(views[0])), head(module(views[1])), temperature)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-            if on_step is not None:
-                on_step(len(losses), losses[-1])
+    optimizer = torch.optim.AdamW([*module.parameters(), *objective.parameters()], lr=lr, weight_decay=1e-4)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tiles), batch_size=batch_size,
+                                         sampler=torch.utils.data.RandomSampler(tiles, generator=generator),
+                                         drop_last=True)
+    record = _StepLosses(on_step)
+    trainer = Trainer(module, objective, optimizer, loader, device=torch.device(device), epochs=epochs,
+                      scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs)),
+                      callbacks=[record])
+    trainer.fit()
+    losses = record.losses
     module.eval()
     module.to("cpu")
     checkpoint = None

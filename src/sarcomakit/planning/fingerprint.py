@@ -13,6 +13,7 @@ stands in for the foreground and ``foreground_source`` says so.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -20,8 +21,9 @@ import numpy as np
 import pydantic
 import SimpleITK as sitk
 
-from sarcomakit.cohort_runner import run_per_case
+from sarcomakit.cohort_runner import CohortFailed, run_per_case
 from sarcomakit.data.manifest import Case, Manifest
+from sarcomakit.data.validation import check_case_grid
 from sarcomakit.errors import UserInputError
 from sarcomakit.io.atomic import write_text
 from sarcomakit.io.image import Geometry, read_image
@@ -141,7 +143,7 @@ def load_case_images(case: Case, channels: list[str], orientation: str, *, allow
     present = [ch for ch in channels if ch not in missing]
     read = {ch: read_image(case.images[ch], sitk.sitkFloat32) for ch in present}
     label = read_image(case.label) if case.label is not None else None
-    check_same_grid([read[ch] for ch in present], label, case.case_id, [case.images[ch] for ch in present], case.label)
+    check_same_grid(read, label, {ch: case.images[ch] for ch in present}, case.label)
     template = read[present[0]]
     images = [read[ch] if ch in read else _zeros_like(template) for ch in channels]
     reoriented_label = reorient(label, orientation) if label is not None else None
@@ -159,20 +161,12 @@ def _zeros_like(image: sitk.Image) -> sitk.Image:
     return zeros
 
 
-def check_same_grid(images: list[sitk.Image], label: sitk.Image | None, case_id: str,
-                    paths: list[Path] | None = None, label_path: Path | None = None) -> None:
-    """Raise UserInputError unless every channel and the label lie on the first channel's grid."""
-    reference = Geometry.of(images[0])
-    for i, image in enumerate(images[1:], start=1):
-        if not Geometry.of(image).matches(reference):
-            raise UserInputError(f"case {case_id}: channel {i} does not share the grid of channel 0 "
-                                 f"({Geometry.of(image)} vs {reference}).",
-                                 path=paths[i] if paths else None,
-                                 fix="resample all channels of a case onto one grid first.")
-    if label is not None and not Geometry.of(label).matches(reference):
-        raise UserInputError(f"case {case_id}: the label does not share the grid of the images.",
-                             path=label_path,
-                             fix="resample the label onto the image grid (nearest neighbour).")
+def check_same_grid(images: Mapping[str, sitk.Image], label: sitk.Image | None = None,
+                    paths: Mapping[str, Path] | None = None, label_path: Path | None = None) -> None:
+    """Raise UserInputError unless every channel (by name) and the label lie on the first channel's grid
+    (:func:`sarcomakit.data.validation.check_case_grid`, the check ``validate`` runs too)."""
+    check_case_grid({name: Geometry.of(image) for name, image in images.items()},
+                    Geometry.of(label) if label is not None else None, paths=paths, label_path=label_path)
 
 
 def fingerprint_arrays(case_id: str, data: np.ndarray, label: np.ndarray | None, spacing_zyx: list[float],
@@ -225,7 +219,8 @@ def compute_fingerprint(manifest: Manifest, *, num_samples_per_case: int = 10000
         orientation: orientation every case is brought to first (the plan's).
 
     Raises:
-        UserInputError: the manifest is empty, or some cases cannot be read (all are listed).
+        UserInputError: the manifest is empty.
+        CohortFailed: some cases cannot be read (after trying all; ``exc.result.failures`` lists them).
     """
     if not manifest.cases:
         raise UserInputError("the manifest lists no cases.", path=manifest.source,
@@ -249,10 +244,9 @@ def compute_fingerprint(manifest: Manifest, *, num_samples_per_case: int = 10000
     outcome = run_per_case(manifest.cases, analyse, name=lambda c: c.case_id, description="fingerprint",
                            show_progress=show_progress)
     if outcome.failures:
-        listing = "; ".join(f"{k}: {v}" for k, v in outcome.failures.items())
-        raise UserInputError(f"{len(outcome.failures)} case(s) could not be fingerprinted: {listing}",
-                             path=manifest.source,
-                             fix="fix or remove these cases (see 'sarcomakit validate').")
+        raise CohortFailed(outcome, f"no fingerprint: {len(outcome.failures)} of {len(manifest.cases)} case(s) "
+                           "failed; fix or remove them ('sarcomakit validate' lists every problem).",
+                           path=manifest.source)
     results = [outcome.results[c.case_id] for c in manifest.cases]
     return assemble_fingerprint([r[0] for r in results], [r[1] for r in results], [r[2] for r in results],
                                 channels=manifest.channels, labels=manifest.labels, orientation=orientation)

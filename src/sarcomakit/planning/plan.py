@@ -109,6 +109,10 @@ class Plan(pydantic.BaseModel):
             UserInputError: the file is missing or is not a valid plan.
         """
         p = Path(path)
+        if p.is_dir():
+            inside = p / "plan.json"
+            raise UserInputError("is a folder, not a plan file.", path=p,
+                                 fix=f"give {inside}." if inside.is_file() else "give the plan's .json file.")
         if not p.is_file():
             raise UserInputError("plan file not found.", path=p,
                                  fix="write one with 'sarcomakit plan MANIFEST'.")

@@ -148,10 +148,10 @@ def preprocess_case(images: dict[str, sitk.Image] | Case, plan: Plan, label: sit
         if missing and (not allow_missing_channels or len(missing) == len(plan.channels)):
             raise UserInputError(f"no image for channel(s) {', '.join(missing)}.",
                                  fix=f"give one image per plan channel: {', '.join(plan.channels)}.")
-        present = [sitk.Cast(images[ch], sitk.sitkFloat32) for ch in plan.channels if ch not in missing]
-        check_same_grid(present, label, case_id or "case")
-        raw = [sitk.Cast(images[ch], sitk.sitkFloat32) if ch not in missing else present[0] * 0.0
-               for ch in plan.channels]
+        present = {ch: sitk.Cast(images[ch], sitk.sitkFloat32) for ch in plan.channels if ch not in missing}
+        check_same_grid(present, label)
+        first = next(iter(present.values()))
+        raw = [present[ch] if ch in present else first * 0.0 for ch in plan.channels]
         reference = Geometry.of(raw[0])
         channel_images = [reorient(im, plan.orientation) for im in raw]
         label_image = reorient(label, plan.orientation) if label is not None else None

@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 
+from sarcomakit.core import distributed
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.errors import UserInputError
 from sarcomakit.io.atomic import write_text
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_cohort
+from sarcomakit.tasks import build_task
 from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.engine import FoldResult, train_fold
+from sarcomakit.training.fold import FoldResult, train_fold
 from sarcomakit.training.run import RunFolder
-from sarcomakit.training.tasks import build_task
+
+
+@dataclass
+class TrainResult:
+    """The trained folds by index, and the cases left out because they failed preprocessing (id -> reason)."""
+
+    folds: dict[int, FoldResult]
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """The cohort exit policy: 1 when any case failed (the others were trained on), else 0."""
+        return 1 if self.failures else 0
 
 
 def load_preprocessed(folder: Path, case_ids: Sequence[str]) -> list[PreprocessedCase]:
@@ -24,49 +39,61 @@ def load_preprocessed(folder: Path, case_ids: Sequence[str]) -> list[Preprocesse
 
 def train(manifest: Manifest, plan: Plan, run_dir: str | Path, *, folds: Sequence[int] = (0,),
           config: TrainConfig | None = None, resume: bool = False, preprocessed_dir: str | Path | None = None,
-          time_limit_s: float | None = None, console: Console | None = None) -> dict[int, FoldResult]:
+          time_limit_s: float | None = None, early_stopping: int | None = None,
+          console: Console | None = None) -> TrainResult:
     """Preprocess (cached, resumable) and train the given folds of a run.
 
     Args:
-        manifest: the training cohort (cases with labels).
+        manifest: the training cohort (cases with labels, unless the task learns without them).
         plan: the conventional plan from :func:`sarcomakit.planning.plan_cohort`.
         run_dir: the run folder (see :mod:`sarcomakit.training.run`).
         folds: which cross-validation folds to train.
         config: training options; defaults to :class:`TrainConfig` ().
         resume: continue folds that have a last checkpoint.
         preprocessed_dir: where preprocessed arrays are cached (default ``run_dir/preprocessed``).
+        time_limit_s, early_stopping: see :func:`sarcomakit.training.fold.train_fold`.
 
     Returns:
-        The result of each trained fold.
+        The result of each trained fold, and the cases that could not be preprocessed (left out).
     """
     console = console or Console(stderr=True)
     config = config or TrainConfig()
-    labelled = [c.case_id for c in manifest.cases if c.label is not None]
-    if len(labelled) < 2:
+    task = build_task(config, manifest)
+    needs = task.requirements
+    used = [c.case_id for c in manifest.cases if c.label is not None or not needs.needs_labels]
+    if len(used) < 2:
         raise UserInputError("fewer than two cases have a label; nothing to train on.", path=manifest.source,
                              fix="add label paths to the manifest.")
-    manifest = manifest.subset(labelled)
-    run = RunFolder.prepare(run_dir, manifest, plan, config)
+    manifest = manifest.subset(used)
+    distributed.init_from_environment(config.device)
+    failures: dict[str, str] = {}
+    if distributed.is_main():  # one process prepares the run folder and the cache; the others wait for it
+        run = RunFolder.prepare(run_dir, manifest, plan, config, stratify_clinical=needs.stratify_clinical)
+        cache = Path(preprocessed_dir) if preprocessed_dir else run.root / "preprocessed"
+        outcome = preprocess_cohort(manifest, plan, cache, allow_missing_channels=needs.allow_missing_channels)
+        if outcome.failures:
+            outcome.print_summary(console)
+        failures = outcome.failures
+    failures = distributed.broadcast_object(failures)
+    run = RunFolder(Path(run_dir))
     cache = Path(preprocessed_dir) if preprocessed_dir else run.root / "preprocessed"
-    # the multi-task model copes with a missing modality (zero-filled, flagged); segmentation needs them all
-    outcome = preprocess_cohort(manifest, plan, cache, allow_missing_channels=config.task == "multitask")
-    if outcome.failures:
-        outcome.print_summary(console)
-    usable = set(labelled) - set(outcome.failures)
+    usable = set(used) - set(failures)
     splits = run.splits()
-    results = {}
+    results: dict[int, FoldResult] = {}
     for fold in folds:
         if not 0 <= fold < len(splits):
             raise UserInputError(f"fold {fold} does not exist; the run has {len(splits)} folds.",
                                  path=run.splits_path, fix=f"use --fold between 0 and {len(splits) - 1}.")
         train_ids = [c for c in splits[fold]["train"] if c in usable]
         val_ids = [c for c in splits[fold]["val"] if c in usable]
-        console.print(f"fold {fold}: {len(train_ids)} training and {len(val_ids)} validation cases")
+        if distributed.is_main():
+            console.print(f"fold {fold}: {len(train_ids)} training and {len(val_ids)} validation cases")
         results[fold] = train_fold(load_preprocessed(cache, train_ids), load_preprocessed(cache, val_ids), plan,
-                                   config, run.fold_dir(fold), task=build_task(config, manifest),
-                                   resume=resume, time_limit_s=time_limit_s, console=console)
-    _collect_out_of_fold(run)
-    return results
+                                   config, run.fold_dir(fold), fold=fold, task=task, resume=resume,
+                                   time_limit_s=time_limit_s, early_stopping=early_stopping, console=console)
+    if distributed.is_main():
+        _collect_out_of_fold(run)
+    return TrainResult(folds=results, failures=failures)
 
 
 def _collect_out_of_fold(run: RunFolder) -> None:

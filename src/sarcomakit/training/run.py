@@ -72,10 +72,12 @@ class RunFolder:
         return run
 
     @classmethod
-    def prepare(cls, root: str | Path, manifest: Manifest, plan: Plan, config: TrainConfig) -> RunFolder:
+    def prepare(cls, root: str | Path, manifest: Manifest, plan: Plan, config: TrainConfig, *,
+                stratify_clinical: bool = False) -> RunFolder:
         """Create the run folder, or check that an existing one was made with the same plan and config.
 
-        The splits are made once and kept, so that every fold of a run (and a resumed fold) uses them.
+        The splits are made once and kept, so that every fold of a run (and a resumed fold) uses them; with
+        ``stratify_clinical`` (the task's requirement) they are also stratified by grade and event.
         """
         run = cls(Path(root))
         run.root.mkdir(parents=True, exist_ok=True)
@@ -93,7 +95,7 @@ class RunFolder:
                                      fix="use a new run folder, or the same options (only --epochs may change).")
         config.save(run.config_path)
         if not run.splits_path.exists():
-            save_folds(make_folds(manifest, config.n_folds, config.seed, clinical=config.task == "multitask"),
+            save_folds(make_folds(manifest, config.n_folds, config.seed, clinical=stratify_clinical),
                        run.splits_path)
         if not (run.root / "manifest.json").exists():
             manifest.save(run.root / "manifest.json")

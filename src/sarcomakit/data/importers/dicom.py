@@ -15,23 +15,38 @@ Steps, per patient (one case per PatientID, made file-name safe):
    from the DICOM tags (origin = first slice's position, direction = [row, column, normal],
    spacing = PixelSpacing and the slice step). PET in Bq/ml with the dose tags becomes SUV
    (body weight), noted in ``extra["pet_units"]``.
-4. **Rasterise** ROI ``roi_name`` of the patient's RTSTRUCT on the series it references
-   (RTReferencedSeriesSequence, else the series holding its referenced images, else the series of its
-   frame of reference); see :mod:`sarcomakit.data.importers.rtstruct`. When several structure
-   sets hold the ROI, the one drawn on the earliest channel of ``channel_map`` is used.
+4. **Rasterise** ROI ``roi_name`` (exact name first, else a unique case-insensitive match) of the
+   patient's RTSTRUCT on the series it references (RTReferencedSeriesSequence, else the series
+   holding its referenced images). When that series is not in the folder, a series of the same
+   frame of reference is used instead (a *fallback*, recorded in ``extra["label_series_fallback"]``),
+   chosen by :data:`FALLBACK_RULE`; the contours must then lie on its slice planes and cover every
+   slice between them, or the patient fails. See :mod:`sarcomakit.data.importers.rtstruct` for the
+   checks every mask passes. When several structure sets hold the ROI, one holding it under its
+   exact name is preferred, then the one drawn on the earliest channel of ``channel_map``. The
+   manifest records the ROI name used (``label_roi``) and the series drawn on (``label_series``,
+   its SeriesInstanceUID).
 5. **One grid per case**: channels on another grid than the contoured series are resampled onto
    it (linear), listed in ``extra["resampled"]``; channels from another frame of reference (not
    registered to the contoured series) are listed in ``extra["unregistered"]``.
 
+Contours beyond the series (a truncated export) fail the patient unless ``allow_partial_masks``;
+then the mask keeps what lies inside and ``extra["label_contours_dropped"]`` (contours wholly
+outside the series) or ``extra["label_contours_clipped"]`` (contours cut by its field of view)
+record it, which ``sarcomakit validate`` reports as a warning.
+
 Outputs: ``{out_dir}/images/{case}_{channel}.nii.gz``, ``{out_dir}/labels/{case}.nii.gz`` and
-``{out_dir}/manifest.csv``; patients that fail are listed in ``{out_dir}/import_failures.json``.
-Every file is written atomically; the DICOM folder is only read. ``{out_dir}/cases/{case}.json``
-records what each case was made from, so a rerun (after an interruption, or with new patients
-added) converts only the patients whose inputs or settings changed.
+``{out_dir}/manifest.csv``; patients that fail (including one that has a structure set but no
+images) are listed in ``{out_dir}/import_failures.json``, and their files from an earlier run are
+removed. Every file is written atomically; the DICOM folder is only read.
+``{out_dir}/cases/{case}.json`` records what each case was made from (the settings, each series'
+instances with their file sizes and modification times, each structure set's SOPInstanceUID and
+SHA-256), so a rerun (after an interruption, with new patients added, or after a file was replaced
+in place) converts only the patients whose inputs or settings changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -45,9 +60,9 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
-from sarcomakit.cohort_runner import run_per_case
+from sarcomakit.cohort_runner import CohortResult, run_per_case
 from sarcomakit.data.importers._common import sanitise_case_id
-from sarcomakit.data.importers.rtstruct import StructureSet, rasterise_roi, read_structure_set
+from sarcomakit.data.importers.rtstruct import StructureSet, rasterise_structure, read_structure_set
 from sarcomakit.data.manifest import DEFAULT_LABELS, Case, Manifest
 from sarcomakit.errors import UserInputError
 from sarcomakit.io.atomic import write_json
@@ -62,6 +77,10 @@ SLICE_STEP_REL_TOL = 0.01  # relative deviation of a slice step from the median 
 SLICE_STEP_ABS_TOL = 0.01  # mm
 MANIFEST_NAME = "manifest.csv"
 RECORDS_DIR = "cases"  # one JSON per converted patient: what it was made from, to resume
+RECORD_FORMAT = 2  # bump when the rules that make a case change, so that earlier records are not reused
+FALLBACK_RULE = ("series that convert first; then the modality of the images the RTSTRUCT references (their SOP "
+                 "class), else the modality its ROI name names (a word CT, PET/PT or MR/MRI); then most slices; "
+                 "then the lowest SeriesInstanceUID")
 
 
 # ---------------------------------------------------------------------- scanning
@@ -76,6 +95,7 @@ class Instance:
     pixel_spacing: tuple[float, float]  # (row spacing, column spacing) as in DICOM
     rows: int
     columns: int
+    stamp: tuple[int, int]  # file size and modification time (ns): what the file holds, cheaply
 
 
 @dataclass
@@ -95,6 +115,16 @@ class Series:
     def sop_uids(self) -> set[str]:
         return {i.sop_uid for i in self.instances}
 
+    @property
+    def title(self) -> str:
+        """How messages name the series: its description (else its UID) and modality."""
+        return f"series '{self.description or self.uid}' ({self.modality})"
+
+    def content_stamp(self) -> str:
+        """A digest of its instances' SOPInstanceUIDs, file sizes and modification times."""
+        stamps = sorted(f"{i.sop_uid}:{i.stamp[0]}:{i.stamp[1]}" for i in self.instances)
+        return hashlib.sha256("\n".join(stamps).encode()).hexdigest()[:16]
+
 
 @dataclass
 class DicomIndex:
@@ -106,7 +136,8 @@ class DicomIndex:
     multiframe: int = 0  # enhanced multi-frame image files, which this importer does not convert
 
     def patients(self) -> list[str]:
-        ids = {s.patient_id for s in self.series.values()}
+        """PatientIDs with image series or structure sets (one with only a structure set must be reported)."""
+        ids = {s.patient_id for s in self.series.values()} | {s.patient_id for s in self.structures}
         return sorted(ids)
 
 
@@ -148,11 +179,12 @@ def _index_dataset(index: DicomIndex, path: Path, ds: pydicom.Dataset) -> None:
         return
     if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds or "PixelSpacing" not in ds:
         return
+    stat = path.stat()
     instance = Instance(path=path, sop_uid=str(getattr(ds, "SOPInstanceUID", "")),
                         position=np.asarray([float(v) for v in ds.ImagePositionPatient][:3]),
                         orientation=np.asarray([float(v) for v in ds.ImageOrientationPatient][:6]),
                         pixel_spacing=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
-                        rows=int(ds.Rows), columns=int(ds.Columns))
+                        rows=int(ds.Rows), columns=int(ds.Columns), stamp=(stat.st_size, stat.st_mtime_ns))
     if instance.position.shape != (3,) or instance.orientation.shape != (6,):
         raise ValueError("ImagePositionPatient/ImageOrientationPatient have too few values")
     uid = str(getattr(ds, "SeriesInstanceUID", ""))
@@ -190,7 +222,7 @@ def series_geometry(series: Series) -> tuple[list[Instance], Geometry]:
             steps (missing slices) or a sheared stack (gantry tilt).
     """
     where = series.instances[0].path.parent
-    label = f"series '{series.description or series.uid}' ({series.modality})"
+    label = series.title
     first = series.instances[0]
     for inst in series.instances:
         if not np.allclose(inst.orientation, first.orientation, atol=ORIENTATION_TOL):
@@ -322,24 +354,50 @@ def series_to_image(series: Series, *, suv: bool = True) -> tuple[sitk.Image, di
 
 
 # ---------------------------------------------------------------------- one patient
-def _referenced_series(structure: StructureSet, candidates: list[Series]) -> Series | None:
+REFERENCED_SERIES = "referenced series"
+REFERENCED_IMAGES = "referenced images"
+FRAME_OF_REFERENCE = "frame_of_reference"  # the fallback, as recorded in the manifest
+
+
+def _roi_name_modality(roi_name: str) -> str | None:
+    """The modality an ROI name names as a word (``GTV_PET`` -> PT), or None."""
+    words = set(re.split(r"[^A-Z0-9]+", roi_name.upper()))
+    for modality, names in (("CT", {"CT"}), ("PT", {"PET", "PT"}), ("MR", {"MR", "MRI"})):
+        if words & names:
+            return modality
+    return None
+
+
+def _contoured_series(structure: StructureSet, candidates: list[Series], roi_name: str,
+                      malformed: Mapping[str, UserInputError]) -> tuple[Series, str] | None:
+    """The series the structure set was drawn on, and how it was found; None when none fits.
+
+    The series it names (RTReferencedSeriesSequence), else the one holding images its contours name.
+    Without either in the folder, a series of its frame of reference is the fallback, chosen by
+    :data:`FALLBACK_RULE` so that the choice never depends on the order files were found in.
+    """
     by_uid = {s.uid: s for s in candidates}
     for uid in structure.referenced_series_uids:
         if uid in by_uid:
-            return by_uid[uid]
+            return by_uid[uid], REFERENCED_SERIES
     for series in candidates:
         if structure.referenced_sop_uids & series.sop_uids:
-            return series
+            return series, REFERENCED_IMAGES
     same_frame = [s for s in candidates if s.frame_of_reference in structure.frame_of_reference_uids]
-    return max(same_frame, key=lambda s: len(s.instances)) if same_frame else None
+    if not same_frame:
+        return None
+    hinted = next(iter(structure.referenced_modalities)) if len(structure.referenced_modalities) == 1 \
+        else _roi_name_modality(roi_name)
+    chosen = min(same_frame, key=lambda s: (s.uid in malformed, s.modality != hinted, -len(s.instances), s.uid))
+    return chosen, FRAME_OF_REFERENCE
 
 
-def _geometry_problem(series: Series) -> str | None:
+def _geometry_problem(series: Series) -> UserInputError | None:
     """Why the series cannot become one volume (mixed orientations, repeated positions, gaps...), or None."""
     try:
         series_geometry(series)
     except UserInputError as exc:
-        return exc.detail
+        return exc
     return None
 
 
@@ -357,49 +415,128 @@ class _Patient:
     series: list[Series]
     structures: list[StructureSet]
 
+    def error(self, cause: UserInputError, context: str = "", fix: str | None = None) -> UserInputError:
+        """``cause`` restated for this patient (its PatientID first, then ``context``)."""
+        return UserInputError(f"patient {self.patient_id}: {context}{cause.detail}", path=cause.path,
+                              fix=fix or cause.fix)
 
-def _import_patient(patient: _Patient, *, out_dir: Path, roi_name: str, channel_map: Mapping[str, str],
-                    suv: bool) -> Case:
-    usable = [s for s in patient.series if not s.is_localizer and len(s.instances) >= 2]
-    malformed = {s.uid: problem for s in usable if (problem := _geometry_problem(s)) is not None}
+
+@dataclass
+class _Contoured:
+    """The structure set chosen for a patient, the series it is drawn on, and how that series was found."""
+
+    structure: StructureSet
+    series: Series
+    match: str
+
+
+def _map_channels(patient: _Patient, usable: list[Series], malformed: Mapping[str, UserInputError],
+                  channel_map: Mapping[str, str]) -> dict[str, list[Series]]:
+    """Convertible series by channel. Raises when none maps, leading with why matching series were unusable."""
     mapped: dict[str, list[Series]] = {}
-    skipped: list[str] = []
+    skipped: list[UserInputError] = []
     for series in usable:
         channel = match_channel(series, channel_map)
         if channel is not None and series.uid in malformed:
             skipped.append(malformed[series.uid])
         elif channel is not None:
             mapped.setdefault(channel, []).append(series)
+    if not mapped and skipped:
+        causes = " ".join(problem.detail for problem in skipped)
+        raise UserInputError(f"patient {patient.patient_id}: {causes} No other series of the patient matches the "
+                             f"channel map {dict(channel_map)}.", path=skipped[0].path, fix=skipped[0].fix)
     if not mapped:
         found = ", ".join(sorted({f"{s.modality} '{s.description}'" for s in patient.series})) or "none"
-        reasons = f" Unusable: {' '.join(skipped)}" if skipped else ""
         raise UserInputError(f"patient {patient.patient_id}: no usable series matches the channel map "
-                             f"{dict(channel_map)} (series: {found}).{reasons}",
-                             fix="adjust the channel map, or repair the series named.")
+                             f"{dict(channel_map)} (series: {found}).", fix="adjust the channel map.")
     if skipped:
-        log.warning("patient %s: series skipped: %s", patient.patient_id, " ".join(skipped))
+        log.warning("patient %s: series skipped: %s", patient.patient_id, " ".join(p.detail for p in skipped))
+    return mapped
 
-    labelled: Series | None = None
-    structure: StructureSet | None = None
-    if patient.structures:
-        with_roi = [s for s in patient.structures if s.has_roi(roi_name)]
-        if not with_roi:
-            names = sorted({n for s in patient.structures for n in s.rois.values()})
-            raise UserInputError(f"patient {patient.patient_id}: no ROI named '{roi_name}' in its RTSTRUCT "
-                                 f"(available: {', '.join(names) or 'none'}).", path=patient.structures[0].path,
-                                 fix="pass the ROI name to use with --roi.")
-        channel_order = {s.uid: i for i, ch in enumerate(channel_map) for s in mapped.get(ch, [])}
-        options = [(st, _referenced_series(st, usable)) for st in with_roi]
-        options = [(st, se) for st, se in options if se is not None]
-        if not options:
-            raise UserInputError(f"patient {patient.patient_id}: the RTSTRUCT refers to a series that is not in "
-                                 "the folder.", path=with_roi[0].path,
-                                 fix="export the contoured image series together with the RTSTRUCT.")
-        structure, labelled = min(options, key=lambda o: channel_order.get(o[1].uid, len(channel_map)))
-        if labelled.uid in malformed:
-            raise UserInputError(f"patient {patient.patient_id}: the contoured series cannot be converted: "
-                                 f"{malformed[labelled.uid]}", path=labelled.instances[0].path.parent,
-                                 fix="repair or re-export the contoured series.")
+
+def _choose_structure(patient: _Patient, usable: list[Series], malformed: Mapping[str, UserInputError],
+                      mapped: Mapping[str, list[Series]], channel_map: Mapping[str, str],
+                      roi_name: str) -> _Contoured | None:
+    """The structure set holding ``roi_name`` and the series it is drawn on (None without structure sets)."""
+    if not patient.structures:
+        return None
+    with_roi: list[StructureSet] = []
+    exact: list[StructureSet] = []
+    for structure in patient.structures:
+        try:
+            match = structure.match_roi(roi_name)
+        except UserInputError as exc:
+            raise patient.error(exc) from None
+        if match is not None:
+            with_roi.append(structure)
+            if match[1].strip() == roi_name.strip():
+                exact.append(structure)
+    if not with_roi:
+        names = sorted({n for s in patient.structures for n in s.rois.values()})
+        raise UserInputError(f"patient {patient.patient_id}: no ROI named '{roi_name}' in its RTSTRUCT "
+                             f"(available: {', '.join(names) or 'none'}).", path=patient.structures[0].path,
+                             fix="pass the ROI name to use with --roi.")
+    channel_order = {s.uid: i for i, ch in enumerate(channel_map) for s in mapped.get(ch, [])}
+    options: list[_Contoured] = []
+    for candidates in (exact, with_roi):  # structure sets naming the ROI exactly first
+        for structure in candidates:
+            found = _contoured_series(structure, usable, roi_name, malformed)
+            if found is not None:
+                options.append(_Contoured(structure, *found))
+        if options:
+            break
+    if not options:
+        wanted = with_roi[0]
+        refs = ", ".join(wanted.referenced_series_uids) or "none named"
+        raise UserInputError(f"patient {patient.patient_id}: the images the RTSTRUCT was drawn on are not in the "
+                             f"folder (referenced series: {refs}; no series of its frame of reference either).",
+                             path=wanted.path, fix="export the contoured image series together with the RTSTRUCT.")
+    chosen = min(options, key=lambda o: channel_order.get(o.series.uid, len(channel_map)))
+    if chosen.series.uid in malformed:
+        raise patient.error(malformed[chosen.series.uid], "the contoured series cannot be converted: ",
+                            fix="repair or re-export the contoured series.")
+    if chosen.match == FRAME_OF_REFERENCE:
+        log.warning("patient %s: the series the RTSTRUCT references is not in the folder; drawing '%s' on %s "
+                    "(%d slices, same frame of reference), chosen by the rule: %s", patient.patient_id, roi_name,
+                    chosen.series.title, len(chosen.series.instances), FALLBACK_RULE)
+    return chosen
+
+
+def _rasterise(patient: _Patient, contoured: _Contoured, roi_name: str, reference_image: sitk.Image,
+               allow_partial: bool) -> tuple[sitk.Image, dict[str, str]]:
+    """The patient's mask on ``reference_image`` and the manifest columns that say how it was made."""
+    fallback = contoured.match == FRAME_OF_REFERENCE
+    try:
+        roi = rasterise_structure(contoured.structure.path, roi_name, reference_image, allow_partial=allow_partial,
+                                  contiguous=fallback)
+    except UserInputError as exc:
+        if not fallback:
+            raise patient.error(exc) from None
+        refs = ", ".join(contoured.structure.referenced_series_uids) or "not named"
+        raise patient.error(exc, f"the series the RTSTRUCT references ({refs}) is not in the folder, and "
+                            f"{contoured.series.title} of the same frame of reference does not fit its contours: ",
+                            fix="export the series the contours were drawn on together with the RTSTRUCT.") from None
+    notes = {"label_roi": roi.roi_name, "label_series": contoured.series.uid}
+    if fallback:
+        notes["label_series_fallback"] = FRAME_OF_REFERENCE
+    if roi.dropped:
+        notes["label_contours_dropped"] = str(roi.dropped)
+    if roi.clipped:
+        notes["label_contours_clipped"] = str(roi.clipped)
+    return roi.image, notes
+
+
+def _import_patient(patient: _Patient, *, out_dir: Path, roi_name: str, channel_map: Mapping[str, str],
+                    suv: bool, allow_partial: bool = False) -> Case:
+    if not patient.series:
+        paths = ", ".join(str(s.path) for s in patient.structures)
+        raise UserInputError(f"patient {patient.patient_id}: has a structure set ({paths}) but no image series in "
+                             "the folder.", fix="export the contoured image series together with the RTSTRUCT.")
+    usable = [s for s in patient.series if not s.is_localizer and len(s.instances) >= 2]
+    malformed = {s.uid: problem for s in usable if (problem := _geometry_problem(s)) is not None}
+    mapped = _map_channels(patient, usable, malformed, channel_map)
+    contoured = _choose_structure(patient, usable, malformed, mapped, channel_map, roi_name)
+    labelled = contoured.series if contoured is not None else None
 
     chosen: dict[str, Series] = {}
     for channel in channel_map:
@@ -436,14 +573,16 @@ def _import_patient(patient: _Patient, *, out_dir: Path, roi_name: str, channel_
                     "resampled by scanner coordinates without registration", patient.patient_id, unregistered)
 
     # rasterise before writing anything, so that a failing case leaves no files behind
-    mask = rasterise_roi(structure.path, roi_name, reference_image) if structure is not None else None
+    mask = None
+    if contoured is not None:
+        mask, notes = _rasterise(patient, contoured, roi_name, reference_image, allow_partial)
+        extra.update(notes)
     paths = {}
     for channel, image in images.items():
         paths[channel] = write_image(image, out_dir / "images" / f"{patient.case_id}_{channel}.nii.gz").resolve()
     label_path = None
     if mask is not None:
         label_path = write_image(mask, out_dir / "labels" / f"{patient.case_id}.nii.gz").resolve()
-        extra["label_roi"] = roi_name
     return Case(case_id=patient.case_id, images=paths, label=label_path, extra=extra)
 
 
@@ -463,27 +602,58 @@ def _patients(index: DicomIndex) -> list[_Patient]:
     return patients
 
 
+@dataclass
+class DicomImport:
+    """What :func:`import_dicom_cohort` produced: the manifest and each patient's outcome.
+
+    ``outcome`` holds the cases converted now, the patients kept from an earlier run (``skipped``) and
+    the failures (patient case id -> reason, as in ``import_failures.json``); its ``exit_code`` is the
+    command's exit status (1 when any patient failed).
+    """
+
+    manifest: Manifest
+    outcome: CohortResult[Case]
+
+
 def import_dicom(dicom_dir: str | Path, out_dir: str | Path, roi_name: str = "GTV_Mass",
                  channel_map: Mapping[str, str] | None = None, *, suv: bool = True,
                  out_manifest: str | Path | None = None, overwrite: bool = False,
-                 show_progress: bool = True) -> Manifest:
+                 allow_partial_masks: bool = False, show_progress: bool = True) -> Manifest:
     """Convert a DICOM folder (image series + RTSTRUCT) into NIfTI files and a manifest.
+
+    The manifest of :func:`import_dicom_cohort` (see there for the arguments); failed patients are
+    listed in ``{out_dir}/import_failures.json`` and left out.
+    """
+    return import_dicom_cohort(dicom_dir, out_dir, roi_name, channel_map, suv=suv, out_manifest=out_manifest,
+                               overwrite=overwrite, allow_partial_masks=allow_partial_masks,
+                               show_progress=show_progress).manifest
+
+
+def import_dicom_cohort(dicom_dir: str | Path, out_dir: str | Path, roi_name: str = "GTV_Mass",
+                        channel_map: Mapping[str, str] | None = None, *, suv: bool = True,
+                        out_manifest: str | Path | None = None, overwrite: bool = False,
+                        allow_partial_masks: bool = False, show_progress: bool = True) -> DicomImport:
+    """Convert a DICOM folder (image series + RTSTRUCT) into NIfTI files and a manifest, per patient.
 
     Args:
         dicom_dir: folder with the DICOM files of one or more patients (any layout).
         out_dir: where ``images/``, ``labels/`` and ``manifest.csv`` are written.
-        roi_name: the RTSTRUCT ROI to rasterise as the label (case-insensitive).
+        roi_name: the RTSTRUCT ROI to rasterise as the label: the ROI with exactly this name, else the
+            only one matching it when case is ignored (several such ROIs fail the patient).
         channel_map: channel name -> pattern (see the module docstring), e.g.
             ``{"T1": "T1", "T2FS": "STIR|T2.*FS", "PET": "PT", "CT": "CT"}``; default by Modality.
         suv: convert PET in Bq/ml to body-weight SUV when the dose tags are present.
         out_manifest: where to save the manifest (default ``{out_dir}/manifest.csv``).
         overwrite: convert every patient again, even those an earlier run converted with the same
             inputs and settings (by default those are kept, so an interrupted import resumes).
+        allow_partial_masks: keep patients whose contours reach beyond the image series (a truncated
+            export) with the part of the mask inside it, recorded in the manifest; by default they fail.
         show_progress: show a progress bar.
 
     Returns:
-        The manifest: one case per patient; channels are those of ``channel_map`` found in at least
-        one patient, in the map's order; label values ``background=0, tumour=1``.
+        The manifest (one case per patient; channels are those of ``channel_map`` found in at least
+        one patient, in the map's order; label values ``background=0, tumour=1``) and the outcome per
+        patient.
 
     Raises:
         UserInputError: no DICOM image series in the folder, or no patient could be imported (the
@@ -508,7 +678,8 @@ def import_dicom(dicom_dir: str | Path, out_dir: str | Path, roi_name: str = "GT
                              path=root, fix="point at the folder with the exported DICOM studies (convert "
                              "multi-frame objects to single-frame files first).")
 
-    settings = {"roi_name": roi_name, "channel_map": channel_map, "suv": suv}
+    settings = {"roi_name": roi_name, "channel_map": channel_map, "suv": suv,
+                "allow_partial_masks": allow_partial_masks}
     patients = _patients(index)
     kept: dict[str, Case] = {}
     if not overwrite:
@@ -518,7 +689,12 @@ def import_dicom(dicom_dir: str | Path, out_dir: str | Path, roi_name: str = "GT
                 kept[patient.case_id] = case
 
     def convert(patient: _Patient) -> Case:
-        case = _import_patient(patient, out_dir=out, roi_name=roi_name, channel_map=channel_map, suv=suv)
+        try:
+            case = _import_patient(patient, out_dir=out, roi_name=roi_name, channel_map=channel_map, suv=suv,
+                                   allow_partial=allow_partial_masks)
+        except Exception:
+            _discard_earlier_outputs(out, patient)  # no stale mask of a patient that now fails stays behind
+            raise
         _save_record(out, patient, settings, case)
         return case
 
@@ -538,19 +714,40 @@ def import_dicom(dicom_dir: str | Path, out_dir: str | Path, roi_name: str = "GT
     channels = [ch for ch in channel_map if any(ch in c.images for c in cases)]
     manifest = Manifest(channels=channels, cases=cases, labels=dict(DEFAULT_LABELS))
     manifest.source = manifest.save(out_manifest if out_manifest is not None else out / MANIFEST_NAME)
-    return manifest
+    return DicomImport(manifest=manifest, outcome=result)
 
 
 # ---------------------------------------------------------------------- resuming
 def _inputs_key(patient: _Patient, settings: dict) -> dict:
-    """What a converted case depends on: the import settings and the patient's series and structure sets."""
-    return {**settings,
-            "series": sorted(f"{s.uid}:{len(s.instances)}" for s in patient.series),
-            "structures": sorted(str(st.path.resolve()) for st in patient.structures)}
+    """What a converted case depends on: the import settings and the content of its series and structure sets.
+
+    Content, not only names: a structure set corrected and saved under the same file name, or an image
+    file replaced in place, changes the key and so converts the patient again.
+    """
+    return {**settings, "format": RECORD_FORMAT,
+            "series": sorted(f"{s.uid}:{len(s.instances)}:{s.content_stamp()}" for s in patient.series),
+            "structures": sorted(f"{st.path.resolve()}:{st.sop_uid}:{st.digest}" for st in patient.structures)}
 
 
 def _record_path(out_dir: Path, patient: _Patient) -> Path:
     return out_dir / RECORDS_DIR / f"{patient.case_id}.json"
+
+
+def _discard_earlier_outputs(out_dir: Path, patient: _Patient) -> None:
+    """Delete the files and the record an earlier run wrote for ``patient`` (only those its record lists)."""
+    path = _record_path(out_dir, patient)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    base = out_dir.resolve()
+    written = [*dict(record.get("images") or {}).values(), record.get("label")]
+    for relative in written:
+        target = (base / str(relative)).resolve() if relative else None
+        if target is not None and target.is_relative_to(base):
+            target.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+    log.warning("patient %s: files from an earlier import removed, as the patient now fails", patient.patient_id)
 
 
 def _save_record(out_dir: Path, patient: _Patient, settings: dict, case: Case) -> None:

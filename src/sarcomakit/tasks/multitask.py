@@ -13,12 +13,13 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from sarcomakit.data.manifest import GRADES, Manifest
 from sarcomakit.errors import UserInputError
@@ -26,10 +27,20 @@ from sarcomakit.evaluation.classification import macro_ovr_auc
 from sarcomakit.evaluation.metrics import segmentation_metrics
 from sarcomakit.evaluation.survival import harrell_c_index
 from sarcomakit.inference.case_level import predict_case_outputs
-from sarcomakit.io.atomic import write_json, write_text
+from sarcomakit.io.atomic import write_text
 from sarcomakit.models.multitask import build_multitask_network
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
+from sarcomakit.tasks.base import (
+    CaseOutput,
+    LossOutput,
+    Objective,
+    Task,
+    TaskRequirements,
+    case_tensor,
+    channel_availability,
+)
+from sarcomakit.tasks.segmentation import patch_dataset
 from sarcomakit.training.config import TrainConfig
 from sarcomakit.training.multitask_losses import (
     CoxRiskMemory,
@@ -38,19 +49,13 @@ from sarcomakit.training.multitask_losses import (
     UncertaintyWeighting,
     balanced_class_weights,
 )
-from sarcomakit.training.patches import CaseVolume, PatchDataset
-from sarcomakit.training.tasks import Task, case_tensor, register_task
 
 log = logging.getLogger(__name__)
 ALL_TASKS = ("segmentation", "grade", "survival")
 OOF_COLUMNS = ("case_id", "method", "fold", "grade_true", "p_low", "p_intermediate", "p_high", "grade_pred", "time",
                "event", "log_risk", "risk_group", "dice", "hd95", "train_risk_cutoff")
-
-
-def channel_availability(case: PreprocessedCase, channels: Sequence[str]) -> np.ndarray:
-    """1 for each plan channel present in the case, 0 for one that was missing and zero-filled."""
-    missing = set(case.properties.get("missing_channels", []))
-    return np.array([0.0 if ch in missing else 1.0 for ch in channels], dtype=np.float32)
+#: what prediction writes per case (``clinical_predictions.csv``)
+CLINICAL_COLUMNS = ("case_id", "p_low", "p_intermediate", "p_high", "grade_pred", "log_risk", "risk_group")
 
 
 class ClinicalTargets:
@@ -73,8 +78,8 @@ class ClinicalTargets:
 class MultiTaskPatchDataset(torch.utils.data.Dataset):
     """Segmentation patches with their case's clinical targets, availability flags and modality dropout."""
 
-    def __init__(self, patches: PatchDataset, cases: Sequence[PreprocessedCase], targets: ClinicalTargets,
-                 channels: Sequence[str], modality_dropout: float) -> None:
+    def __init__(self, patches: torch.utils.data.Dataset, cases: Sequence[PreprocessedCase],
+                 targets: ClinicalTargets, channels: Sequence[str], modality_dropout: float) -> None:
         self.patches = patches
         self.case_ids = [c.case_id for c in cases]
         self.availability = [channel_availability(c, channels) for c in cases]
@@ -104,6 +109,37 @@ class MultiTaskPatchDataset(torch.utils.data.Dataset):
         return sample
 
 
+class MultiTaskObjective(Objective):
+    """The partial-label multi-task loss of the chosen tasks; its learnt weights are optimised with the network and
+    its Cox risk memory is part of its state (so a resumed run continues with it)."""
+
+    def __init__(self, tasks: Sequence[str], weighting: nn.Module, memory: CoxRiskMemory,
+                 grade_class_weights: torch.Tensor | None, ordinal: bool) -> None:
+        super().__init__()
+        self.tasks = tuple(tasks)
+        self.memory = memory
+        self.loss = MultiTaskLoss(weighting, grade_class_weights=grade_class_weights, ordinal=ordinal,
+                                  cox_memory=memory)
+
+    def forward(self, model: nn.Module, batch: Mapping[str, Any], device: torch.device) -> LossOutput:
+        outputs = model(batch["image"].to(device, non_blocking=True), batch["available"].to(device))
+        keep = {"segmentation": "segmentation", "grade": "grade", "survival": "log_risk"}
+        outputs = {keep[t]: outputs[keep[t]] for t in self.tasks}
+        targets = {"segmentation": batch["label"].to(device, non_blocking=True), "grade": batch["grade"].to(device),
+                   "survival_time": batch["survival_time"].to(device), "event": batch["event"].to(device),
+                   "case_ids": list(batch["case_id"])}
+        result = self.loss(outputs, targets)
+        logged = {f"loss_{name}": float(value.detach()) for name, value in result.losses.items()
+                  if name not in result.skipped}
+        return LossOutput(result.total, logged)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return self.memory.state_dict()
+
+    def set_extra_state(self, state: Any) -> None:
+        self.memory.load_state_dict(state)
+
+
 class MultiTaskTask(Task):
     """Segmentation + grade + survival (or a subset, for single-task ablations).
 
@@ -119,50 +155,54 @@ class MultiTaskTask(Task):
         method: the name of this model in out-of-fold tables.
     """
 
+    name = "multitask"
     score_name = "val_score"
+    requirements = TaskRequirements(needs_labels=True, allow_missing_channels=True, stratify_clinical=True)
+    case_columns = CLINICAL_COLUMNS
+    case_table = "clinical_predictions.csv"
 
     def __init__(self, manifest: Manifest | None = None, *, tasks: Sequence[str] = ALL_TASKS,
                  weighting: str = "fixed", weights: dict[str, float] | None = None, ordinal: bool = False,
                  mask_pooling: bool = True, modality_dropout: float = 0.2, cox_memory: int = 64,
                  method: str = "multitask") -> None:
         super().__init__(manifest)
+        if isinstance(tasks, str):
+            tasks = [t.strip() for t in tasks.split(",")]
         unknown = set(tasks) - set(ALL_TASKS)
         if unknown or not tasks:
             raise UserInputError(f"unknown task(s) {sorted(unknown) or 'none'}.",
                                  fix=f"choose among {', '.join(ALL_TASKS)}.")
+        if weighting not in ("fixed", "uncertainty"):
+            raise UserInputError(f"unknown loss weighting '{weighting}'.", fix="use fixed or uncertainty.")
         self.tasks = tuple(t for t in ALL_TASKS if t in tasks)
         self.targets = ClinicalTargets(manifest)
+        self.weighting_kind = weighting
+        self.weights = dict(weights or {})
         self.ordinal = ordinal
         self.mask_pooling = mask_pooling and "segmentation" in self.tasks
         self.modality_dropout = modality_dropout
+        self.cox_memory = cox_memory
         self.method = method
-        self.memory = CoxRiskMemory(size=cox_memory)
-        if weighting == "uncertainty":
-            self.weighting: torch.nn.Module = UncertaintyWeighting(list(self.tasks))
-        elif weighting == "fixed":
-            self.weighting = FixedWeighting({t: (weights or {}).get(t, 1.0) for t in self.tasks})
-        else:
-            raise UserInputError(f"unknown loss weighting '{weighting}'.", fix="use fixed or uncertainty.")
-        self.loss_fn: MultiTaskLoss | None = None
 
     # ---------------------------------------------------------------- building
-    def build_model(self, plan: Plan, config: TrainConfig) -> torch.nn.Module:
+    def build_model(self, plan: Plan, config: TrainConfig) -> nn.Module:
         return build_multitask_network(config.network, in_channels=len(plan.channels),
                                        out_channels=len(plan.labels), patch_size=config.patch_size or plan.patch_size,
                                        ordinal=self.ordinal, mask_pooling=self.mask_pooling,
                                        **config.network_options)
 
-    def dataset(self, cases, plan, config, length):
-        grades = [g for g in (self.targets.grade(c.case_id) for c in cases) if g >= 0]
-        class_weights = balanced_class_weights(grades) if grades else None
-        self.loss_fn = MultiTaskLoss(self.weighting, grade_class_weights=class_weights, ordinal=self.ordinal,
-                                     cox_memory=self.memory)
+    def training_data(self, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig,
+                      length: int) -> torch.utils.data.Dataset:
         self._warn_missing_labels(cases)
-        volumes = [CaseVolume(c, seed=config.seed + i) for i, c in enumerate(cases)]
-        patches = PatchDataset(volumes, config.patch_size or plan.patch_size, length,
-                               foreground_fraction=config.foreground_fraction, augmentation=config.augmentation,
-                               seed=config.seed)
-        return MultiTaskPatchDataset(patches, cases, self.targets, plan.channels, self.modality_dropout)
+        return MultiTaskPatchDataset(patch_dataset(cases, plan, config, length), cases, self.targets, plan.channels,
+                                     self.modality_dropout)
+
+    def objective(self, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig) -> Objective:
+        grades = [g for g in (self.targets.grade(c.case_id) for c in cases) if g >= 0]
+        weighting: nn.Module = UncertaintyWeighting(list(self.tasks)) if self.weighting_kind == "uncertainty" \
+            else FixedWeighting({t: self.weights.get(t, 1.0) for t in self.tasks})
+        return MultiTaskObjective(self.tasks, weighting, CoxRiskMemory(size=self.cox_memory),
+                                  balanced_class_weights(grades) if grades else None, self.ordinal)
 
     def _warn_missing_labels(self, cases: Sequence[PreprocessedCase]) -> None:
         ids = [c.case_id for c in cases]
@@ -173,66 +213,46 @@ class MultiTaskTask(Task):
             if not np.nansum(events):
                 log.warning("no training case has an observed event: the survival task is skipped")
 
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.weighting.parameters())
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"weighting": self.weighting.state_dict(), "memory": self.memory.state_dict()}
-
-    def load_state_dict(self, state):
-        if "weighting" in state:
-            self.weighting.load_state_dict(state["weighting"])
-            self.memory.load_state_dict(state["memory"])
-
-    # ---------------------------------------------------------------- training
-    def loss(self, model, batch, device):
-        assert self.loss_fn is not None, "build the dataset first"
-        self.loss_fn.train(model.training)
-        outputs = model(batch["image"].to(device, non_blocking=True), batch["available"].to(device))
-        keep = {"segmentation": "segmentation", "grade": "grade", "survival": "log_risk"}
-        outputs = {keep[t]: outputs[keep[t]] for t in self.tasks}
-        targets = {"segmentation": batch["label"].to(device, non_blocking=True), "grade": batch["grade"].to(device),
-                   "survival_time": batch["survival_time"].to(device), "event": batch["event"].to(device),
-                   "case_ids": list(batch["case_id"])}
-        result = self.loss_fn(outputs, targets)
-        logged = {f"loss_{name}": float(value.detach()) for name, value in result.losses.items()
-                  if name not in result.skipped}
-        return result.total, logged
-
     # ---------------------------------------------------------------- validation and outputs
-    def case_rows(self, model, cases, plan, config, device, fold: int | None = None,
+    def case_rows(self, model: nn.Module, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig,
+                  device: torch.device, fold: int | None = None,
                   risk_cutoff: float | None = None) -> list[dict[str, Any]]:
         """One out-of-fold row per case (columns :data:`OOF_COLUMNS`)."""
         rows = []
-        patch = config.patch_size or plan.patch_size
         for case in cases:
-            volume = case_tensor(case, device)
-            out = predict_case_outputs(model, volume, patch, available=torch.from_numpy(
-                channel_availability(case, plan.channels)), overlap=config.sw_overlap,
-                sw_batch_size=config.sw_batch_size, amp=config.amp)
+            out = self.infer(model, case, plan, config, device, overlap=config.sw_overlap)
             time, event = self.targets.survival(case.case_id)
             grade = self.targets.grade(case.case_id)
             row: dict[str, Any] = {"case_id": case.case_id, "method": self.method, "fold": fold,
                                    "grade_true": GRADES[grade] if grade >= 0 else None,
                                    "time": None if np.isnan(time) else time,
                                    "event": None if np.isnan(event) else int(event)}
-            if "grade" in self.tasks:
-                p = out.grade_probabilities
-                row.update({"p_low": float(p[0]), "p_intermediate": float(p[1]), "p_high": float(p[2]),
-                            "grade_pred": GRADES[int(np.argmax(p))]})
-            if "survival" in self.tasks:
-                row["log_risk"] = out.log_risk
-                if risk_cutoff is not None:
-                    row.update({"risk_group": "high" if out.log_risk > risk_cutoff else "low",
-                                "train_risk_cutoff": risk_cutoff})
+            row.update({k: v for k, v in self._clinical_values(out, risk_cutoff).items()})
+            if "risk_group" in row:
+                row["train_risk_cutoff"] = risk_cutoff
             if "segmentation" in self.tasks and case.label is not None:
+                assert out.probabilities is not None
                 metrics = segmentation_metrics(out.probabilities.argmax(0).cpu().numpy() > 0,
                                                np.asarray(case.label) > 0, plan.target_spacing)
                 row.update({"dice": metrics["dice"], "hd95": metrics["hd95"]})
             rows.append(row)
         return rows
 
-    def validate(self, model, cases, plan, config, device):
+    def _clinical_values(self, out: CaseOutput, risk_cutoff: float | None) -> dict[str, Any]:
+        """Grade probabilities, predicted grade, log-risk and (with a cut-off) risk group of the trained tasks."""
+        values: dict[str, Any] = {}
+        if "grade" in self.tasks:
+            p = np.asarray(out.values["grade_probabilities"], dtype=float)
+            values.update({"p_low": float(p[0]), "p_intermediate": float(p[1]), "p_high": float(p[2]),
+                           "grade_pred": GRADES[int(np.argmax(p))]})
+        if "survival" in self.tasks:
+            values["log_risk"] = float(out.values["log_risk"])
+            if risk_cutoff is not None:
+                values["risk_group"] = "high" if values["log_risk"] > risk_cutoff else "low"
+        return values
+
+    def validate(self, model: nn.Module, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig,
+                 device: torch.device) -> dict[str, float]:
         rows = self.case_rows(model, cases, plan, config, device)
         metrics = _summary_metrics(rows)
         parts = [metrics[k] for k in ("val_dice", "val_grade_auc", "val_c_index") if not np.isnan(metrics[k])]
@@ -241,17 +261,36 @@ class MultiTaskTask(Task):
         metrics["val_score"] = float(np.mean(parts)) if parts else float("nan")
         return metrics
 
-    def finish(self, model, train_cases, val_cases, plan, config, device, fold_dir):
+    def finish(self, model: nn.Module, train_cases: Sequence[PreprocessedCase],
+               val_cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig, device: torch.device,
+               fold: int, fold_dir: Path) -> dict[str, Any]:
         cutoff = None
         if "survival" in self.tasks and train_cases:
             train_rows = self.case_rows(model, train_cases, plan, config, device)
             cutoff = float(np.median([r["log_risk"] for r in train_rows]))
-        fold = int(fold_dir.name.split("_")[-1]) if fold_dir.name.split("_")[-1].isdigit() else None
-        write_json(fold_dir / "task_state.json", {"method": self.method, "tasks": list(self.tasks),
-                                                 "risk_cutoff": cutoff})
         if val_cases:
             rows = self.case_rows(model, val_cases, plan, config, device, fold=fold, risk_cutoff=cutoff)
             write_oof(rows, fold_dir / "oof_predictions.csv")
+        return {"method": self.method, "tasks": list(self.tasks), "risk_cutoff": cutoff}
+
+    def infer(self, model: nn.Module, case: PreprocessedCase, plan: Plan, config: TrainConfig,
+              device: torch.device, *, overlap: float, mirror_axes: Sequence[int] = ()) -> CaseOutput:
+        out = predict_case_outputs(model, case_tensor(case, device), config.patch_size or plan.patch_size,
+                                   available=torch.from_numpy(channel_availability(case, plan.channels)),
+                                   overlap=overlap, sw_batch_size=config.sw_batch_size, mirror_axes=mirror_axes,
+                                   amp=config.amp)
+        return CaseOutput(probabilities=out.probabilities,
+                          values={"grade_probabilities": out.grade_probabilities, "log_risk": out.log_risk})
+
+    def combine(self, outputs: Sequence[CaseOutput], fold_states: Sequence[Mapping[str, Any]]) -> CaseOutput:
+        combined = super().combine(outputs, fold_states)
+        # the ensemble's log-risk is the folds' mean, so its cut-off is the mean of theirs
+        cutoffs = [s["risk_cutoff"] for s in fold_states if s.get("risk_cutoff") is not None]
+        combined.values["risk_cutoff"] = float(np.mean(cutoffs)) if cutoffs else None
+        return combined
+
+    def case_row(self, case_id: str, output: CaseOutput) -> dict[str, Any]:
+        return {"case_id": case_id, **self._clinical_values(output, output.values.get("risk_cutoff"))}
 
 
 def _summary_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -280,5 +319,3 @@ def write_oof(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in OOF_COLUMNS})
     return write_text(path, buffer.getvalue())
 
-
-register_task("multitask", MultiTaskTask)

@@ -1,0 +1,1 @@
+"""Building blocks every other package uses: the generic registry and device selection."""

@@ -1,0 +1,36 @@
+"""Interactive segmentation: prompts, a simulated annotator, ROI growth, sessions, classical baselines, evaluation.
+
+The engine is independent of training: any object with the
+:class:`~sarcomakit.interactive.protocol.InteractiveModel` ``predict`` method plugs into
+:class:`~sarcomakit.interactive.session.InteractiveSession` and
+:func:`~sarcomakit.interactive.evaluate.evaluate_interactive`; the classical baselines in
+:mod:`sarcomakit.interactive.classical` are such models.
+"""
+
+from sarcomakit.interactive.classical import GeodesicModel, RandomWalkerModel
+from sarcomakit.interactive.evaluate import InteractiveCase, InteractiveEvaluation, evaluate_interactive
+from sarcomakit.interactive.prompts import Box, Click, Prompt, Scribble, encode_prompts, rasterize_prompts
+from sarcomakit.interactive.protocol import InteractiveModel
+from sarcomakit.interactive.robot import RobotConfig, RobotUser
+from sarcomakit.interactive.roi import Roi, grow_roi
+from sarcomakit.interactive.session import InteractiveSession
+
+__all__ = [
+    "Box",
+    "Click",
+    "GeodesicModel",
+    "InteractiveCase",
+    "InteractiveEvaluation",
+    "InteractiveModel",
+    "InteractiveSession",
+    "Prompt",
+    "RandomWalkerModel",
+    "RobotConfig",
+    "RobotUser",
+    "Roi",
+    "Scribble",
+    "encode_prompts",
+    "evaluate_interactive",
+    "grow_roi",
+    "rasterize_prompts",
+]
