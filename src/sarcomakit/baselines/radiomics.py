@@ -49,7 +49,7 @@ from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.classification import encode_grades
 from sarcomakit.io.atomic import atomic_path, write_json
 from sarcomakit.io.image import read_image
-from sarcomakit.training.multitask_losses import cox_neg_partial_log_likelihood
+from sarcomakit.losses.cox import cox_neg_partial_log_likelihood
 
 FEATURE_CLASSES: tuple[str, ...] = ("shape", "firstorder", "glcm", "glrlm", "glszm")
 INSTALL_HINT = "pip install numpy setuptools wheel && pip install --no-build-isolation pyradiomics==3.0.1"

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from sarcomakit.inference.sliding_window import predict_volume
-from sarcomakit.training.multitask_losses import grade_probabilities
+from sarcomakit.losses.grade import grade_probabilities
 
 
 class SegmentationOutput(nn.Module):

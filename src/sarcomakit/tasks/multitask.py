@@ -1,7 +1,7 @@
 """The multi-task task: segmentation, histological grade and survival from the same scans.
 
 Each training patch carries its case's labels; a case lacking a label for a task contributes
-only to the tasks it has (see :mod:`sarcomakit.training.multitask_losses`). The Cox loss of a
+only to the tasks it has (see :mod:`sarcomakit.losses.multitask`). The Cox loss of a
 batch of one or two cases is computed against a memory of recent cases' risks. Modality dropout
 zero-fills one present channel of a patch with probability ``modality_dropout`` and clears its
 availability flag, so that the model copes with a missing modality at test time. Single-task
@@ -28,6 +28,10 @@ from sarcomakit.evaluation.metrics import segmentation_metrics
 from sarcomakit.evaluation.survival import harrell_c_index
 from sarcomakit.inference.case_level import predict_case_outputs
 from sarcomakit.io.atomic import write_text
+from sarcomakit.losses.cox import CoxRiskMemory
+from sarcomakit.losses.grade import balanced_class_weights
+from sarcomakit.losses.multitask import MultiTaskLoss
+from sarcomakit.losses.weighting import FixedWeighting, UncertaintyWeighting
 from sarcomakit.models.multitask import build_multitask_network
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
@@ -42,13 +46,6 @@ from sarcomakit.tasks.base import (
 )
 from sarcomakit.tasks.segmentation import patch_dataset
 from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.multitask_losses import (
-    CoxRiskMemory,
-    FixedWeighting,
-    MultiTaskLoss,
-    UncertaintyWeighting,
-    balanced_class_weights,
-)
 
 log = logging.getLogger(__name__)
 ALL_TASKS = ("segmentation", "grade", "survival")

@@ -11,18 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from sarcomakit.evaluation.survival import harrell_c_index
-from sarcomakit.training.multitask_losses import (
-    CoxRiskMemory,
-    FixedWeighting,
-    MultiTaskLoss,
-    UncertaintyWeighting,
-    balanced_class_weights,
-    cox_neg_partial_log_likelihood,
-    cox_ph_loss,
-    grade_loss,
-    grade_probabilities,
-    masked_task_losses,
-)
+from sarcomakit.losses.cox import CoxRiskMemory, cox_neg_partial_log_likelihood, cox_ph_loss
+from sarcomakit.losses.grade import balanced_class_weights, grade_loss, grade_probabilities
+from sarcomakit.losses.multitask import MultiTaskLoss, masked_task_losses
+from sarcomakit.losses.weighting import FixedWeighting, UncertaintyWeighting
 
 torch.set_num_threads(1)
 # reading a loss value with float() while it still carries a graph is intended throughout
