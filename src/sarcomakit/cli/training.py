@@ -39,6 +39,8 @@ def train_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     workers: int = typer.Option(None, "--workers", help="Data-loading processes (default: cores - 1, max 4)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from each fold's last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Remove an earlier run in --out (folds, splits, "
+                                                              "cache) and start fresh."),
     preprocessed: Path = typer.Option(None, "--preprocessed", help="Cache folder of preprocessed cases."),
     config_file: Path = typer.Option(None, "--config", help="TrainConfig JSON; options given here override it."),
 ) -> None:
@@ -62,7 +64,8 @@ def train_command(
                           seed=seed, device=device, num_workers=workers, n_folds=folds)
     console = Console(stderr=True)
     results = train(Manifest.load(manifest), Plan.load(plan), run_dir, folds=_folds(fold, config.n_folds),
-                    config=config, resume=resume, preprocessed_dir=preprocessed, console=console)
+                    config=config, resume=resume, preprocessed_dir=preprocessed, console=console,
+                    overwrite=overwrite)
     for k, result in results.items():
         console.print(f"fold {k}: best {result.score_name} {result.best_score:.3f} at epoch {result.best_epoch}; "
                       f"checkpoints in {result.fold_dir}")

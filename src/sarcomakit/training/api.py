@@ -24,7 +24,8 @@ def load_preprocessed(folder: Path, case_ids: Sequence[str]) -> list[Preprocesse
 
 def train(manifest: Manifest, plan: Plan, run_dir: str | Path, *, folds: Sequence[int] = (0,),
           config: TrainConfig | None = None, resume: bool = False, preprocessed_dir: str | Path | None = None,
-          time_limit_s: float | None = None, console: Console | None = None) -> dict[int, FoldResult]:
+          time_limit_s: float | None = None, console: Console | None = None,
+          overwrite: bool = False) -> dict[int, FoldResult]:
     """Preprocess (cached, resumable) and train the given folds of a run.
 
     Args:
@@ -35,6 +36,8 @@ def train(manifest: Manifest, plan: Plan, run_dir: str | Path, *, folds: Sequenc
         config: training options; defaults to :class:`TrainConfig` ().
         resume: continue folds that have a last checkpoint.
         preprocessed_dir: where preprocessed arrays are cached (default ``run_dir/preprocessed``).
+        overwrite: remove an earlier run in ``run_dir`` (folds, splits, cache) and start fresh; without it,
+            a folder built from other inputs is refused (see :mod:`sarcomakit.training.run`).
 
     Returns:
         The result of each trained fold.
@@ -46,7 +49,7 @@ def train(manifest: Manifest, plan: Plan, run_dir: str | Path, *, folds: Sequenc
         raise UserInputError("fewer than two cases have a label; nothing to train on.", path=manifest.source,
                              fix="add label paths to the manifest.")
     manifest = manifest.subset(labelled)
-    run = RunFolder.prepare(run_dir, manifest, plan, config)
+    run = RunFolder.prepare(run_dir, manifest, plan, config, overwrite=overwrite)
     cache = Path(preprocessed_dir) if preprocessed_dir else run.root / "preprocessed"
     # the multi-task model copes with a missing modality (zero-filled, flagged); segmentation needs them all
     outcome = preprocess_cohort(manifest, plan, cache, allow_missing_channels=config.task == "multitask")
