@@ -45,7 +45,7 @@ from sarcomakit.inference.predictor import predict
 from sarcomakit.io.atomic import write_json, write_text
 from sarcomakit.io.image import read_image
 from sarcomakit.planning.plan import Plan, plan_cohort
-from sarcomakit.provenance import describe_id_change, describe_value_change, file_identity
+from sarcomakit.provenance import describe_value_change, examples, file_identity
 from sarcomakit.reporting.multitask_report import write_multitask_report
 from sarcomakit.training.api import train
 from sarcomakit.training.config import TrainConfig
@@ -58,7 +58,8 @@ HEADLINE = {"dice_mean": "Dice", "auc_macro_ovr": "grade AUC (macro one-vs-rest)
             "auc_high_vs_rest": "grade AUC (high vs rest)", "c_index_harrell": "C-index (Harrell)"}
 PROVENANCE = "provenance.json"
 PROVENANCE_FORMAT = "sarcomakit-demo-provenance"
-DEMO_CONTENT = ("plan.json", "train_manifest.csv", "run", "heldout", "report.html", "demo_summary.json")
+DEMO_CONTENT = ("plan.json", "fingerprint.json", "train_manifest.csv", "run", "heldout", "report.html",
+                "demo_summary.json")
 """What the demo builds from its cohort; :func:`claim_demo_folder` removes it with ``overwrite``."""
 PREDICTED_WITH = "predicted_with.json"
 FIX = "use a new --out folder, or --overwrite to start fresh."
@@ -129,8 +130,9 @@ def describe_demo_changes(recorded: dict[str, object], inputs: dict[str, object]
     """One phrase saying how the recorded demo arguments and cases differ from ``inputs`` (None: same)."""
     arguments = ("cases", "seed", "test_fraction")
     changes = [describe_value_change({k: recorded.get(k) for k in arguments}, {k: inputs[k] for k in arguments})]
-    for key, noun in (("held_out_ids", "held-out cases"), ("train_ids", "training cases")):
-        changes.append(describe_id_change(recorded.get(key, []), inputs[key], noun))  # type: ignore[arg-type]
+    trained = set(recorded.get("train_ids", []))  # type: ignore[arg-type]
+    if leaked := [cid for cid in inputs["held_out_ids"] if cid in trained]:  # type: ignore[attr-defined]
+        changes.append(f"{len(leaked)} of the held-out cases were training cases ({examples(leaked)})")
     text = "; ".join(c for c in changes if c)
     return text or None
 
