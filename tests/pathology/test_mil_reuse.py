@@ -136,3 +136,14 @@ def test_heatmaps_are_redone_when_their_fold_model_changes(tmp_path: Path) -> No
     cross_validate(_with_folds(csv, [1 - f for f in by_slide]), work / FEATURES, run, CONFIG, n_boot=20)
     redone = heatmap_cohort(manifest, work, run, top_k=2, show_progress=False)
     assert sorted(redone.results) == manifest.ids and not redone.failures
+
+
+def test_wsi_demo_refuses_a_folder_made_with_other_options(tmp_path: Path) -> None:
+    from sarcomakit.pathology import pipeline
+
+    pipeline._claim_demo_folder(tmp_path, pipeline.DemoOptions(), overwrite=False)
+    pipeline._claim_demo_folder(tmp_path, pipeline.DemoOptions(workers=4), overwrite=False)  # loaders may change
+    with pytest.raises(UserInputError, match=r"holds a demo made with other options \(folds: 3 then, 5 now\)"):
+        pipeline.run_demo(tmp_path, pipeline.DemoOptions(folds=5))
+    assert not (tmp_path / "data").exists()
+    pipeline._claim_demo_folder(tmp_path, pipeline.DemoOptions(folds=5), overwrite=True)
