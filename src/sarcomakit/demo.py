@@ -26,6 +26,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -86,7 +87,7 @@ def split_held_out(manifest: Manifest, test_fraction: float) -> tuple[Manifest, 
     return manifest.subset(ids[:-n_test]), manifest.subset(ids[-n_test:])
 
 
-def demo_inputs(cases: int, seed: int, test_fraction: float) -> dict[str, object]:
+def demo_inputs(cases: int, seed: int, test_fraction: float) -> dict[str, Any]:
     """The provenance record of a demo folder: its arguments and the training and held-out case ids."""
     ids = [case_id_of(i) for i in range(cases)]
     n_test = held_out_count(cases, test_fraction)
@@ -94,14 +95,14 @@ def demo_inputs(cases: int, seed: int, test_fraction: float) -> dict[str, object
             "train_ids": ids[:-n_test], "held_out_ids": ids[-n_test:]}
 
 
-def claim_demo_folder(out: Path, inputs: dict[str, object], overwrite: bool = False) -> None:
+def claim_demo_folder(out: Path, inputs: dict[str, Any], overwrite: bool = False) -> None:
     """Make ``out`` the demo folder of ``inputs``: check what it holds, or clear it with ``overwrite``.
 
     Raises:
         UserInputError: the folder holds demo results of other inputs, or results that record none.
     """
     record_path = out / PROVENANCE
-    recorded: dict[str, object] | None = None
+    recorded: dict[str, Any] | None = None
     if record_path.exists():
         try:
             recorded = json.loads(record_path.read_text(encoding="utf-8"))
@@ -117,8 +118,8 @@ def claim_demo_folder(out: Path, inputs: dict[str, object], overwrite: bool = Fa
                                  path=out, fix=FIX)
         if recorded is not None and (changes := describe_demo_changes(recorded, inputs)):
             raise UserInputError(f"holds a demo built from other inputs ({changes}).", path=out, fix=FIX)
-    else:
-        for path in (out / name for name in DEMO_CONTENT):  # the record last: an interrupted clear still refuses
+    else:  # the record is replaced last: an interrupted clear still refuses other inputs on the next run
+        for path in (out / name for name in DEMO_CONTENT):
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
@@ -126,12 +127,12 @@ def claim_demo_folder(out: Path, inputs: dict[str, object], overwrite: bool = Fa
     write_json(record_path, inputs)
 
 
-def describe_demo_changes(recorded: dict[str, object], inputs: dict[str, object]) -> str | None:
+def describe_demo_changes(recorded: dict[str, Any], inputs: dict[str, Any]) -> str | None:
     """One phrase saying how the recorded demo arguments and cases differ from ``inputs`` (None: same)."""
     arguments = ("cases", "seed", "test_fraction")
     changes = [describe_value_change({k: recorded.get(k) for k in arguments}, {k: inputs[k] for k in arguments})]
-    trained = set(recorded.get("train_ids", []))  # type: ignore[arg-type]
-    if leaked := [cid for cid in inputs["held_out_ids"] if cid in trained]:  # type: ignore[attr-defined]
+    trained = set(recorded.get("train_ids", [])) if recorded.get("seed") == inputs["seed"] else set()
+    if leaked := [cid for cid in inputs["held_out_ids"] if cid in trained]:  # same seed, same id: same patient
         changes.append(f"{len(leaked)} of the held-out cases were training cases ({examples(leaked)})")
     text = "; ".join(c for c in changes if c)
     return text or None
