@@ -84,6 +84,8 @@ def train_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     workers: int = typer.Option(None, "--workers", help="Data-loading processes (default: cores - 1, max 4)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from each fold's last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Remove an earlier run in --out (folds, splits, "
+                                                              "cache) and start fresh."),
     preprocessed: Path = typer.Option(None, "--preprocessed", help="Cache folder of preprocessed cases."),
     config_file: Path = typer.Option(None, "--config", help="TrainConfig JSON; options given here override it."),
     time_limit: float = typer.Option(None, "--time-limit", help="Stop after the epoch in which this many minutes "
@@ -112,7 +114,7 @@ def train_command(
     result = train(Manifest.load(manifest), Plan.load(plan), run_dir, folds=_folds(fold, config.n_folds),
                    config=config, resume=resume, preprocessed_dir=preprocessed,
                    time_limit_s=time_limit * 60 if time_limit is not None else None, early_stopping=early_stopping,
-                   console=console)
+                   overwrite=overwrite, console=console)
     from sarcomakit.core import distributed
 
     if distributed.is_main():

@@ -12,9 +12,14 @@ both sides; the out-of-fold predictions are written to ``oof_predictions.csv`` a
 Run folder of :func:`cross_validate`::
 
     out_dir/folds.csv                 slide_id, patient_id, label, fold
-    out_dir/fold_<k>/model.pt         checkpoint (model name and options, classes, weights, history)
+    out_dir/fold_<k>/model.pt         checkpoint (model name and options, classes, weights, history, inputs)
     out_dir/oof_predictions.csv       slide_id, patient_id, label, fold, prediction, prob_<class>...
     out_dir/metrics.json              metrics with bootstrap 95% intervals
+
+A fold's checkpoint records what the model was trained from (:func:`fold_inputs`: its training slides
+with their labels, patients and the SHA-256 of their feature bags, the classes and the training options
+but the device). A rerun reuses the checkpoint only when these are the same; otherwise the fold is
+retrained, because a model kept from other folds may have trained on the slides it now predicts.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import copy
 import json
 import logging
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +44,8 @@ from sarcomakit.errors import UserInputError
 from sarcomakit.io.atomic import atomic_path, write_json
 from sarcomakit.pathology.metrics import classification_metrics, metrics_to_json
 from sarcomakit.pathology.mil import StandardizedMIL, build_mil_model, mil_loss
-from sarcomakit.pathology.slide_manifest import SlideManifest
+from sarcomakit.pathology.slide_manifest import SlideManifest, SlideRecord
+from sarcomakit.provenance import array_digest, describe_id_change, describe_value_change, examples
 
 log = logging.getLogger("sarcomakit")
 
@@ -249,12 +256,20 @@ def save_mil_checkpoint(path: str | Path, trained: TrainedMIL, config: MILTrainC
 
 @dataclass
 class LoadedMIL:
-    """A MIL model restored from a checkpoint, with its classes and input width."""
+    """A MIL model restored from a checkpoint, with its classes, input width and the ``extra`` it was saved with
+    (for a cross-validation fold: ``fold`` and ``inputs``, see :func:`fold_inputs`)."""
 
     model: torch.nn.Module
     classes: list[str]
     in_dim: int
     path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def training_slides(self) -> set[str] | None:
+        """The slides the model was trained on (None when the checkpoint does not record them)."""
+        train = self.extra.get("inputs", {}).get("train")
+        return set(train) if isinstance(train, dict) else None
 
 
 def load_mil_checkpoint(path: str | Path) -> LoadedMIL:
@@ -270,12 +285,13 @@ def load_mil_checkpoint(path: str | Path) -> LoadedMIL:
         if payload.get("standardize"):
             model = StandardizedMIL(model, torch.zeros(in_dim), torch.ones(in_dim))
         model.load_state_dict(payload["state_dict"])
+        extra = json.loads(payload.get("extra") or "{}")
     except UserInputError:
         raise
     except Exception as exc:  # a file that is not one of our checkpoints
         raise UserInputError(f"not a sarcomakit MIL checkpoint ({type(exc).__name__}: {exc}).", path=path) from exc
     model.eval()
-    return LoadedMIL(model, list(payload["classes"]), int(payload["in_dim"]), path)
+    return LoadedMIL(model, list(payload["classes"]), int(payload["in_dim"]), path, extra)
 
 
 def find_checkpoints(source: str | Path) -> list[Path]:
@@ -330,13 +346,44 @@ def _inner_split(ids: list[str], labels: list[int], patients: list[str], fractio
 
 @dataclass
 class CVResult:
-    """Outcome of :func:`cross_validate`."""
+    """Outcome of :func:`cross_validate`; ``retrained`` says, for each fold whose existing model was built from
+    other inputs and was trained again, what had changed."""
 
     out_dir: Path
     predictions: pd.DataFrame
     metrics: dict[str, Any]
     failures: dict[str, str]
     attention: dict[str, np.ndarray]
+    retrained: dict[int, str] = field(default_factory=dict)
+
+
+def fold_inputs(train: Sequence[SlideRecord], bag_digests: dict[str, str], classes: Sequence[str],
+                config: MILTrainConfig) -> dict[str, Any]:
+    """What a fold's model is trained from, as JSON-ready values (module docstring).
+
+    The inner early-stopping split follows from these (slides, labels, patients, seed), and the held-out
+    slides do not enter the model, so neither is recorded.
+    """
+    options = {k: v for k, v in asdict(config).items() if k != "device"}
+    record = {"train": {s.slide_id: {"label": s.label, "patient_id": s.patient_id,
+                                     "features_sha256": bag_digests[s.slide_id]} for s in train},
+              "classes": list(classes), "config": options}
+    return json.loads(json.dumps(record))  # the form it has once read back from a checkpoint
+
+
+def describe_fold_changes(recorded: dict[str, Any] | None, current: dict[str, Any]) -> str | None:
+    """What differs between a fold model's recorded inputs and the current ones (None: nothing)."""
+    if not recorded:
+        return "its checkpoint does not record what it was trained on"
+    old, new = recorded.get("train", {}), current["train"]
+    changes = [describe_id_change(old, new, "training slides"),
+               describe_value_change({"classes": recorded.get("classes")}, {"classes": current["classes"]}),
+               describe_value_change(recorded.get("config", {}), current["config"])]
+    changed = [sid for sid in sorted(set(old) & set(new)) if old[sid] != new[sid]]
+    if changed:
+        changes.append(f"features, label or patient of {len(changed)} training slide(s) changed ({examples(changed)})")
+    text = "; ".join(c for c in changes if c)
+    return text or None
 
 
 def cross_validate(manifest: SlideManifest, features_dir: str | Path, out_dir: str | Path,
@@ -345,7 +392,8 @@ def cross_validate(manifest: SlideManifest, features_dir: str | Path, out_dir: s
     """Patient-grouped k-fold cross-validation of a MIL model on the cohort's feature bags.
 
     Each fold's model is trained on the other folds (minus an inner validation split for early stopping)
-    and predicts its held-out slides. A fold whose checkpoint exists is reused unless ``overwrite``.
+    and predicts its held-out slides. A fold whose checkpoint exists is reused unless ``overwrite``, and
+    only when it was trained from the same inputs (module docstring); otherwise the fold is retrained.
     Slides whose bag is missing or empty are reported in ``failures`` and left out; the others go on.
 
     Args:
@@ -376,14 +424,24 @@ def cross_validate(manifest: SlideManifest, features_dir: str | Path, out_dir: s
     rows: list[dict[str, Any]] = []
     attention: dict[str, np.ndarray] = {}
     in_dim = int(next(iter(bags.values())).shape[1])
-    for k in fold_ids:
+    digests = {slide_id: array_digest(bag) for slide_id, bag in bags.items()}
+    retrained: dict[int, str] = {}
+    trained_folds = [k for k in fold_ids if 0 < sum(f == k for f in folds.values()) < len(folds)]
+    _remove_other_folds(out_dir, trained_folds)
+    for k in trained_folds:
         test = [s for s in usable.slides if folds[s.slide_id] == k]
         train = [s for s in usable.slides if folds[s.slide_id] != k]
-        if not train or not test:
-            continue
         ckpt = out_dir / f"fold_{k}" / "model.pt"
+        inputs = fold_inputs(train, digests, classes, config)
+        reused = None
         if ckpt.is_file() and not overwrite:
-            model = load_mil_checkpoint(ckpt).model
+            reused = load_mil_checkpoint(ckpt)
+            if (changes := describe_fold_changes(reused.extra.get("inputs"), inputs)) is not None:
+                log.warning("fold %d: retraining, its model in %s was trained from other inputs (%s)",
+                            k, ckpt.parent, changes)
+                retrained[k], reused = changes, None
+        if reused is not None:
+            model = reused.model
         else:
             train_labels = [usable.label_index(s) for s in train]
             inner_train, inner_val = _inner_split([s.slide_id for s in train], train_labels,
@@ -393,7 +451,7 @@ def cross_validate(manifest: SlideManifest, features_dir: str | Path, out_dir: s
                                 [train_labels[i] for i in inner_train], len(classes), config,
                                 [bags[train[i].slide_id] for i in inner_val],
                                 [train_labels[i] for i in inner_val])
-            save_mil_checkpoint(ckpt, trained, config, classes, in_dim, {"fold": k})
+            save_mil_checkpoint(ckpt, trained, config, classes, in_dim, {"fold": k, "inputs": inputs})
             model = trained.model
         for s in test:
             proba, att = predict_bag(model, bags[s.slide_id], config.device)
@@ -410,7 +468,17 @@ def cross_validate(manifest: SlideManifest, features_dir: str | Path, out_dir: s
                                      groups=predictions["patient_id"].tolist())
     write_json(out_dir / "metrics.json", {"model": config.model, "n_folds": len(fold_ids),
                                           "failures": failures, **metrics_to_json(metrics)})
-    return CVResult(out_dir, predictions, metrics, failures, attention)
+    return CVResult(out_dir, predictions, metrics, failures, attention, retrained)
+
+
+def _remove_other_folds(out_dir: Path, kept: Sequence[int]) -> None:
+    """Remove ``fold_<k>`` folders of folds this run does not have: an earlier run's models, which every reader
+    of the run folder (``find_checkpoints``, heatmaps) would otherwise take for this run's."""
+    for folder in sorted(out_dir.glob("fold_*")):
+        suffix = folder.name[len("fold_"):]
+        if folder.is_dir() and suffix.isdigit() and int(suffix) not in kept:
+            log.warning("removing %s: a fold of an earlier run with other folds", folder)
+            shutil.rmtree(folder)
 
 
 def predict_slides(checkpoints: Sequence[str | Path], manifest: SlideManifest, features_dir: str | Path,

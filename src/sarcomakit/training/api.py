@@ -40,7 +40,7 @@ def load_preprocessed(folder: Path, case_ids: Sequence[str]) -> list[Preprocesse
 def train(manifest: Manifest, plan: Plan, run_dir: str | Path, *, folds: Sequence[int] = (0,),
           config: TrainConfig | None = None, resume: bool = False, preprocessed_dir: str | Path | None = None,
           time_limit_s: float | None = None, early_stopping: int | None = None,
-          console: Console | None = None) -> TrainResult:
+          console: Console | None = None, overwrite: bool = False) -> TrainResult:
     """Preprocess (cached, resumable) and train the given folds of a run.
 
     Args:
@@ -52,6 +52,8 @@ def train(manifest: Manifest, plan: Plan, run_dir: str | Path, *, folds: Sequenc
         resume: continue folds that have a last checkpoint.
         preprocessed_dir: where preprocessed arrays are cached (default ``run_dir/preprocessed``).
         time_limit_s, early_stopping: see :func:`sarcomakit.training.fold.train_fold`.
+        overwrite: remove an earlier run in ``run_dir`` (folds, splits, cache) and start fresh; without it,
+            a folder built from other inputs is refused (see :mod:`sarcomakit.training.run`).
 
     Returns:
         The result of each trained fold, and the cases that could not be preprocessed (left out).
@@ -68,7 +70,8 @@ def train(manifest: Manifest, plan: Plan, run_dir: str | Path, *, folds: Sequenc
     distributed.init_from_environment(config.device)
     failures: dict[str, str] = {}
     if distributed.is_main():  # one process prepares the run folder and the cache; the others wait for it
-        run = RunFolder.prepare(run_dir, manifest, plan, config, stratify_clinical=needs.stratify_clinical)
+        run = RunFolder.prepare(run_dir, manifest, plan, config, stratify_clinical=needs.stratify_clinical,
+                                overwrite=overwrite)
         cache = Path(preprocessed_dir) if preprocessed_dir else run.root / "preprocessed"
         outcome = preprocess_cohort(manifest, plan, cache, allow_missing_channels=needs.allow_missing_channels)
         if outcome.failures:
