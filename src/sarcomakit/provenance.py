@@ -47,7 +47,8 @@ def array_digest(array: Any) -> str:
 
 
 def file_identity(path: str | Path, known: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``{"path", "size", "mtime_ns", "sha256"}`` of a file (``sha256`` None when it does not exist).
+    """``{"path", "size", "mtime_ns", "sha256"}`` of a file (``sha256`` None when it does not exist); a folder (a
+    DICOM series) gets a digest of its files' names and contents.
 
     Args:
         path: the file.
@@ -59,6 +60,15 @@ def file_identity(path: str | Path, known: Mapping[str, Any] | None = None) -> d
         stat = resolved.stat()
     except OSError:
         return {"path": str(resolved), "size": None, "mtime_ns": None, "sha256": None}
+    if resolved.is_dir():  # a DICOM series folder is one image: its identity is that of every file in it
+        files = sorted(f for f in resolved.rglob("*") if f.is_file())
+        digest = hashlib.sha256()
+        for file in files:
+            with open(file, "rb") as handle:
+                digest.update(f"{file.relative_to(resolved)}\0".encode())
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+        return {"path": str(resolved), "size": sum(f.stat().st_size for f in files),
+                "mtime_ns": max((f.stat().st_mtime_ns for f in files), default=0), "sha256": digest.hexdigest()}
     identity = {"path": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     if known and known.get("sha256") and all(known.get(k) == v for k, v in identity.items()):
         return {**identity, "sha256": known["sha256"]}
