@@ -46,6 +46,9 @@ from sarcomakit.pathology.metrics import classification_metrics, metrics_to_json
 from sarcomakit.pathology.mil import StandardizedMIL, build_mil_model, mil_loss
 from sarcomakit.pathology.slide_manifest import SlideManifest, SlideRecord
 from sarcomakit.provenance import array_digest, describe_id_change, describe_value_change, examples
+from sarcomakit.tasks.base import LossOutput, Objective
+from sarcomakit.training.callbacks import EarlyStopping
+from sarcomakit.training.trainer import Callback, Trainer, unwrap
 
 log = logging.getLogger("sarcomakit")
 
@@ -144,12 +147,66 @@ def _class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
-def _epoch_order(labels: np.ndarray, balance: str, rng: np.random.Generator) -> np.ndarray:
-    if balance != "sampler":
-        return rng.permutation(labels.size)
-    counts = np.bincount(labels)
-    prob = 1.0 / counts[labels]
-    return rng.choice(labels.size, size=labels.size, replace=True, p=prob / prob.sum())
+class BagDataset(torch.utils.data.Dataset):
+    """One (bag, label) per item; each epoch visits the bags in a new random order (with ``balance="sampler"``, drawn
+    with replacement in inverse proportion to class frequency) and caps a bag at ``max_instances`` random instances.
+    Deterministic for (seed, epoch, index)."""
+
+    def __init__(self, bags: Sequence[torch.Tensor], labels: np.ndarray, balance: str, max_instances: int | None,
+                 seed: int) -> None:
+        self.bags, self.labels = list(bags), labels
+        self.balance, self.max_instances, self.seed = balance, max_instances, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        rng = np.random.default_rng((self.seed, epoch))
+        if self.balance != "sampler":
+            self.order = rng.permutation(self.labels.size)
+        else:
+            prob = 1.0 / np.bincount(self.labels)[self.labels]
+            self.order = rng.choice(self.labels.size, size=self.labels.size, replace=True, p=prob / prob.sum())
+
+    def __len__(self) -> int:
+        return int(self.labels.size)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = int(self.order[index])
+        bag = self.bags[i]
+        if self.max_instances and bag.shape[0] > self.max_instances:
+            rng = np.random.default_rng((self.seed, self.epoch, index, 1))
+            bag = bag[torch.as_tensor(rng.choice(bag.shape[0], self.max_instances, replace=False))]
+        return bag, torch.tensor([int(self.labels[i])])
+
+
+class MILObjective(Objective):
+    """Slide-level cross-entropy (class-weighted with ``balance="loss"``), mixed with CLAM's instance loss."""
+
+    def __init__(self, class_weights: torch.Tensor | None) -> None:
+        super().__init__()
+        self.class_weights = class_weights
+
+    def forward(self, model: torch.nn.Module, batch: Any, device: torch.device) -> LossOutput:
+        bag, target = batch[0].to(device), batch[1].to(device)
+        out = model(bag, label=target)
+        weights = None if self.class_weights is None else self.class_weights.to(device)
+        return LossOutput(mil_loss(unwrap(model), out, target, weights))
+
+
+class _ValidationLoss(Callback):
+    """Adds the validation loss (and its negative as ``val_score``, higher is better) to each epoch's record and keeps
+    the weights of the best epoch in memory."""
+
+    def __init__(self, bags: Sequence[torch.Tensor], labels: Sequence[int], device: str) -> None:
+        self.bags, self.labels, self.device = bags, labels, device
+        self.best_loss, self.best_epoch, self.best_state = math.inf, -1, None
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, float]) -> None:
+        loss = evaluate_loss(trainer.model, self.bags, self.labels, self.device)
+        record.update({"val_loss": loss, "val_score": -loss})
+        if loss < self.best_loss - 1e-4:
+            self.best_loss, self.best_epoch = loss, int(record["epoch"])
+            self.best_state = copy.deepcopy(trainer.model.state_dict())
 
 
 def evaluate_loss(model: torch.nn.Module, bags: Sequence[torch.Tensor], labels: Sequence[int],
@@ -166,7 +223,8 @@ def evaluate_loss(model: torch.nn.Module, bags: Sequence[torch.Tensor], labels: 
 
 def train_mil(bags: Sequence[torch.Tensor], labels: Sequence[int], n_classes: int, config: MILTrainConfig,
               val_bags: Sequence[torch.Tensor] = (), val_labels: Sequence[int] = ()) -> TrainedMIL:
-    """Train a MIL model on bags with slide labels.
+    """Train a MIL model on bags with slide labels, on the project's :class:`~sarcomakit.training.trainer.Trainer`
+    (one bag per step; validation loss, best weights and early stopping are callbacks).
 
     Args:
         bags: training bags (N_i, D).
@@ -181,50 +239,32 @@ def train_mil(bags: Sequence[torch.Tensor], labels: Sequence[int], n_classes: in
     """
     if not bags:
         raise UserInputError("no training slides with features.")
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    device = config.device
     label_array = np.asarray(labels, dtype=int)
-    model = build_mil_model(config.model, in_dim=int(bags[0].shape[1]), n_classes=n_classes,
-                            **config.model_options)
-    if config.standardize:
-        instances = torch.cat(list(bags)).float()
-        model = StandardizedMIL(model, instances.mean(0), instances.std(0))
-    model = model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    class_weights = _class_weights(label_array, n_classes).to(device) if config.balance == "loss" else None
-    history: list[dict[str, float]] = []
-    best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        running = 0.0
-        order = _epoch_order(label_array, config.balance, rng)
-        for i in order:
-            bag = bags[i]
-            if config.max_instances and bag.shape[0] > config.max_instances:
-                bag = bag[torch.as_tensor(rng.choice(bag.shape[0], config.max_instances, replace=False))]
-            target = torch.tensor([label_array[i]], device=device)
-            out = model(bag.to(device), label=target)
-            loss = mil_loss(model, out, target, class_weights)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            running += loss.item()
-        record = {"epoch": epoch, "train_loss": running / len(order)}
-        if len(val_bags):
-            record["val_loss"] = evaluate_loss(model, val_bags, val_labels, device)
-            if record["val_loss"] < best_loss - 1e-4:
-                best_loss, best_epoch, stale = record["val_loss"], epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
-        history.append(record)
-        if len(val_bags) and stale >= config.patience:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        best_epoch = len(history)
+    # seeded weights and training (dropout, instance sampling) without touching the caller's random state
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_mil_model(config.model, in_dim=int(bags[0].shape[1]), n_classes=n_classes,
+                                **config.model_options)
+        if config.standardize:
+            instances = torch.cat(list(bags)).float()
+            model = StandardizedMIL(model, instances.mean(0), instances.std(0))
+        model = model.to(config.device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        class_weights = _class_weights(label_array, n_classes) if config.balance == "loss" else None
+        loader = torch.utils.data.DataLoader(
+            BagDataset(bags, label_array, config.balance, config.max_instances, config.seed), batch_size=None)
+        validation = _ValidationLoss(val_bags, val_labels, config.device) if len(val_bags) else None
+        callbacks: list[Callback] = [] if validation is None else \
+            [validation, EarlyStopping("val_score", config.patience, min_delta=1e-4)]
+        trainer = Trainer(model, MILObjective(class_weights), optimizer, loader, device=torch.device(config.device),
+                          epochs=config.epochs, callbacks=callbacks)
+        state = trainer.fit()
+    history = [{"epoch": int(r["epoch"]) + 1, "train_loss": r["train_loss"],
+                **({"val_loss": r["val_loss"]} if "val_loss" in r else {})} for r in state.history]
+    best_epoch = len(history)
+    if validation is not None and validation.best_state is not None:
+        model.load_state_dict(validation.best_state)
+        best_epoch = validation.best_epoch + 1
     model.eval()
     return TrainedMIL(model, history, best_epoch)
 

@@ -115,11 +115,23 @@ def train_fold(train_cases: Sequence[PreprocessedCase], val_cases: Sequence[Prep
         fold_dir.mkdir(parents=True, exist_ok=True)
     console = console or Console(stderr=True)
     device = distributed.init_from_environment(config.device) or select_device(config.device)
-    batch_size = config.batch_size or plan.batch_size
+    # the same seed gives the same initial weights on every rank, and the same training (dropout and other torch
+    # randomness; rank-specific after initialisation), without touching the caller's generator
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        # the same seed gives the same initial weights (on every rank), without touching the caller's generator
-        torch.manual_seed(config.seed)
-        model = task.build_model(plan, config).to(device)
+        return _train_fold(train_cases, val_cases, plan, config, fold_dir, fold, task, device, resume, time_limit_s,
+                           early_stopping, callbacks, console)
+
+
+def _train_fold(train_cases: Sequence[PreprocessedCase], val_cases: Sequence[PreprocessedCase], plan: Plan,
+                config: TrainConfig, fold_dir: Path, fold: int, task: Task, device: torch.device, resume: bool,
+                time_limit_s: float | None, early_stopping: int | None, callbacks: Sequence[Callback],
+                console: Console) -> FoldResult:
+    """:func:`train_fold` inside its own random-number scope."""
+    last_path = fold_dir / "checkpoint_last.pt"
+    batch_size = config.batch_size or plan.batch_size
+    torch.manual_seed(config.seed)
+    model = task.build_model(plan, config).to(device)
+    torch.manual_seed(config.seed + 1000 * distributed.rank() + 1)
     objective = task.objective(train_cases, plan, config).to(device)
     dataset = task.training_data(train_cases, plan, config, config.iterations_per_epoch * batch_size
                                  * distributed.world_size())
