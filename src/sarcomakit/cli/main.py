@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from typing import Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -26,7 +28,7 @@ class _UserErrorGroup(TyperGroup):
     invoked by the console script, ``python -m sarcomakit`` or a test's ``CliRunner``.
     """
 
-    def invoke(self, ctx):  # type: ignore[override]
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UserInputError as exc:

@@ -192,7 +192,7 @@ class OpenSlideReader(SlideReader):
         self.path = path
         self._slide = openslide.OpenSlide(str(path))
         self.level_count = self._slide.level_count
-        self.level_dimensions = [tuple(map(int, d)) for d in self._slide.level_dimensions]
+        self.level_dimensions = [(int(d[0]), int(d[1])) for d in self._slide.level_dimensions]
         self.level_downsamples = [float(d) for d in self._slide.level_downsamples]
         self.properties = dict(self._slide.properties)
         self.mpp = _resolve_mpp(path, mpp, _mpp_from_properties(self.properties, "openslide"))

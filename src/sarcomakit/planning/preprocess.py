@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import SimpleITK as sitk
@@ -102,7 +102,7 @@ class PreprocessedCase:
                                  fix="run 'sarcomakit preprocess' for this cohort and plan.")
         try:
             meta = json.loads(paths["meta"].read_text(encoding="utf-8"))
-            mode = "r" if mmap else None
+            mode: Literal["r"] | None = "r" if mmap else None
             data = np.load(paths["data"], mmap_mode=mode)
             label = np.load(paths["seg"], mmap_mode=mode) if meta.get("has_label") else None
         except (OSError, ValueError, KeyError) as exc:
