@@ -156,6 +156,8 @@ def threshold_dice(manifest: Manifest) -> pd.Series:
     scores = {}
     for case in manifest:
         images = {ch: sitk.GetArrayFromImage(read_image(p)) for ch, p in case.images.items()}
+        if case.label is None:
+            raise ValueError(f"demo case {case.case_id} has no label")
         reference = sitk.GetArrayFromImage(read_image(case.label)) > 0
         scores[case.case_id] = dice(threshold_baseline(images) > 0, reference)
     return pd.Series(scores, name="threshold_dice")

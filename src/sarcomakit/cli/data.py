@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sarcomakit.data.manifest import Manifest
+from sarcomakit.data.manifest import Case, Manifest
 from sarcomakit.errors import UserInputError
 
 import_app = typer.Typer(help="Build a cohort manifest from nnU-Net, MSD, DICOM or a table.", no_args_is_help=True)
@@ -190,7 +191,7 @@ def register(app: typer.Typer) -> None:
         console = Console()
         with cohort_progress("validating", len(manifest), transient=True) as progress:
 
-            def tracked(cases):
+            def tracked(cases: Iterator[Case]) -> Iterator[Case]:
                 for case in cases:
                     progress.working_on(case.case_id)
                     yield case

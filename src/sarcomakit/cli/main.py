@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -15,6 +14,10 @@ from typer.core import TyperGroup
 
 from sarcomakit.cohort_runner import CohortFailed
 from sarcomakit.errors import UserInputError
+
+if TYPE_CHECKING:
+    # typer ships its own copy of click (no ``click`` distribution is installed); TyperGroup.invoke takes its Context
+    from typer._click import Context
 
 
 class _UserErrorGroup(TyperGroup):
@@ -28,7 +31,7 @@ class _UserErrorGroup(TyperGroup):
     invoked by the console script, ``python -m sarcomakit`` or a test's ``CliRunner``.
     """
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
         except UserInputError as exc:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported lazily at run time: the CLI starts without it
 
 
 def register(app: typer.Typer) -> None:
@@ -57,7 +61,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"Wrote {', '.join(str(p) for p in tables.values())}", highlight=False, soft_wrap=True)
 
 
-def _rich_table(frame, title: str) -> Table:  # noqa: ANN001 (pandas imported lazily)
+def _rich_table(frame: pd.DataFrame, title: str) -> Table:
     table = Table(title=title)
     for k, column in enumerate(frame.columns):
         table.add_column(escape(str(column)), justify="left" if k == 0 or column in ("method", "metric") else "right")

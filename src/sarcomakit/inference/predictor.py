@@ -99,7 +99,7 @@ class Predictor:
                                        mirror_axes=self.mirror_axes) for model in self.models]
         combined = self.task.combine(outputs, self.fold_states)
         if combined.probabilities is None:
-            raise UserInputError(f"the run's task '{self.task.name}' does not segment.", path=case.images,
+            raise UserInputError(f"the run's task '{self.task.name}' does not segment.",
                                  fix="predict with a segmentation or multi-task run.")
         restored = restore_to_input_geometry(combined.probabilities.cpu().numpy(), pre)
         reference = next(iter(images.values()))

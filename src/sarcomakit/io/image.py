@@ -26,11 +26,13 @@ import re
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import imagecodecs
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from nibabel.arrayproxy import ArrayProxy
 from nibabel.volumeutils import apply_read_scaling
 
 from sarcomakit.errors import UserInputError
@@ -44,7 +46,7 @@ TRUNCATED_FIX = "re-export or copy the file again (it was cut short or damaged o
 GRID_ATOL = 1e-3
 ORIGIN_RELATIVE_TOL = 1e-3
 
-_NUMPY_DTYPES: dict[int, type] = {
+_NUMPY_DTYPES: dict[int, type[np.generic]] = {
     sitk.sitkUInt8: np.uint8, sitk.sitkInt8: np.int8, sitk.sitkUInt16: np.uint16, sitk.sitkInt16: np.int16,
     sitk.sitkUInt32: np.uint32, sitk.sitkInt32: np.int32, sitk.sitkUInt64: np.uint64, sitk.sitkInt64: np.int64,
     sitk.sitkFloat32: np.float32, sitk.sitkFloat64: np.float64,
@@ -286,7 +288,7 @@ def _read_with_itk(p: Path) -> sitk.Image:
 def _read_nifti(p: Path) -> sitk.Image:
     """NIfTI voxels read whole and checked (module docstring); geometry and pixel type from ITK's header read."""
     try:
-        proxy = nib.load(str(p)).dataobj  # header only: where the voxels start, their type and scaling
+        proxy = _voxel_proxy(p)  # header only: where the voxels start, their type and scaling
     except Exception as exc:  # nibabel raises many types for a damaged header
         raise _unreadable(p, exc) from exc
     offset, dtype, count = int(proxy.offset), np.dtype(proxy.dtype), math.prod(proxy.shape)
@@ -308,6 +310,14 @@ def _read_nifti(p: Path) -> sitk.Image:
     return image
 
 
+def _voxel_proxy(p: Path) -> ArrayProxy:
+    """nibabel's proxy of the file's voxels, read from the header alone (nothing is decompressed yet)."""
+    proxy = getattr(nib.load(str(p)), "dataobj", None)
+    if not isinstance(proxy, ArrayProxy):
+        raise TypeError(f"nibabel gives no voxel proxy for this file ({type(proxy).__name__})")
+    return proxy
+
+
 def _nifti_bytes(p: Path, expected: int) -> np.ndarray:
     """The file's bytes, decompressed when gzipped; truncated or corrupt streams raise UserInputError.
 
@@ -319,7 +329,10 @@ def _nifti_bytes(p: Path, expected: int) -> np.ndarray:
     if raw[:2] != b"\x1f\x8b":
         return np.frombuffer(raw, dtype=np.uint8)
     try:
-        out = imagecodecs.gzip_decode(raw, out=np.empty(expected, dtype=np.uint8))
+        # imagecodecs' stub types ``out=`` as bytearray/memoryview and the result as bytes; any writable buffer is
+        # accepted, and a numpy array given is what comes back (a view of it when the stream is shorter).
+        buffer = np.empty(expected, dtype=np.uint8)
+        out = cast(np.ndarray, imagecodecs.gzip_decode(raw, out=buffer))  # type: ignore[arg-type]
         if out.size == expected:
             return out
     except Exception:  # noqa: S110 - any failure of the fast path is settled by the zlib pass below

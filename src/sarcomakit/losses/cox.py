@@ -11,6 +11,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -239,7 +240,7 @@ class CoxRiskMemory:
         log_risk = log_risk.reshape(-1).to(torch.promote_types(log_risk.dtype, torch.float32))
         time = torch.as_tensor(time, device=log_risk.device, dtype=log_risk.dtype).reshape(-1)
         event = torch.as_tensor(event, device=log_risk.device, dtype=log_risk.dtype).reshape(-1)
-        ids = list(case_ids) if case_ids is not None else [None] * log_risk.numel()
+        ids: list[str | None] = list(case_ids) if case_ids is not None else [None] * log_risk.numel()
         if len(ids) != log_risk.numel():
             raise ValueError("give one case id per case of the batch")
         log_risk, time, event, ids = one_entry_per_case(log_risk, time, event, ids)
@@ -276,10 +277,10 @@ class CoxRiskMemory:
         for case_id, r, t, e in zip(ids, risks, times, events, strict=True):
             self._entries.append((case_id, float(r), float(t), float(e)))
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         """The memory's content, to save in a checkpoint so that a resumed run continues with it."""
         return {"size": self.size, "entries": list(self._entries)}
 
-    def load_state_dict(self, state: Mapping[str, object]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the content saved by :meth:`state_dict`."""
-        self._entries = deque((tuple(e) for e in state["entries"]), maxlen=self.size)  # type: ignore[union-attr]
+        self._entries = deque((tuple(e) for e in state["entries"]), maxlen=self.size)

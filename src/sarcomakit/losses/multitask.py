@@ -9,8 +9,11 @@ NaN) and it is reported in ``skipped``. The tasks' losses live in :mod:`sarcomak
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import reduce
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +43,7 @@ def survival_mask(time: Tensor, event: Tensor) -> Tensor:
     return torch.isfinite(time) & (time >= 0) & ((event == 0) | (event == 1))
 
 
-def masked_task_losses(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor],
+def masked_task_losses(outputs: Mapping[str, Tensor], targets: Mapping[str, Any],
                        segmentation_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
                        grade_class_weights: Tensor | Sequence[float] | None = None, ordinal: bool = False,
                        cox_memory: CoxRiskMemory | None = None, update_memory: bool = True
@@ -76,12 +79,12 @@ def masked_task_losses(outputs: Mapping[str, Tensor], targets: Mapping[str, Tens
         if label is not None and "has_segmentation" in targets:
             has = torch.as_tensor(targets["has_segmentation"], device=logits.device).reshape(-1).bool()
         counts["segmentation"] = int(has.sum())
-        if counts["segmentation"] == 0:
+        if counts["segmentation"] == 0 or label is None:  # no label: none is counted
             losses["segmentation"] = logits.sum() * 0.0
             skipped.append("segmentation")
         else:
             loss_fn = segmentation_loss or dice_ce_loss()
-            losses["segmentation"] = loss_fn(logits[has], label[has])  # type: ignore[index]
+            losses["segmentation"] = loss_fn(logits[has], label[has])
 
     if "grade" in outputs:
         logits = outputs["grade"]
@@ -101,7 +104,8 @@ def masked_task_losses(outputs: Mapping[str, Tensor], targets: Mapping[str, Tens
         valid = survival_mask(time, event).to(log_risk.device)
         counts["survival"] = int(valid.sum())
         ids = targets.get("case_ids")
-        valid_ids = [ids[i] for i in torch.nonzero(valid).reshape(-1).tolist()] if ids is not None else None
+        valid_ids: list[str] | None = (None if ids is None
+                                       else [ids[i] for i in torch.nonzero(valid).reshape(-1).tolist()])
         dtype = torch.promote_types(log_risk.dtype, torch.float32)
         time, event = time[valid].to(dtype), event[valid].to(dtype)
         if cox_memory is not None:
@@ -145,13 +149,13 @@ class MultiTaskLoss(nn.Module):
         self.ordinal = ordinal
         self.cox_memory = cox_memory
 
-    def forward(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> MultiTaskLossOutput:
+    def forward(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Any]) -> MultiTaskLossOutput:
         losses, skipped, counts = masked_task_losses(
             outputs, targets, self.segmentation_loss, self.grade_class_weights, self.ordinal, self.cox_memory,
             update_memory=self.training)
         active = {name: loss for name, loss in losses.items() if name not in skipped}
-        anchor = sum(loss for loss in losses.values()) * 0.0 if losses else torch.zeros(())
-        total = self.weighting(active) + anchor if active else anchor
+        anchor = reduce(operator.add, losses.values()) * 0.0 if losses else torch.zeros(())
+        total: Tensor = self.weighting(active) + anchor if active else anchor
         if not bool(torch.isfinite(total)):
             raise FloatingPointError(f"non-finite multi-task loss; task losses: "
                                      f"{ {k: float(v.detach()) for k, v in losses.items()} }")

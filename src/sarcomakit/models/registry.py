@@ -56,7 +56,9 @@ def residual_unet(*, in_channels: int, out_channels: int, patch_size: Sequence[i
                   dropout: float = 0.0) -> torch.nn.Module:
     """MONAI's residual U-Net (Kerfoot et al. 2018) with instance norm and leaky ReLU (the default)."""
     return UNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
-                strides=_strides_for(patch_size, len(channels) - 1), num_res_units=num_res_units,
+                # MONAI annotates strides as Sequence[int], but a (z, y, x) tuple per level is supported
+                strides=_strides_for(patch_size, len(channels) - 1),  # type: ignore[arg-type]
+                num_res_units=num_res_units,
                 norm=("instance", {"affine": True}), act=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
                 dropout=dropout)
 

@@ -125,8 +125,8 @@ def load_coords(path: str | Path) -> TileGrid:
     except KeyError as error:
         raise UserInputError(f"the 'coords' dataset lacks the {error.args[0]!r} attribute.", path=path) from error
     downsample = attrs.get("downsample", 1.0)
-    level_downsample = float(attrs.get("level_downsample", downsample[0] if isinstance(downsample, list)
-                                       else downsample))
+    fallback: float = downsample[0] if isinstance(downsample, list) else downsample  # CLAM: per-axis list
+    level_downsample = float(attrs.get("level_downsample", fallback))
     slide_dimensions = attrs.get("slide_dimensions")
     if slide_dimensions is None:
         level_dim = attrs.get("level_dim", [0, 0])

@@ -260,6 +260,9 @@ class StandardizedMIL(nn.Module):
     training instances' statistics are kept as buffers so that they travel with the checkpoint.
     """
 
+    mean: torch.Tensor  # buffers (registered in __init__)
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.model = model

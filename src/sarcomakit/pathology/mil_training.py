@@ -199,7 +199,8 @@ class _ValidationLoss(Callback):
 
     def __init__(self, bags: Sequence[torch.Tensor], labels: Sequence[int], device: str) -> None:
         self.bags, self.labels, self.device = bags, labels, device
-        self.best_loss, self.best_epoch, self.best_state = math.inf, -1, None
+        self.best_loss, self.best_epoch = math.inf, -1
+        self.best_state: dict[str, Any] | None = None
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, float]) -> None:
         loss = evaluate_loss(trainer.model, self.bags, self.labels, self.device)

@@ -230,7 +230,7 @@ class TiffSlideReader(SlideReader):
         self.path = path
         self._slide = tiffslide.TiffSlide(str(path))
         self.level_count = self._slide.level_count
-        self.level_dimensions = [tuple(map(int, d)) for d in self._slide.level_dimensions]
+        self.level_dimensions = [(int(d[0]), int(d[1])) for d in self._slide.level_dimensions]
         self.level_downsamples = [float(d) for d in self._slide.level_downsamples]
         self.properties = dict(self._slide.properties)
         self.mpp = _resolve_mpp(path, mpp, _mpp_from_properties(self.properties, "tiffslide"))
@@ -288,11 +288,12 @@ def open_slide(path: str | Path, *, mpp: float | None = None, backend: str = "au
         raise UserInputError(f"unknown slide backend {backend!r}.", fix=f"use one of {', '.join(BACKENDS)}.")
     if not path.is_file():
         raise UserInputError("slide file not found.", path=path)
-    classes: list[type[OpenSlideReader] | type[TiffSlideReader]] = {
+    choices: dict[str, list[type[OpenSlideReader] | type[TiffSlideReader]]] = {
         "auto": [OpenSlideReader, TiffSlideReader],
         "openslide": [OpenSlideReader],
         "tiffslide": [TiffSlideReader],
-    }[backend]
+    }
+    classes = choices[backend]
     errors: list[str] = []
     for reader_class in classes:
         try:

@@ -21,7 +21,7 @@ and recombines them with the reference's stain vectors: ``I = I0 * exp(-C' @ S_r
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -152,6 +152,12 @@ class MacenkoNormalizer:
     def fit_transform(self, rgb: np.ndarray) -> np.ndarray:
         return self.fit(rgb).transform(rgb)
 
+    @overload
+    def __call__(self, image: torch.Tensor) -> torch.Tensor: ...
+
+    @overload
+    def __call__(self, image: np.ndarray) -> np.ndarray: ...
+
     def __call__(self, image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """:meth:`transform` for arrays, or for tensors ``(3, H, W)``/``(B, 3, H, W)`` (uint8 or [0, 1]).
 
@@ -227,6 +233,12 @@ class StainAugment:
         shift = rng.uniform(-self.sigma2, self.sigma2, size=3)
         od = (concentrations * scale + shift) @ matrix
         return od_to_rgb(od, 255.0).reshape(rgb.shape)
+
+    @overload
+    def __call__(self, image: torch.Tensor) -> torch.Tensor: ...
+
+    @overload
+    def __call__(self, image: np.ndarray) -> np.ndarray: ...
 
     def __call__(self, image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         if isinstance(image, torch.Tensor):

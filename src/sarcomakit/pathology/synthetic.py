@@ -22,6 +22,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -455,17 +456,17 @@ def _write_pyramid(path: Path, renderer: _SlideRenderer, levels: list[int], *, l
     codec = _COMPRESSIONS[compression]
     codec_args = {"level": 85} if codec == "jpeg" else None
     bigtiff = size[0] * size[1] * 3 > 2**31
-    common = {"dtype": np.uint8, "photometric": "rgb", "compression": codec, "compressionargs": codec_args,
-              "metadata": None}
+    common: dict[str, Any] = {"dtype": np.uint8, "photometric": "rgb", "compression": codec,
+                              "compressionargs": codec_args, "metadata": None}
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as writer:
         for level in levels:
             level_w, level_h = renderer.level_size(level)
-            options = dict(common, shape=(level_h, level_w, 3), tile=(tile_size, tile_size))
+            options: dict[str, Any] = dict(common, shape=(level_h, level_w, 3), tile=(tile_size, tile_size))
             if layout == "svs":
-                options["description"] = _aperio_description(size, (level_w, level_h), tile_size, mpp,
-                                                             compression)
+                description = _aperio_description(size, (level_w, level_h), tile_size, mpp, compression)
                 if not write_resolution:
-                    options["description"] = options["description"].replace(f"|MPP = {mpp:.4f}", "")
+                    description = description.replace(f"|MPP = {mpp:.4f}", "")
+                options["description"] = description
             else:
                 options["subfiletype"] = 0 if level == 0 else 1
                 if write_resolution:
@@ -478,7 +479,7 @@ def _write_pyramid(path: Path, renderer: _SlideRenderer, levels: list[int], *, l
 
 
 def _write_svs_thumbnail(writer: tifffile.TiffWriter, renderer: _SlideRenderer, size: tuple[int, int],
-                         tile_size: int, mpp: float, compression: str, common: dict) -> None:
+                         tile_size: int, mpp: float, compression: str, common: dict[str, Any]) -> None:
     """The stripped thumbnail page Aperio puts second (without it tiffslide sees a single level)."""
     level = max(0, math.ceil(math.log2(max(1.0, max(size) / _THUMBNAIL_SIDE))))
     level_w, level_h = renderer.level_size(level)

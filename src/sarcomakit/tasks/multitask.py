@@ -46,6 +46,7 @@ from sarcomakit.tasks.base import (
 )
 from sarcomakit.tasks.segmentation import patch_dataset
 from sarcomakit.training.config import TrainConfig
+from sarcomakit.training.patches import PatchDataset
 
 log = logging.getLogger(__name__)
 ALL_TASKS = ("segmentation", "grade", "survival")
@@ -75,7 +76,7 @@ class ClinicalTargets:
 class MultiTaskPatchDataset(torch.utils.data.Dataset):
     """Segmentation patches with their case's clinical targets, availability flags and modality dropout."""
 
-    def __init__(self, patches: torch.utils.data.Dataset, cases: Sequence[PreprocessedCase],
+    def __init__(self, patches: PatchDataset, cases: Sequence[PreprocessedCase],
                  targets: ClinicalTargets, channels: Sequence[str], modality_dropout: float) -> None:
         self.patches = patches
         self.case_ids = [c.case_id for c in cases]

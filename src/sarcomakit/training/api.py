@@ -104,7 +104,7 @@ def _collect_out_of_fold(run: RunFolder) -> None:
     parts = sorted(run.root.glob("fold_*/oof_predictions.csv"))
     if not parts:
         return
-    header, lines = None, []
+    header, lines = "", []
     for part in parts:
         rows = part.read_text().splitlines()
         header = header or rows[0]

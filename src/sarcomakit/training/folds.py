@@ -46,14 +46,16 @@ def make_folds(manifest: Manifest, n_folds: int = 5, seed: int = 0, *,
     if len(ids) < n_folds:
         raise UserInputError(f"{len(ids)} cases cannot be split into {n_folds} folds.",
                              path=manifest.source, fix="use fewer folds (--folds) or add cases.")
-    given = [c.fold for c in manifest.cases]
-    if all(f is not None for f in given):
+    given = [c.fold for c in manifest.cases if c.fold is not None]
+    if len(given) == len(manifest.cases):
         folds = sorted(set(given))
         return [{"train": [c.case_id for c in manifest.cases if c.fold != k],
                  "val": [c.case_id for c in manifest.cases if c.fold == k]} for k in folds]
     sites = [c.site for c in manifest.cases]
+    known_sites = [s for s in sites if s is not None]
+    every_site = len(known_sites) == len(sites)
     index = np.arange(len(ids))
-    enough_sites = all(s is not None for s in sites) and len(set(sites)) >= n_folds
+    enough_sites = every_site and len(set(sites)) >= n_folds
     if clinical:
         strata = _merge_rare(clinical_strata(manifest), n_folds)
         groups = sites if enough_sites else list(ids)
@@ -63,11 +65,11 @@ def make_folds(manifest: Manifest, n_folds: int = 5, seed: int = 0, *,
         order = np.random.default_rng(seed).permutation(len(ids))  # GroupKFold is deterministic: shuffle first
         splitter = GroupKFold(n_splits=n_folds)
         splits = [(order[tr], order[va]) for tr, va in splitter.split(index, groups=np.array(sites)[order])]
-    elif all(s is not None for s in sites) and len(set(sites)) > 1:
+    elif every_site and len(set(sites)) > 1:
         log.warning("only %d sites for %d folds: folds are stratified by site instead of grouped by it",
                     len(set(sites)), n_folds)
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        splits = list(splitter.split(index, _merge_rare(list(sites), n_folds)))
+        splits = list(splitter.split(index, _merge_rare(known_sites, n_folds)))
     else:
         splits = list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(index))
     return [{"train": sorted(ids[tr].tolist()), "val": sorted(ids[va].tolist())} for tr, va in splits]

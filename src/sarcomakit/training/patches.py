@@ -11,7 +11,7 @@ for every sample unless given precomputed full index arrays that cost memory per
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ def crop_patch(volume: CaseVolume, patch_size: Sequence[int], rng: np.random.Gen
     image = np.zeros((volume.data.shape[0], *patch), dtype=np.float32)
     label = np.zeros((1, *patch), dtype=np.uint8)
     image[(slice(None), *dst)] = volume.data[(slice(None), *src)]
-    label[(0, *dst)] = volume.label[src]
+    label[0][dst] = volume.label[src]  # label[0] is a view: this writes into label
     return image, label
 
 
@@ -116,7 +116,7 @@ class PatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng((self.seed, self.epoch, index))
         case_index = int(rng.integers(len(self.volumes)))
         volume = self.volumes[case_index]

@@ -50,7 +50,6 @@ class Grid:
         """
         physical_axis = np.abs(direction).argmax(axis=0)  # which physical axis each index axis runs along
         size = tuple(max(2, int(np.ceil(extent_mm[a] / s))) for a, s in zip(physical_axis, spacing, strict=True))
-        assert len(size) == 3 and len(spacing) == 3 and len(centre) == 3
         half_span = (np.asarray(size) - 1) / 2 * np.asarray(spacing)
         origin = np.asarray(centre, dtype=float) - direction @ half_span
         return cls(size=(size[0], size[1], size[2]), spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
