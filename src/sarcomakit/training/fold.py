@@ -69,7 +69,7 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int
                 device: torch.device) -> torch.utils.data.DataLoader:
     """The training loader, built once. Samples are drawn by index from the dataset (deterministic for seed, epoch
     and index); on several processes a distributed sampler gives each rank its own indices."""
-    sampler = None
+    sampler: torch.utils.data.Sampler[int] | None = None
     if distributed.active():
         sampler = torch.utils.data.DistributedSampler(dataset, shuffle=False, drop_last=True)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
