@@ -13,16 +13,14 @@ from sarcomakit.evaluation.classification import (
     balanced_accuracy,
     binary_auc,
     confusion_matrix,
-    encode_grades,
     expected_calibration_error,
-    grade_metrics,
-    high_grade_ece,
-    high_vs_rest_auc,
     macro_ovr_auc,
     one_vs_rest_aucs,
     reliability_curve,
+    roc_points,
     top_label_ece,
 )
+from sarcomakit.evaluation.grade import encode_grades, grade_metrics, high_grade_ece, high_vs_rest_auc
 
 
 def predictions(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,8 +42,9 @@ def test_aucs_and_balanced_accuracy_match_sklearn(seed):
         roc_auc_score(y, proba, multi_class="ovr", average="macro"), abs=1e-12)
     expected = [roc_auc_score(y == k, proba[:, k]) for k in range(3)]
     np.testing.assert_allclose(one_vs_rest_aucs(y, proba), expected, atol=1e-12)
-    assert balanced_accuracy(y, proba) == pytest.approx(balanced_accuracy_score(y, proba.argmax(1)), abs=1e-12)
-    np.testing.assert_array_equal(confusion_matrix(y, proba),
+    assert balanced_accuracy(y, proba.argmax(1)) == pytest.approx(balanced_accuracy_score(y, proba.argmax(1)),
+                                                                  abs=1e-12)
+    np.testing.assert_array_equal(confusion_matrix(y, proba.argmax(1), 3),
                                   sklearn_confusion_matrix(y, proba.argmax(1), labels=[0, 1, 2]))
 
 
@@ -120,8 +119,6 @@ def test_shape_errors_are_reported():
 def test_roc_points_match_sklearn(tmp_path):
     from sklearn.metrics import roc_curve
 
-    from sarcomakit.evaluation.figures_clinical import roc_points
-
     y, proba = predictions(80, 6)
     fpr, tpr = roc_points(y == 2, proba[:, 2])
     expected_fpr, expected_tpr, _ = roc_curve(y == 2, proba[:, 2], drop_intermediate=False)
@@ -131,7 +128,7 @@ def test_roc_points_match_sklearn(tmp_path):
 
 
 def test_roc_and_reliability_figures_are_written(tmp_path):
-    from sarcomakit.evaluation.figures_clinical import plot_reliability_diagram, plot_roc_curves
+    from sarcomakit.reporting.clinical_figures import plot_reliability_diagram, plot_roc_curves
 
     y, proba = predictions(60, 7)
     grades = np.array(["low", "intermediate", "high"], dtype=object)[y].tolist()

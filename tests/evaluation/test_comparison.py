@@ -12,18 +12,12 @@ import pytest
 from sarcomakit.data.manifest import GRADES, Case, Manifest
 from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.bootstrap import paired_bootstrap_difference
-from sarcomakit.evaluation.classification import grade_metrics
-from sarcomakit.evaluation.comparison import (
-    OOF_COLUMNS,
-    compare_methods,
-    comparison_markdown,
-    load_oof,
-    load_oof_source,
-    method_metrics,
-    out_of_fold_survival,
-    validate_oof,
-    write_comparison,
-)
+from sarcomakit.evaluation.comparison import compare_methods
+from sarcomakit.evaluation.comparison_tables import comparison_markdown, write_comparison
+from sarcomakit.evaluation.grade import grade_metrics
+from sarcomakit.evaluation.method_metrics import method_metrics
+from sarcomakit.evaluation.oof import OOF_COLUMNS, load_oof, validate_oof
+from sarcomakit.evaluation.oof_source import load_oof_source
 from sarcomakit.evaluation.survival import (
     breslow_survival_function,
     cumulative_dynamic_auc,
@@ -33,6 +27,7 @@ from sarcomakit.evaluation.survival import (
     logrank_test,
     uno_c_index,
 )
+from sarcomakit.evaluation.task_data import out_of_fold_survival
 
 N_BOOTSTRAP = 150
 
