@@ -116,6 +116,28 @@ def test_shape_errors_are_reported():
         grade_metrics([0, 5], np.ones((2, 3)) / 3)
 
 
+def test_unknown_labels_are_left_out_of_every_count_and_bad_labels_raise():
+    y, proba = predictions(50, 8)
+    pred = proba.argmax(1)
+    unknown = y.copy()
+    unknown[:7] = -1
+    np.testing.assert_array_equal(confusion_matrix(unknown, pred, 3),
+                                  sklearn_confusion_matrix(y[7:], pred[7:], labels=[0, 1, 2]))
+    assert balanced_accuracy(unknown, pred, 3) == pytest.approx(balanced_accuracy_score(y[7:], pred[7:]))
+    assert macro_ovr_auc(unknown, proba) == pytest.approx(roc_auc_score(y[7:], proba[7:], multi_class="ovr"))
+    assert math.isnan(balanced_accuracy(np.full(4, -1), np.zeros(4, int), 3))
+    with pytest.raises(ValueError, match="0..2"):
+        confusion_matrix(y, np.where(pred == 2, 3, pred), 3)
+
+
+def test_two_classes_follow_scikit_learns_binary_convention():
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 2, 40)
+    p_one = np.round(np.clip(0.3 * y + rng.uniform(0, 0.7, 40), 0, 1), 1)  # rounded: ties
+    proba = np.stack([1 - p_one, p_one], axis=1)
+    assert macro_ovr_auc(y, proba) == binary_auc(y == 1, p_one) == pytest.approx(roc_auc_score(y, p_one))
+
+
 def test_roc_points_match_sklearn(tmp_path):
     from sklearn.metrics import roc_curve
 

@@ -71,7 +71,7 @@ def grouped_bootstrap_indices(groups: Sequence[Any] | np.ndarray, n_resamples: i
 
 
 def resample_indices(n: int, n_resamples: int, seed: int,
-                     groups: Sequence[Any] | np.ndarray | None = None) -> Sequence[np.ndarray]:
+                     groups: Sequence[Any] | np.ndarray | None = None) -> np.ndarray | list[np.ndarray]:
     """Row indices of each resample: of the rows (:func:`bootstrap_indices`), or of whole groups
     (:func:`grouped_bootstrap_indices`) when ``groups`` (one per row) is given; none when
     ``n_resamples`` or ``n`` is 0."""
@@ -87,8 +87,9 @@ def resample_indices(n: int, n_resamples: int, seed: int,
 def percentile_bounds(draws: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval of bootstrap draws, element by element over the first axis.
 
-    Each element's bounds are the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of
-    its finite draws; NaN where fewer than two draws are finite.
+    Each element's bounds are the ``alpha / 2`` and ``1 - alpha / 2`` quantiles of its finite draws
+    (``alpha = 1 - confidence``; linear interpolation, numpy's default); NaN where fewer than two draws
+    are finite.
 
     Args:
         draws: shape (n_resamples, ...), one row per resample.
@@ -153,7 +154,8 @@ def resampled_intervals(values: dict[str, float], metrics_of: Callable[[np.ndarr
     names = list(values)
     if not names:
         return {}
-    draws = [[metrics_of(idx)[name] for name in names] for idx in resample_indices(n, n_bootstrap, seed, groups)]
+    draws = [[drawn[name] for name in names]
+             for drawn in (metrics_of(idx) for idx in resample_indices(n, n_bootstrap, seed, groups))]
     low, high = percentile_bounds(np.asarray(draws, dtype=float).reshape(-1, len(names)), confidence)
     return {name: {"value": float(values[name]), "ci_low": float(low[k]), "ci_high": float(high[k])}
             for k, name in enumerate(names)}
