@@ -19,7 +19,7 @@ from sarcomakit.evaluation.classification import (
     reliability_curve,
     roc_points,
 )
-from sarcomakit.evaluation.formatting import p_value_phrase
+from sarcomakit.evaluation.formatting import format_number, p_value_phrase
 from sarcomakit.evaluation.grade import HIGH, encode_grades
 from sarcomakit.evaluation.survival import kaplan_meier, logrank_test, risk_groups
 from sarcomakit.reporting.figures import save_png
@@ -46,7 +46,7 @@ def plot_roc_curves(y_true: np.ndarray, proba: np.ndarray, path: str | Path, tit
             continue
         fpr, tpr = roc_points(positive, p[:, k])
         axes.plot(fpr, tpr, linewidth=2 if k == HIGH else 1.4,
-                  label=f"{name} vs rest (AUC {binary_auc(positive, p[:, k]):.2f}, n={int(positive.sum())})")
+                  label=f"{name} vs rest (AUC {format_number(binary_auc(positive, p[:, k]))}, n={int(positive.sum())})")
     axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity", title=title)
     axes.set_aspect("equal")
     axes.legend(loc="lower right", fontsize=8, frameon=False)
@@ -75,7 +75,7 @@ def plot_reliability_diagram(y_true: np.ndarray, proba: np.ndarray, path: str | 
         filled = curve["count"] > 0
         ece = expected_calibration_error(confidence, outcome, n_bins)
         top.plot(curve["mean_confidence"][filled], curve["observed_frequency"][filled], marker="o",
-                 label=f"{label} (ECE {ece:.3f})")
+                 label=f"{label} (ECE {format_number(ece)})")
         centres = curve["edges"][:-1] + width / 2
         bottom.bar(centres + shift * width, curve["count"], width=width / 2, label=label)
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed frequency", title=title)
