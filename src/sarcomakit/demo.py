@@ -41,15 +41,16 @@ from sarcomakit.data.synthetic import case_id_of, make_synthetic_cohort
 from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.bootstrap import summarise
 from sarcomakit.evaluation.comparison import compare_methods
+from sarcomakit.evaluation.formatting import format_estimate
 from sarcomakit.evaluation.metrics import dice
+from sarcomakit.evaluation.oof import OOF_COLUMNS, OOF_FILE, write_oof
 from sarcomakit.evaluation.segmentation import evaluate_predictions
 from sarcomakit.inference.predictor import predict
-from sarcomakit.io.atomic import write_json, write_text
+from sarcomakit.io.atomic import write_json
 from sarcomakit.io.image import read_image
 from sarcomakit.planning.plan import Plan, plan_cohort
 from sarcomakit.provenance import describe_value_change, examples, file_identity
 from sarcomakit.reporting.multitask_report import write_multitask_report
-from sarcomakit.tasks.multitask import OOF_COLUMNS
 from sarcomakit.training.api import train
 from sarcomakit.training.config import TrainConfig
 
@@ -224,7 +225,7 @@ def run_demo(out_dir: str | Path = "sarcomakit-demo", *, cases: int = 50, epochs
     evaluation = evaluate_predictions(pred_dir, test_set, heldout / "evaluation", show_progress=False)
     cutoff = json.loads((run_dir / "fold_0" / "task_state.json").read_text()).get("risk_cutoff")
     table = held_out_table(test_set, pred_dir, evaluation.per_case, cutoff)
-    write_text(heldout / "oof_predictions.csv", table.to_csv(index=False))
+    write_oof(table, heldout / OOF_FILE)
     comparison = compare_methods(table, reference="multitask", seed=seed)
     thresholds = threshold_dice(test_set)
     metrics = comparison.metrics.set_index("metric")
@@ -237,13 +238,13 @@ def run_demo(out_dir: str | Path = "sarcomakit-demo", *, cases: int = 50, epochs
     write_json(out / "demo_summary.json", {"held_out": headline, "n_test": len(test_set), "seconds": seconds,
                                            "threshold_dice": summarise(thresholds.to_numpy())})
     summary = Table(title=f"held-out cases (n={len(test_set)}), 95% bootstrap intervals")
-    for column in ("task", "value", "95% CI"):
+    for column in ("task", "value [95% CI]"):
         summary.add_column(column)
     for name, label in HEADLINE.items():
         if name in headline:
             h = headline[name]
-            summary.add_row(label, f"{h['value']:.3f}", f"{h['ci_low']:.3f}-{h['ci_high']:.3f}")
-    summary.add_row("Dice of the T2FS threshold baseline", f"{np.nanmean(thresholds):.3f}", "")
+            summary.add_row(label, format_estimate(h["value"], h["ci_low"], h["ci_high"]))
+    summary.add_row("Dice of the T2FS threshold baseline", format_estimate(np.nanmean(thresholds), np.nan, np.nan))
     console.print(summary)
     return DemoResult(out_dir=out, headline=headline, threshold_dice=float(np.nanmean(thresholds)), report=report,
                       seconds=seconds)

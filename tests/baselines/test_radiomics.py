@@ -21,7 +21,7 @@ from sarcomakit.baselines.radiomics import (
 )
 from sarcomakit.data.manifest import Case, Manifest
 from sarcomakit.errors import UserInputError
-from sarcomakit.evaluation.classification import high_vs_rest_auc
+from sarcomakit.evaluation.grade import high_vs_rest_auc
 from sarcomakit.evaluation.survival import harrell_c_index
 from sarcomakit.io.image import write_image
 

@@ -183,7 +183,7 @@ def test_survival_metrics_without_reference_and_with_bad_inputs():
 
 
 def test_kaplan_meier_figure_is_written(tmp_path):
-    from sarcomakit.evaluation.figures_clinical import GROUP_COLOURS, plot_kaplan_meier
+    from sarcomakit.reporting.clinical_figures import GROUP_COLOURS, plot_kaplan_meier
 
     time, event, risk = cohort(50, seed=4)
     assert (risk > 0).any() and (risk <= 0).any()

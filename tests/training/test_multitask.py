@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from sarcomakit.data.manifest import Case, Manifest
+from sarcomakit.evaluation.oof import OOF_COLUMNS
 from sarcomakit.inference.case_level import tumour_centred_patch
 from sarcomakit.inference.predictor import predict
 from sarcomakit.models.multitask import build_multitask_network, find_bottleneck
 from sarcomakit.planning.plan import plan_cohort
 from sarcomakit.planning.preprocess import PreprocessedCase
-from sarcomakit.tasks.multitask import OOF_COLUMNS, ClinicalTargets, MultiTaskTask
+from sarcomakit.tasks.multitask import ClinicalTargets, MultiTaskTask
 from sarcomakit.training.api import train
 from sarcomakit.training.config import TrainConfig
 

@@ -46,7 +46,7 @@ from sklearn.preprocessing import StandardScaler
 from sarcomakit.cohort_runner import CohortResult, run_per_case
 from sarcomakit.data.manifest import GRADES, Case, Manifest
 from sarcomakit.errors import UserInputError
-from sarcomakit.evaluation.classification import encode_grades
+from sarcomakit.evaluation.grade import encode_grades
 from sarcomakit.io.atomic import atomic_path, write_json
 from sarcomakit.io.image import read_image
 from sarcomakit.losses.cox import cox_neg_partial_log_likelihood

@@ -34,13 +34,9 @@ def register(app: typer.Typer) -> None:
 
         Also writes comparison.csv, comparison.md and differences.csv beside the report.
         """
-        from sarcomakit.evaluation.comparison import (
-            compare_methods,
-            display_differences,
-            display_table,
-            load_oof_source,
-            write_comparison,
-        )
+        from sarcomakit.evaluation.comparison import compare_methods
+        from sarcomakit.evaluation.comparison_tables import display_differences, display_table, write_comparison
+        from sarcomakit.evaluation.oof_source import load_oof_source
         from sarcomakit.reporting.multitask_report import REPORT_FILE, write_multitask_report
 
         source = load_oof_source(source_dir)

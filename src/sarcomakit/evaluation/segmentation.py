@@ -35,6 +35,7 @@ from sarcomakit.data.manifest import Case, Manifest
 from sarcomakit.data.validation import check_case_headers
 from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.bootstrap import summarise
+from sarcomakit.evaluation.formatting import format_interval, format_number
 from sarcomakit.evaluation.metrics import METRIC_LABELS, METRIC_NAMES, segmentation_metrics
 from sarcomakit.io.atomic import atomic_path, write_json
 from sarcomakit.io.image import Geometry, read_image
@@ -108,8 +109,8 @@ class SegmentationEvaluation:
             table.add_column(name, justify="right")
         for row in summary.itertuples(index=False):
             cells = [escape(str(row.label))] if show_label else []
-            cells += [row.metric, str(row.n), _fmt(row.mean), _fmt(row.sd), _fmt(row.median),
-                      f"{_fmt(row.ci95_low)} to {_fmt(row.ci95_high)}"]
+            cells += [row.metric, str(row.n), format_number(row.mean), format_number(row.sd),
+                      format_number(row.median), format_interval(row.ci95_low, row.ci95_high)]
             table.add_row(*cells)
         console.print(table)
         if self.missing:
@@ -335,12 +336,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, float | np.floating) and not math.isfinite(float(value)):
         return None
     return value
-
-
-def _fmt(value: float) -> str:
-    if value is None or not math.isfinite(value):
-        return "–"
-    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3f}"
 
 
 def _fmt_tuple(values: Sequence[float]) -> str:

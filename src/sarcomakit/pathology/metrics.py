@@ -1,76 +1,30 @@
-"""Slide-level classification metrics with bootstrap confidence intervals.
+"""Slide-level classification metrics with bootstrap confidence intervals over patients.
 
 Balanced accuracy, one-vs-rest AUC per class and its macro average, and the confusion matrix, computed
-from true labels ``y`` (n,) in ``0..C-1`` and predicted probabilities ``p`` (n, C). The point estimates are
-written here in vectorised numpy (rank formula for the AUC) so that thousands of bootstrap resamples stay
-fast; the tests check them against scikit-learn.
-
-Confidence intervals are percentile bootstrap intervals: resample the slides (or, given ``groups``, the
-patients, keeping each patient's slides together) with replacement ``n_boot`` times, recompute the metric,
-and take the 2.5th and 97.5th percentiles. Resamples where a metric is undefined (a class absent) are
-dropped for that metric.
+from true labels ``y`` (n,) in ``0..C-1`` and predicted probabilities ``p`` (n, C) by the shared metrics of
+:mod:`sarcomakit.evaluation.classification`. What is particular to slides: a patient often has several
+slides, which are not independent, so intervals are percentile bootstrap intervals over patients
+(:func:`~sarcomakit.evaluation.bootstrap.bootstrap_metric` with ``groups``): resample the patients with
+replacement, keep each patient's slides together, recompute the metrics, and take the 2.5th and 97.5th
+percentiles. Resamples where a metric is undefined (a class absent) are dropped for that metric.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
-
-def binary_auc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve by the Mann-Whitney rank formula.
-
-    ``AUC = (R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg)`` with ``R_pos`` the sum of the (tie-averaged)
-    ranks of the positive scores. Returns NaN when one class is absent.
-    """
-    y_true = np.asarray(y_true, dtype=bool)
-    n_pos = int(y_true.sum())
-    n_neg = y_true.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def per_class_auc(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
-    """One-vs-rest AUC of each class (C,); NaN for a class absent or present alone."""
-    y_true = np.asarray(y_true)
-    proba = np.asarray(proba)
-    return np.array([binary_auc(y_true == c, proba[:, c]) for c in range(proba.shape[1])])
-
-
-def macro_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
-    """Unweighted mean of the one-vs-rest AUCs (for two classes, the AUC of class 1).
-
-    Classes absent from ``y_true`` are ignored; NaN if fewer than two classes are present.
-    """
-    proba = np.asarray(proba)
-    if proba.shape[1] == 2:
-        return binary_auc(np.asarray(y_true) == 1, proba[:, 1])
-    aucs = per_class_auc(y_true, proba)
-    return float(np.nanmean(aucs)) if np.isfinite(aucs).sum() >= 2 else float("nan")
-
-
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Counts (C, C): rows are true classes, columns predicted classes."""
-    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)), 1)
-    return matrix
-
-
-def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int | None = None) -> float:
-    """Mean recall over the classes present in ``y_true``: ``mean_c TP_c / (TP_c + FN_c)``."""
-    y_true = np.asarray(y_true, dtype=int)
-    y_pred = np.asarray(y_pred, dtype=int)
-    n_classes = n_classes or int(max(y_true.max(), y_pred.max())) + 1
-    matrix = confusion_matrix(y_true, y_pred, n_classes)
-    support = matrix.sum(axis=1)
-    present = support > 0
-    return float((np.diag(matrix)[present] / support[present]).mean())
+from sarcomakit.evaluation.bootstrap import bootstrap_metric
+from sarcomakit.evaluation.classification import (
+    balanced_accuracy,
+    confusion_matrix,
+    macro_ovr_auc,
+    one_vs_rest_aucs,
+)
+from sarcomakit.evaluation.formatting import format_estimate
 
 
 @dataclass
@@ -82,52 +36,10 @@ class Estimate:
     high: float
 
     def __str__(self) -> str:
-        return f"{self.value:.3f} (95% CI {self.low:.3f}-{self.high:.3f})"
+        return format_estimate(self.value, self.low, self.high)
 
     def as_dict(self) -> dict[str, float]:
         return {"value": self.value, "ci_low": self.low, "ci_high": self.high}
-
-
-def _bootstrap_indices(n: int, groups: np.ndarray | None, n_boot: int,
-                       rng: np.random.Generator) -> list[np.ndarray]:
-    if groups is None:
-        return [rng.integers(0, n, n) for _ in range(n_boot)]
-    unique, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
-    return [np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
-            for _ in range(n_boot)]
-
-
-def bootstrap_ci(metric: Callable[[np.ndarray], Any], n: int, n_boot: int = 1000, seed: int = 0,
-                 groups: Sequence[Any] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Percentile bootstrap of a metric of the sample indices.
-
-    Args:
-        metric: ``fn(indices) -> float or array`` computed on the resampled rows.
-        n: number of rows.
-        n_boot: number of resamples.
-        seed: random seed.
-        groups: optional cluster id per row (patient); whole clusters are resampled.
-
-    Returns:
-        (point estimate, 2.5th percentile, 97.5th percentile), elementwise for array metrics.
-    """
-    rng = np.random.default_rng(seed)
-    point = np.asarray(metric(np.arange(n)), dtype=float)
-    group_array = None if groups is None else np.asarray(groups)
-    samples = np.array([np.asarray(metric(idx), dtype=float)
-                        for idx in _bootstrap_indices(n, group_array, n_boot, rng)])
-    with np.errstate(all="ignore"):
-        finite = np.isfinite(samples)
-        low = np.full(point.shape, np.nan)
-        high = np.full(point.shape, np.nan)
-        flat_samples = samples.reshape(n_boot, -1)
-        flat_finite = finite.reshape(n_boot, -1)
-        for j in range(flat_samples.shape[1]):
-            values = flat_samples[flat_finite[:, j], j]
-            if values.size:
-                low.reshape(-1)[j], high.reshape(-1)[j] = np.percentile(values, [2.5, 97.5])
-    return point, low, high
 
 
 def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str],
@@ -152,20 +64,22 @@ def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Se
     p = np.asarray(proba, dtype=float)
     n_classes = len(classes)
     pred = p.argmax(axis=1)
-    out: dict[str, Any] = {"n": int(y.size), "classes": list(classes)}
-    for key, fn in (("balanced_accuracy", lambda i: balanced_accuracy(y[i], pred[i], n_classes)),
-                    ("macro_auc", lambda i: macro_auc(y[i], p[i]))):
-        value, low, high = bootstrap_ci(fn, y.size, n_boot, seed, groups)
-        out[key] = Estimate(float(value), float(low), float(high))
-    value, low, high = bootstrap_ci(lambda i: per_class_auc(y[i], p[i]), y.size, n_boot, seed, groups)
-    out["per_class_auc"] = {c: Estimate(float(value[k]), float(low[k]), float(high[k]))
-                            for k, c in enumerate(classes)}
-    value, low, high = bootstrap_ci(lambda i: confusion_matrix(y[i], pred[i], n_classes), y.size, n_boot, seed,
-                                    groups)
-    out["confusion_matrix"] = value.astype(int)
-    out["confusion_matrix_ci_low"] = low
-    out["confusion_matrix_ci_high"] = high
-    return out
+
+    def metrics_of(idx: np.ndarray) -> np.ndarray:
+        """Every metric on the slides at ``idx``, packed in one vector so that all share the resamples."""
+        return np.concatenate([[balanced_accuracy(y[idx], pred[idx], n_classes), macro_ovr_auc(y[idx], p[idx])],
+                               one_vs_rest_aucs(y[idx], p[idx]),
+                               confusion_matrix(y[idx], pred[idx], n_classes).ravel()])
+
+    value, low, high = bootstrap_metric(metrics_of, y.size, n_resamples=n_boot, seed=seed, groups=groups)
+    estimates = [Estimate(float(v), float(lo), float(hi)) for v, lo, hi in zip(value, low, high, strict=True)]
+    matrix = slice(2 + n_classes, None)
+    return {"n": int(y.size), "classes": list(classes),
+            "balanced_accuracy": estimates[0], "macro_auc": estimates[1],
+            "per_class_auc": dict(zip(classes, estimates[2:2 + n_classes], strict=True)),
+            "confusion_matrix": value[matrix].reshape(n_classes, n_classes).astype(int),
+            "confusion_matrix_ci_low": low[matrix].reshape(n_classes, n_classes),
+            "confusion_matrix_ci_high": high[matrix].reshape(n_classes, n_classes)}
 
 
 def metrics_to_json(metrics: dict[str, Any]) -> dict[str, Any]:

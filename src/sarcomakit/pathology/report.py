@@ -28,7 +28,7 @@ def confusion_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
 def format_metrics(metrics: Mapping[str, Any], title: str = "") -> str:
     """Plain-text block of the slide-level metrics with their 95% intervals and the confusion matrix."""
     lines = [title] if title else []
-    lines.append(f"  slides: {metrics['n']}")
+    lines.append(f"  slides: {metrics['n']}; value [95% bootstrap interval]")
     for key, label in (("balanced_accuracy", "balanced accuracy"), ("macro_auc", "macro AUC")):
         lines.append(f"  {label}: {metrics[key]}")
     for name, estimate in metrics["per_class_auc"].items():

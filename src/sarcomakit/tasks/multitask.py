@@ -10,8 +10,6 @@ ablations are the same network trained on a subset of ``tasks``.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,9 +23,9 @@ from sarcomakit.data.manifest import GRADES, Manifest
 from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.classification import macro_ovr_auc
 from sarcomakit.evaluation.metrics import segmentation_metrics
+from sarcomakit.evaluation.oof import write_oof
 from sarcomakit.evaluation.survival import harrell_c_index
 from sarcomakit.inference.case_level import predict_case_outputs
-from sarcomakit.io.atomic import write_text
 from sarcomakit.losses.cox import CoxRiskMemory
 from sarcomakit.losses.grade import balanced_class_weights
 from sarcomakit.losses.multitask import MultiTaskLoss
@@ -50,8 +48,6 @@ from sarcomakit.training.patches import PatchDataset
 
 log = logging.getLogger(__name__)
 ALL_TASKS = ("segmentation", "grade", "survival")
-OOF_COLUMNS = ("case_id", "method", "fold", "grade_true", "p_low", "p_intermediate", "p_high", "grade_pred", "time",
-               "event", "log_risk", "risk_group", "dice", "hd95", "train_risk_cutoff")
 #: what prediction writes per case (``clinical_predictions.csv``)
 CLINICAL_COLUMNS = ("case_id", "p_low", "p_intermediate", "p_high", "grade_pred", "log_risk", "risk_group")
 
@@ -215,7 +211,7 @@ class MultiTaskTask(Task):
     def case_rows(self, model: nn.Module, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig,
                   device: torch.device, fold: int | None = None,
                   risk_cutoff: float | None = None) -> list[dict[str, Any]]:
-        """One out-of-fold row per case (columns :data:`OOF_COLUMNS`)."""
+        """One out-of-fold row per case (columns :data:`~sarcomakit.evaluation.oof.OOF_COLUMNS`)."""
         rows = []
         for case in cases:
             out = self.infer(model, case, plan, config, device, overlap=config.sw_overlap)
@@ -306,14 +302,3 @@ def _summary_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
                                   [r["log_risk"] for r in surv])
     return {"val_dice": float(np.mean(dice)) if dice else float("nan"), "val_grade_auc": auc,
             "val_c_index": c_index}
-
-
-def write_oof(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write out-of-fold rows as CSV with the standard columns (empty where a task was not predicted)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(OOF_COLUMNS), lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in OOF_COLUMNS})
-    return write_text(path, buffer.getvalue())
-

@@ -14,28 +14,17 @@ from matplotlib.figure import Figure
 
 from sarcomakit.data.manifest import GRADES
 from sarcomakit.evaluation.classification import (
-    HIGH,
     binary_auc,
-    encode_grades,
     expected_calibration_error,
     reliability_curve,
+    roc_points,
 )
+from sarcomakit.evaluation.formatting import format_number, p_value_phrase
+from sarcomakit.evaluation.grade import HIGH, encode_grades
 from sarcomakit.evaluation.survival import kaplan_meier, logrank_test, risk_groups
-from sarcomakit.io.atomic import atomic_path
+from sarcomakit.reporting.figures import save_png
 
 GROUP_COLOURS = {"low risk": "#1f77b4", "high risk": "#d62728"}
-
-
-def roc_points(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates of the ROC curve, one point per distinct score, from (0, 0) to (1, 1)."""
-    positive = np.asarray(positive, dtype=bool)
-    score = np.asarray(score, dtype=float)
-    order = np.argsort(-score, kind="mergesort")
-    score, positive = score[order], positive[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(score)), score.size - 1]
-    tp = np.cumsum(positive)[last_of_tie]
-    fp = np.cumsum(~positive)[last_of_tie]
-    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
 
 
 def plot_roc_curves(y_true: np.ndarray, proba: np.ndarray, path: str | Path, title: str = "Grade: ROC curves") -> Path:
@@ -57,7 +46,7 @@ def plot_roc_curves(y_true: np.ndarray, proba: np.ndarray, path: str | Path, tit
             continue
         fpr, tpr = roc_points(positive, p[:, k])
         axes.plot(fpr, tpr, linewidth=2 if k == HIGH else 1.4,
-                  label=f"{name} vs rest (AUC {binary_auc(positive, p[:, k]):.2f}, n={int(positive.sum())})")
+                  label=f"{name} vs rest (AUC {format_number(binary_auc(positive, p[:, k]))}, n={int(positive.sum())})")
     axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity", title=title)
     axes.set_aspect("equal")
     axes.legend(loc="lower right", fontsize=8, frameon=False)
@@ -86,7 +75,7 @@ def plot_reliability_diagram(y_true: np.ndarray, proba: np.ndarray, path: str | 
         filled = curve["count"] > 0
         ece = expected_calibration_error(confidence, outcome, n_bins)
         top.plot(curve["mean_confidence"][filled], curve["observed_frequency"][filled], marker="o",
-                 label=f"{label} (ECE {ece:.3f})")
+                 label=f"{label} (ECE {format_number(ece)})")
         centres = curve["edges"][:-1] + width / 2
         bottom.bar(centres + shift * width, curve["count"], width=width / 2, label=label)
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed frequency", title=title)
@@ -127,7 +116,7 @@ def plot_kaplan_meier(time: np.ndarray, event: np.ndarray, risk: np.ndarray, pat
         axes.plot(censored_times, curve(censored_times), linestyle="none", marker="|", markersize=9,
                   markeredgewidth=1.5, color=colour)
     axes.plot([], [], linestyle="none", marker="|", color="0.3", label="censored")
-    axes.plot([], [], linestyle="none", label=f"log-rank p {_format_p_value(p_value)}")
+    axes.plot([], [], linestyle="none", label=f"log-rank {p_value_phrase(p_value)}")
     axes.set(xlim=(-0.03 * float(time.max()), float(time.max()) * 1.03), ylim=(0, 1.02),
              ylabel="survival probability", title=title)
     axes.legend(loc="best", fontsize=8, frameon=True, framealpha=0.9)
@@ -147,12 +136,6 @@ def plot_kaplan_meier(time: np.ndarray, event: np.ndarray, risk: np.ndarray, pat
     return _save(figure, path)
 
 
-def _format_p_value(p_value: float) -> str:
-    if not np.isfinite(p_value):
-        return "n/a"
-    return f"= {p_value:.3g}" if p_value >= 1e-4 else "< 0.0001"
-
-
 def _figure(size: tuple[float, float]):  # noqa: ANN202 (matplotlib types)
     figure = Figure(figsize=size)
     FigureCanvasAgg(figure)
@@ -160,8 +143,5 @@ def _figure(size: tuple[float, float]):  # noqa: ANN202 (matplotlib types)
 
 
 def _save(figure: Figure, path: str | Path) -> Path:
-    target = Path(path)
     figure.tight_layout()
-    with atomic_path(target) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    return target
+    return save_png(figure, path)
