@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from torch import nn
 
@@ -60,8 +61,17 @@ class FineTuningSchedule(Callback):
             return done / (self.warmup_epochs * self.steps_per_epoch)
         return 1.0
 
+    def _scheduled(self, trainer: Trainer) -> list[float]:
+        """The rates the run's own scheduler gives the current epoch (recomputed for a LambdaLR, so that a run
+        resumed with more epochs follows its new schedule)."""
+        scheduler = trainer.scheduler
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            return [base * rule(scheduler.last_epoch) for base, rule in zip(scheduler.base_lrs, scheduler.lr_lambdas,
+                                                                            strict=True)]
+        return list(scheduler.get_last_lr()) if scheduler is not None else self.initial
+
     def _apply(self, trainer: Trainer, epoch: int, step_in_epoch: int) -> None:
-        scheduled = trainer.scheduler.get_last_lr() if trainer.scheduler is not None else self.initial
+        scheduled = self._scheduled(trainer)
         for group, rate in zip(trainer.optimizer.param_groups, scheduled, strict=True):
             group["lr"] = rate * self.factor(group.get("name"), epoch, step_in_epoch)
 
