@@ -78,3 +78,50 @@ def pretrain_command(
 def register(app: typer.Typer) -> None:
     """Add ``pretrain``."""
     app.command("pretrain")(pretrain_command)
+
+
+def ssl_experiment_command(
+    manifest: Path = typer.Argument(..., help="Labelled cohort manifest (cases without labels only pretrain)."),
+    out_dir: Path = typer.Option(Path("experiments/ssl"), "--out", "-o", help="Experiment folder (resumable)."),
+    plan: Path = typer.Option(None, "--plan", help="Plan JSON (default: planned on the cohort)."),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
+    labelled: str = typer.Option("2,4,8,all", "--labelled", help="Numbers of labelled training cases per fold."),
+    methods: str = typer.Option("scratch,mae,crmae", "--methods", help="scratch and pretraining methods."),
+    unlabelled: Path = typer.Option(None, "--unlabelled", help="External unlabelled pool (manifest) to pretrain on "
+                                                               "instead of each fold's training cases."),
+    epochs: int = typer.Option(None, "--epochs", help="Epochs of each segmentation run (default 100)."),
+    pretrain_epochs: int = typer.Option(None, "--pretrain-epochs", help="Epochs of pretraining (default --epochs)."),
+    iterations: int = typer.Option(None, "--iterations", help="Iterations per epoch (default 50)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Override the plan's batch size."),
+    init_parts: str = typer.Option(None, "--init-parts", help="encoder (default) or encoder+decoder."),
+    freeze_epochs: int = typer.Option(None, "--freeze-epochs", help="Epochs with the loaded parts frozen."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of folds, labelled subsets, training and bootstrap."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    config_file: Path = typer.Option(None, "--config", help="TrainConfig JSON shared by every run."),
+) -> None:
+    """Scratch vs pretrained fine-tuning at several numbers of labelled cases, on the same folds (comparison.md)."""
+    from sarcomakit.data.manifest import Manifest
+    from sarcomakit.experiments.ssl_comparison import run_ssl_experiment
+    from sarcomakit.planning.plan import Plan
+    from sarcomakit.training.config import TrainConfig
+
+    counts: list[int | str] = []
+    for item in labelled.split(","):
+        item = item.strip()
+        if item != "all" and not item.isdigit():
+            raise typer.BadParameter(f"'{item}' is neither a number nor 'all'.", param_hint="--labelled")
+        counts.append(item if item == "all" else int(item))
+    base = TrainConfig.load(config_file) if config_file else TrainConfig()
+    config = base.updated(epochs=epochs, iterations_per_epoch=iterations, batch_size=batch_size, seed=seed,
+                          device=device, init_parts=init_parts, freeze_epochs=freeze_epochs)
+    console = Console(stderr=True)
+    table = run_ssl_experiment(Manifest.load(manifest), out_dir, plan=Plan.load(plan) if plan else None,
+                               n_folds=folds, config=config, labelled=counts,
+                               methods=[m.strip() for m in methods.split(",")], pretrain_epochs=pretrain_epochs,
+                               unlabelled=Manifest.load(unlabelled) if unlabelled else None, n_bootstrap=bootstrap,
+                               console=console)
+    from sarcomakit.experiments.ssl_comparison import comparison_markdown
+
+    Console().print(comparison_markdown(table), highlight=False)
+    console.print(f"written: {out_dir / 'comparison.md'}, {out_dir / 'dice.csv'}, {out_dir / 'dice_vs_labels.png'}")
