@@ -115,8 +115,8 @@ def train_command(
                           iterations_per_epoch=iterations, network=network, optimizer=optimizer,
                           learning_rate=learning_rate, batch_size=batch_size, augmentation=augmentation,
                           seed=seed, device=device, num_workers=workers, n_folds=folds,
-                          init_checkpoint=init, init_parts=init_parts, freeze_epochs=freeze_epochs,
-                          warmup_epochs=warmup_epochs)
+                          init_checkpoint=str(Path(init).resolve()) if init else None, init_parts=init_parts,
+                          freeze_epochs=freeze_epochs, warmup_epochs=warmup_epochs)
     console = Console(stderr=True)
     result = train(Manifest.load(manifest), Plan.load(plan), run_dir, folds=_folds(fold, config.n_folds),
                    config=config, resume=resume, preprocessed_dir=preprocessed,

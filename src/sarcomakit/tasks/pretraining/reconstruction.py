@@ -21,7 +21,8 @@ from __future__ import annotations
 import zlib
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from sarcomakit.tasks.pretraining.baselines import affine_from_modalities, inter
 from sarcomakit.tasks.pretraining.masking import block_mask, default_block_size, modality_mask
 from sarcomakit.tasks.pretraining.sampling import MaskedPatchDataset, crop, random_start
 from sarcomakit.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from sarcomakit.data.manifest import Manifest
 
 
 def masked_mse(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -63,7 +67,8 @@ class MaskedReconstructionTask(Task):
     case_columns = ("case_id", "masked_mse", "interpolation_mse")
     case_table = "reconstruction_errors.csv"
 
-    def __init__(self, manifest: Any = None, *, block_size: list[int] | None = None, val_patches: int = 2) -> None:
+    def __init__(self, manifest: Manifest | None = None, *, block_size: list[int] | None = None,
+                 val_patches: int = 2) -> None:
         super().__init__(manifest)
         if block_size is not None and (len(block_size) != 3 or min(block_size) < 1):
             raise UserInputError(f"block_size {block_size} is not three positive voxel counts (z, y, x).",
@@ -150,7 +155,7 @@ class MaskedReconstructionTask(Task):
 
     def finish(self, model: nn.Module, train_cases: Sequence[PreprocessedCase],
                val_cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig, device: torch.device,
-               fold: int, fold_dir: Any) -> dict[str, Any]:
+               fold: int, fold_dir: Path) -> dict[str, Any]:
         return {"method": self.name, "channels": list(plan.channels), "network": config.network}
 
     # ------------------------------------------------------------------ prediction
@@ -174,8 +179,8 @@ class MaskedAutoencoderTask(MaskedReconstructionTask):
 
     name = "mae"
 
-    def __init__(self, manifest: Any = None, *, mask_ratio: float = 0.75, block_size: list[int] | None = None,
-                 val_patches: int = 2) -> None:
+    def __init__(self, manifest: Manifest | None = None, *, mask_ratio: float = 0.75,
+                 block_size: list[int] | None = None, val_patches: int = 2) -> None:
         super().__init__(manifest, block_size=block_size, val_patches=val_patches)
         if not 0.0 < mask_ratio < 1.0:
             raise UserInputError(f"mask_ratio {mask_ratio} is not between 0 and 1.",
@@ -201,7 +206,7 @@ class CrossModalMaskedAutoencoderTask(MaskedReconstructionTask):
     name = "crmae"
     case_columns = ("case_id", "masked_mse", "interpolation_mse", "affine_mse")
 
-    def __init__(self, manifest: Any = None, *, density: float = 0.5, other_ratio: float = 0.0,
+    def __init__(self, manifest: Manifest | None = None, *, density: float = 0.5, other_ratio: float = 0.0,
                  block_size: list[int] | None = None, val_patches: int = 2) -> None:
         super().__init__(manifest, block_size=block_size, val_patches=val_patches)
         if not 0.0 < density <= 1.0 or not 0.0 <= other_ratio < 1.0:
