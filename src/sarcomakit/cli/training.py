@@ -94,6 +94,13 @@ def train_command(
                                                                       "improvement."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (DistributedDataParallel, "
                                                         "launched with torchrun; one per GPU)."),
+    init: str = typer.Option(None, "--init", help="Start from pretrained weights: a 'sarcomakit pretrain' run "
+                                                  "folder or checkpoint, or MONAI's model_swinvit.pt, "
+                                                  "ssl_pretrained_weights.pth or a ViTAutoEnc state dict."),
+    init_parts: str = typer.Option(None, "--init-parts", help="encoder (default) or encoder+decoder."),
+    freeze_epochs: int = typer.Option(None, "--freeze-epochs", help="Epochs with the loaded parts frozen."),
+    warmup_epochs: int = typer.Option(None, "--warmup-epochs", help="Epochs of linear learning-rate warm-up "
+                                                                    "(default with --init: a tenth of the epochs)."),
 ) -> None:
     """Train a 3D network for a task (segmentation by default) on one or more folds."""
     if nproc > 1 and "RANK" not in os.environ:
@@ -109,7 +116,9 @@ def train_command(
     config = base.updated(task=task, task_options=options or None, epochs=epochs,
                           iterations_per_epoch=iterations, network=network, optimizer=optimizer,
                           learning_rate=learning_rate, batch_size=batch_size, augmentation=augmentation,
-                          seed=seed, device=device, num_workers=workers, n_folds=folds)
+                          seed=seed, device=device, num_workers=workers, n_folds=folds,
+                          init_checkpoint=str(Path(init).resolve()) if init else None, init_parts=init_parts,
+                          freeze_epochs=freeze_epochs, warmup_epochs=warmup_epochs)
     console = Console(stderr=True)
     result = train(Manifest.load(manifest), Plan.load(plan), run_dir, folds=_folds(fold, config.n_folds),
                    config=config, resume=resume, preprocessed_dir=preprocessed,

@@ -15,6 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from sarcomakit.errors import UserInputError
 from sarcomakit.tasks.base import TASKS, CaseOutput, LossOutput, Objective, Task, TaskRequirements
 from sarcomakit.tasks.multitask import MultiTaskTask
+from sarcomakit.tasks.pretraining import CrossModalMaskedAutoencoderTask, MaskedAutoencoderTask
 from sarcomakit.tasks.segmentation import SegmentationTask
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ __all__ = ["TASKS", "CaseOutput", "LossOutput", "Objective", "Task", "TaskRequir
 
 TASKS.add(SegmentationTask.name, SegmentationTask)
 TASKS.add(MultiTaskTask.name, MultiTaskTask)
+TASKS.add(MaskedAutoencoderTask.name, MaskedAutoencoderTask)
+TASKS.add(CrossModalMaskedAutoencoderTask.name, CrossModalMaskedAutoencoderTask)
 
 
 def task_class(name: str) -> type[Task]:

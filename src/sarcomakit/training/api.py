@@ -64,6 +64,9 @@ def train(manifest: Manifest, plan: Plan, run_dir: str | Path, *, folds: Sequenc
     needs = task.requirements
     used = [c.case_id for c in manifest.cases if c.label is not None or not needs.needs_labels]
     if len(used) < 2:
+        if not needs.needs_labels:
+            raise UserInputError("the manifest has fewer than two cases; nothing to train on.",
+                                 path=manifest.source, fix="add cases to the manifest.")
         raise UserInputError("fewer than two cases have a label; nothing to train on.", path=manifest.source,
                              fix="add label paths to the manifest.")
     manifest = manifest.subset(used)

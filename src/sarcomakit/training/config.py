@@ -47,6 +47,15 @@ class TrainConfig(BaseModel):
     checkpoint_selection: Literal["validation", "last"] = "validation"
     sw_overlap: float = Field(0.5, ge=0, lt=1)
     sw_batch_size: int = Field(2, ge=1)
+    #: fine-tuning (sarcomakit.training.finetuning): the checkpoint or pretraining run folder to start from
+    init_checkpoint: str | None = None
+    #: which pretrained parts to load ("encoder+decoder": everything but the output layer)
+    init_parts: Literal["encoder", "encoder+decoder"] = "encoder"
+    #: epochs during which the loaded parts are not updated (learning rate 0)
+    freeze_epochs: int = Field(0, ge=0)
+    #: epochs of linear learning-rate warm-up of each part (after its freeze); None: a tenth of the epochs when
+    #: initialised from a checkpoint, else none
+    warmup_epochs: int | None = Field(None, ge=0)
 
     def save(self, path: str | Path) -> Path:
         return write_text(path, self.model_dump_json(indent=2) + "\n")

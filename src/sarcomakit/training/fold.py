@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -25,6 +26,7 @@ from sarcomakit.tasks import Task, build_task
 from sarcomakit.training.callbacks import Checkpoint, EarlyStopping, FoldLog, TimeLimit, Validation
 from sarcomakit.training.checkpoint import load_checkpoint
 from sarcomakit.training.config import TrainConfig
+from sarcomakit.training.finetuning import prepare_finetuning
 from sarcomakit.training.trainer import Callback, Trainer, unwrap
 
 
@@ -46,9 +48,12 @@ def poly_learning_rate(initial: float, epoch: int, epochs: int, exponent: float 
 
 
 # ---------------------------------------------------------------------- factories
-def make_optimizer(parameters: Iterable[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (nnU-Net) or AdamW, over the given trainable parameters."""
-    trainable = [p for p in parameters if p.requires_grad]
+def make_optimizer(parameters: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]],
+                   config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum (nnU-Net) or AdamW, over the given trainable parameters (or parameter groups)."""
+    given = list(parameters)
+    trainable: list[Any] = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in given] \
+        if given and isinstance(given[0], dict) else [p for p in given if p.requires_grad]
     if config.optimizer == "sgd":
         return torch.optim.SGD(trainable, lr=config.learning_rate, momentum=config.momentum,
                                nesterov=True, weight_decay=config.weight_decay)
@@ -132,6 +137,9 @@ def _train_fold(train_cases: Sequence[PreprocessedCase], val_cases: Sequence[Pre
     torch.manual_seed(config.seed)
     model = task.build_model(plan, config).to(device)
     torch.manual_seed(config.seed + 1000 * distributed.rank() + 1)
+    # fine-tuning: pretrained weights loaded now (not when resuming), parameter groups and schedule below
+    finetuning = prepare_finetuning(model, config, fold_dir, load=not (resume and last_path.exists()),
+                                    console=console)
     objective = task.objective(train_cases, plan, config).to(device)
     dataset = task.training_data(train_cases, plan, config, config.iterations_per_epoch * batch_size
                                  * distributed.world_size())
@@ -140,7 +148,8 @@ def _train_fold(train_cases: Sequence[PreprocessedCase], val_cases: Sequence[Pre
     if distributed.active():
         network = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = make_optimizer([*model.parameters(), *objective.parameters()], config)
+    optimizer = make_optimizer(finetuning.parameter_groups(objective) if finetuning else
+                               [*model.parameters(), *objective.parameters()], config)
     checkpoint = Checkpoint(fold_dir, task.score_name, config.checkpoint_selection,
                             extra={"config": config.model_dump(), "plan": plan.model_dump(), "task": task.name})
     built_in: list[Callback] = [
@@ -155,6 +164,8 @@ def _train_fold(train_cases: Sequence[PreprocessedCase], val_cases: Sequence[Pre
         built_in.append(TimeLimit(time_limit_s))
     if early_stopping is not None:
         built_in.append(EarlyStopping(task.score_name, early_stopping))
+    if finetuning is not None:
+        built_in.append(finetuning.schedule)
     trainer = Trainer(network, objective, optimizer, make_loader(dataset, batch_size, workers, device),
                       device=device, epochs=config.epochs, scheduler=make_scheduler(optimizer, config),
                       callbacks=[*built_in, *callbacks], grad_clip=config.grad_clip, amp=config.amp,
