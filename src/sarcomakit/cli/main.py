@@ -56,7 +56,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 
 # Each module holds one command group and exposes ``register(app)``.
 COMMAND_MODULES = ("synth", "data", "planning", "training", "inference", "evaluation", "experiment", "report",
-                   "demo", "wsi")
+                   "demo", "wsi", "interactive")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"sarcomakit.cli.{_name}").register(app)

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from sarcomakit.errors import UserInputError
 from sarcomakit.tasks.base import TASKS, CaseOutput, LossOutput, Objective, Task, TaskRequirements
+from sarcomakit.tasks.interactive import InteractiveTask
 from sarcomakit.tasks.multitask import MultiTaskTask
 from sarcomakit.tasks.segmentation import SegmentationTask
 
@@ -26,6 +27,7 @@ __all__ = ["TASKS", "CaseOutput", "LossOutput", "Objective", "Task", "TaskRequir
 
 TASKS.add(SegmentationTask.name, SegmentationTask)
 TASKS.add(MultiTaskTask.name, MultiTaskTask)
+TASKS.add(InteractiveTask.name, InteractiveTask)
 
 
 def task_class(name: str) -> type[Task]:
