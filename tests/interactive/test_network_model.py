@@ -43,7 +43,10 @@ class ThresholdGrid:
     def __init__(self) -> None:
         self.calls: list[dict] = []
 
-    def foreground_probability(self, image, previous, positive, negative, spacing):  # noqa: ANN001, ANN201
+    def context_of(self, box, image_shape):  # noqa: ANN001, ANN201
+        return tuple(slice(a, b) for a, b in box)
+
+    def foreground_probability(self, image, previous, positive, negative, spacing, context=None):  # noqa: ANN001, ANN201
         self.calls.append({"image": image.copy(), "previous": None if previous is None else previous.copy(),
                            "positive": positive.copy(), "negative": negative.copy(), "spacing": spacing})
         return (image[0] > 0.5).astype(np.float32)
@@ -219,3 +222,44 @@ def test_on_the_real_brain_mri_grid_the_mask_comes_back_where_the_tumour_is() ->
     session.add_scribble([(z, y, x) for y, x in voxels[:: max(1, len(voxels) // 20)]])
     mask = session.predict()
     assert mask.shape == reference.shape and dice(mask, reference) > 0.9
+
+
+def test_local_normalisation_makes_the_input_independent_of_the_intensity_scale() -> None:
+    seen: list[torch.Tensor] = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.clone())
+            return torch.zeros(x.shape[0], 2, *x.shape[2:])
+
+    image = np.random.default_rng(0).normal(size=(1, 12, 24, 24)).astype(np.float32)
+    roi = Roi((2, 4, 4), (10, 20, 20))
+    prompt = Scribble.from_voxels([(6, 10, x) for x in range(8, 12)], positive=True)
+    for local in (True, False):
+        seen.clear()
+        model = PlanGridModel(Recorder(), n_channels=1, divisor=(1, 1, 1), local_normalisation=local,
+                              context_shape=(12, 24, 24))
+        model.predict(image, [prompt], None, roi)
+        model.predict(3.0 * image + 100.0, [prompt], None, roi)
+        same = torch.allclose(seen[0][:, 0], seen[1][:, 0], atol=1e-4)
+        assert same == local
+    # the statistics come from the patch-sized window around the region (here the whole image), not the region
+    from sarcomakit.interactive.network_model import robust_statistics
+
+    median, scale = robust_statistics(image)
+    expected = (image[(slice(None), *roi.slices)] - median) / scale
+    model = PlanGridModel(Recorder(), n_channels=1, divisor=(1, 1, 1), local_normalisation=True,
+                          context_shape=(12, 24, 24))
+    seen.clear()
+    model.predict(image, [prompt], None, roi)
+    np.testing.assert_allclose(seen[0][0, 0].numpy(), expected[0], atol=1e-5)
+
+
+def test_context_box_grows_a_region_to_the_patch_size_inside_the_image() -> None:
+    from sarcomakit.interactive.network_model import context_box
+
+    assert context_box([(10, 14), (0, 5), (30, 60)], (8, 16, 16), (40, 40, 64)) == \
+        (slice(8, 16), slice(0, 16), slice(30, 60))
+    assert context_box([(0, 4), (0, 4), (0, 4)], (8, 16, 16), (6, 40, 40)) == (slice(0, 6), slice(0, 16),
+                                                                               slice(0, 16))
+    assert context_box([(3, 5), (3, 5), (3, 5)], None, (8, 8, 8)) == (slice(3, 5),) * 3

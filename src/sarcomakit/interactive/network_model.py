@@ -15,6 +15,11 @@ as input channels (early fusion, as nnInteractive), and answers two-class logits
   cost of an interaction is one forward pass on the ROI, and the mask lies on the original grid
   whatever the spacing, orientation or obliquity of the image.
 
+Local normalisation (the default of the ``interactive`` task): each image channel of the input is
+standardised by its median and interquartile range in a window of the training patch's size around
+the region (:func:`robust_statistics`), as each training patch was, so that the network sees a
+tumour's local contrast on one scale whatever the modality and the scan's intensity range.
+
 Index mapping: reorientation permutes and flips axes and resampling scales them, so an original
 voxel index ``i`` (array order) maps to a continuous plan-grid index ``A @ i + b`` with ``A`` a
 scaled signed permutation (:func:`index_mapping`). A prompt voxel is drawn onto every plan-grid
@@ -69,6 +74,34 @@ def network_input(image: np.ndarray, previous: np.ndarray | None, positive: np.n
     return np.concatenate([np.asarray(image, dtype=np.float32), mask[None], prompts])
 
 
+def robust_statistics(context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel of ``(C, ...)``, the median and the interquartile range (the standard deviation when that is 0,
+    1 when both are), shaped ``(C, 1, 1, 1)`` to standardise a crop as ``(crop - median) / scale``."""
+    data = np.asarray(context, dtype=np.float32).reshape(context.shape[0], -1)
+    low, median, high = np.percentile(data, (25, 50, 75), axis=1)
+    scale = high - low
+    spread = data.std(axis=1)
+    scale = np.where(scale > 1e-6, scale, np.where(spread > 1e-6, spread, 1.0))
+    shape = (-1, *(1,) * (context.ndim - 1))
+    return median.reshape(shape).astype(np.float32), scale.reshape(shape).astype(np.float32)
+
+
+def context_box(box: Sequence[tuple[int, int]], size: Sequence[int] | None,
+                image_shape: Sequence[int]) -> tuple[slice, ...]:
+    """The box grown about its centre to at least ``size`` voxels per axis (within the image): the window whose
+    statistics normalise the box, of the size of the training patches. ``size`` None: the box itself."""
+    slices = []
+    for axis, (start, stop) in enumerate(box):
+        need, n = (stop - start if size is None else int(size[axis])), int(image_shape[axis])
+        if stop - start >= need or n <= need:
+            lo, hi = (start, stop) if stop - start >= need else (0, n)
+        else:
+            lo = min(max(int(round((start + stop - need) / 2)), 0), n - need)
+            hi = lo + need
+        slices.append(slice(lo, hi))
+    return tuple(slices)
+
+
 def input_divisor(network: str, options: dict, patch_size: Sequence[int]) -> tuple[int, int, int]:
     """Per axis, the number an input side must be a multiple of for the registered network ``network``.
 
@@ -95,13 +128,17 @@ class PlanGridModel:
         divisor: per axis, the multiple an input side is padded to (:func:`input_divisor`).
         device: where the network runs.
         threshold: foreground probability above which a voxel is in the mask.
+        local_normalisation: standardise the image channels by :func:`robust_statistics` of a window of
+            ``context_shape`` voxels around the region (as the task did with its training patches).
+        context_shape: that window's size, the training patch size (None: the region itself).
     """
 
     name = "network"
 
     def __init__(self, network: nn.Module, *, n_channels: int, encoding: Encoding = "edt", scale_mm: float = 5.0,
                  divisor: Sequence[int] = (16, 16, 16), device: torch.device | str = "cpu",
-                 threshold: float = 0.5) -> None:
+                 threshold: float = 0.5, local_normalisation: bool = False,
+                 context_shape: Sequence[int] | None = None) -> None:
         self.network = network
         self.n_channels = n_channels
         self.encoding = encoding
@@ -109,19 +146,34 @@ class PlanGridModel:
         self.divisor = tuple(int(d) for d in divisor)
         self.device = torch.device(device)
         self.threshold = threshold
+        self.local_normalisation = local_normalisation
+        self.context_shape = None if context_shape is None else tuple(int(n) for n in context_shape)
 
     def predict(self, image: np.ndarray, prompts: Sequence[Prompt], previous_mask: np.ndarray | None,
                 roi: Roi, *, spacing: Sequence[float] | None = None) -> np.ndarray:
         """The mask in ``roi`` of an image already on the plan's grid (the InteractiveModel protocol)."""
         positive, negative = rasterize_prompts(prompts, image.shape[1:], roi)
         previous = None if previous_mask is None else previous_mask[roi.slices]
+        context = image[(slice(None), *self.context_of(list(zip(roi.start, roi.stop, strict=True)),
+                                                        image.shape[1:]))]
         probability = self.foreground_probability(image[(slice(None), *roi.slices)], previous, positive, negative,
-                                                  spacing)
+                                                  spacing, context=context)
         return probability >= self.threshold
 
+    def context_of(self, box: Sequence[tuple[int, int]], image_shape: Sequence[int]) -> tuple[slice, ...]:
+        """The window (slices of the plan-grid image) whose statistics normalise the crop ``box``."""
+        return context_box(box, self.context_shape, image_shape)
+
     def foreground_probability(self, image: np.ndarray, previous: np.ndarray | None, positive: np.ndarray,
-                               negative: np.ndarray, spacing: Sequence[float] | None) -> np.ndarray:
-        """Foreground probability ``(Z, Y, X)`` of one crop, from one forward pass (input padded, output cropped)."""
+                               negative: np.ndarray, spacing: Sequence[float] | None,
+                               context: np.ndarray | None = None) -> np.ndarray:
+        """Foreground probability ``(Z, Y, X)`` of one crop, from one forward pass (input padded, output cropped).
+
+        ``context`` is the window whose statistics normalise the crop (local normalisation; default the crop).
+        """
+        if self.local_normalisation:
+            median, scale = robust_statistics(image if context is None else context)
+            image = (np.asarray(image, dtype=np.float32) - median) / scale
         inputs = network_input(image, previous, positive, negative, encoding=self.encoding, scale_mm=self.scale_mm,
                                spacing=spacing)
         shape = inputs.shape[1:]
@@ -272,8 +324,10 @@ class NetworkInteractiveModel:
         if previous_mask is not None and previous_mask.any():
             previous = _previous_on_box(previous_mask, prepared, box)
         grid_spacing = prepared.grid.array_spacing
+        context = prepared.data[(slice(None), *self.grid_model.context_of(box, prepared.data.shape[1:]))]
         probability = self.grid_model.foreground_probability(
-            prepared.data[(slice(None), *(slice(a, b) for a, b in box))], previous, positive, negative, grid_spacing)
+            prepared.data[(slice(None), *(slice(a, b) for a, b in box))], previous, positive, negative, grid_spacing,
+            context=context)
         assert probability.shape == box_shape
         box_grid = cropped_geometry(prepared.grid, [list(b) for b in box])
         roi_grid = cropped_geometry(prepared.reference, [[a, b] for a, b in zip(roi.start, roi.stop, strict=True)])

@@ -9,7 +9,9 @@ Training samples are patches around the tumour (every patch holds some of it), a
 (the run's ``augmentation``) and then strongly in intensity
 (:class:`~sarcomakit.interactive.augment.IntensityAugmentation`: random monotone remapping,
 inversion, gamma, bias field, noise, channel dropout), so that the network follows the prompts rather
-than one contrast. The interaction state of a sample (previous mask and prompts) is simulated by the
+than one contrast; with ``local_normalisation`` (default) each patch's channels are then standardised
+by their median and interquartile range, as prediction does in a patch-sized window around the region.
+The interaction state of a sample (previous mask and prompts) is simulated by the
 robot user from the patch's reference (:func:`~sarcomakit.interactive.simulation.simulate_state`):
 first prompts on an empty mask, or corrections of a perturbed mask. With ``model_in_the_loop`` a
 batch also gets one more round on the network's own answer (DeepEdit's and nnInteractive's
@@ -35,7 +37,7 @@ from sarcomakit.errors import UserInputError
 from sarcomakit.interactive.augment import IntensityAugmentation, pick_channel
 from sarcomakit.interactive.evaluate import InteractiveCase, evaluate_interactive
 from sarcomakit.interactive.metrics import dice_curve_auc, mean_curve
-from sarcomakit.interactive.network_model import PlanGridModel, input_divisor, network_input
+from sarcomakit.interactive.network_model import PlanGridModel, input_divisor, network_input, robust_statistics
 from sarcomakit.interactive.prompts import ENCODINGS
 from sarcomakit.interactive.robot import RobotConfig
 from sarcomakit.interactive.simulation import (
@@ -67,7 +69,8 @@ class InteractiveDataset(torch.utils.data.Dataset):
 
     def __init__(self, volumes: Sequence[CaseVolume], patch_size: Sequence[int], length: int, *,
                  spatial_augmentation: str, intensity: IntensityAugmentation | None, simulation: SimulationConfig,
-                 single_channel: bool, encoding: str, scale_mm: float, spacing: Sequence[float], seed: int) -> None:
+                 single_channel: bool, encoding: str, scale_mm: float, spacing: Sequence[float], seed: int,
+                 local_normalisation: bool = True) -> None:
         self.volumes = [v for v in volumes if len(v.foreground)]
         if not self.volumes:
             raise UserInputError("no training case has foreground voxels: there is no object to prompt for.",
@@ -82,6 +85,7 @@ class InteractiveDataset(torch.utils.data.Dataset):
         self.scale_mm = scale_mm
         self.spacing = tuple(float(s) for s in spacing)
         self.seed = seed
+        self.local_normalisation = local_normalisation
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -97,6 +101,9 @@ class InteractiveDataset(torch.utils.data.Dataset):
             image = pick_channel(image, rng)
         if self.intensity is not None:
             image = self.intensity(image, rng)
+        if self.local_normalisation:
+            median, scale = robust_statistics(image)
+            image = (image - median) / scale
         reference = label[0] > 0
         state = simulate_state(reference, rng, self.simulation)
         inputs = network_input(image, state.previous, state.positive, state.negative, encoding=self.encoding,
@@ -196,6 +203,9 @@ class InteractiveTask(Task):
         model_in_the_loop: probability that a batch gets one more round on the network's own answer.
         validation_rounds: robot rounds per validation case; the score is the mean Dice after the last.
         validation_protocol: first-round prompts of the validation robot (scribble, clicks, extreme_points).
+        local_normalisation: standardise the image channels of each input by their median and interquartile
+            range in a patch-sized window (the training patch; around the region at prediction), so that the
+            network sees local contrast on one scale whatever the modality.
     """
 
     name = "interactive"
@@ -209,7 +219,7 @@ class InteractiveTask(Task):
                  corrective_kinds: list[str] | str = "scribble,click",
                  perturbations: list[str] | str = "dilate,erode,shift,cut,blob,empty",
                  model_in_the_loop: float = 0.25, validation_rounds: int = 5,
-                 validation_protocol: str = "scribble") -> None:
+                 validation_protocol: str = "scribble", local_normalisation: bool = True) -> None:
         super().__init__(manifest)
         if encoding not in ENCODINGS:
             raise UserInputError(f"unknown prompt encoding '{encoding}'.", fix=f"use {', '.join(ENCODINGS)}.")
@@ -234,6 +244,7 @@ class InteractiveTask(Task):
         self.single_channel = single_channel
         self.model_in_the_loop = float(model_in_the_loop)
         self.validation_rounds = int(validation_rounds)
+        self.local_normalisation = local_normalisation
 
     def image_channels(self, plan: Plan) -> int:
         """Image channels of the network input: one, or the plan's."""
@@ -251,7 +262,7 @@ class InteractiveTask(Task):
                                   spatial_augmentation=config.augmentation, intensity=self.intensity,
                                   simulation=self.simulation, single_channel=self.single_channel,
                                   encoding=self.encoding, scale_mm=self.scale_mm, spacing=plan.target_spacing,
-                                  seed=config.seed)
+                                  seed=config.seed, local_normalisation=self.local_normalisation)
 
     def objective(self, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig) -> Objective:
         return InteractiveObjective(n_channels=self.image_channels(plan), encoding=self.encoding,
@@ -265,7 +276,9 @@ class InteractiveTask(Task):
         return PlanGridModel(model, n_channels=self.image_channels(plan), encoding=self.encoding,  # type: ignore[arg-type]
                              scale_mm=self.scale_mm,
                              divisor=input_divisor(config.network, config.network_options,
-                                                   config.patch_size or plan.patch_size), device=device)
+                                                   config.patch_size or plan.patch_size), device=device,
+                             local_normalisation=self.local_normalisation,
+                             context_shape=config.patch_size or plan.patch_size)
 
     def validation_cases(self, cases: Sequence[PreprocessedCase]) -> list[InteractiveCase]:
         """Validation cases with an object; a one-channel network gets channel ``i % C`` of case ``i``."""
