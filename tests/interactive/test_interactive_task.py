@@ -17,6 +17,7 @@ from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.metrics import dice
 from sarcomakit.interactive.network_model import NetworkInteractiveModel
 from sarcomakit.interactive.robot import RobotConfig, RobotUser
+from sarcomakit.interactive.roi import Roi
 from sarcomakit.interactive.session import InteractiveSession
 from sarcomakit.io.image import Geometry, read_image
 from sarcomakit.planning.plan import plan_cohort
@@ -176,3 +177,34 @@ def test_evaluate_compares_a_trained_run_with_the_random_walker(trained_run: Pat
     rounds = pd.read_csv(out / "rounds.csv")
     assert len(rounds) == 2 * 3 * 3
     assert (out / "dice_vs_rounds.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_an_exported_run_predicts_the_same_and_seeds_fine_tuning(trained_run: Path, cohort_and_plan,  # noqa: ANN001
+                                                                  tmp_path: Path) -> None:
+    root, manifest, plan = cohort_and_plan
+    notes = tmp_path / "notes.md"
+    notes.write_text("# how it was made\n")
+    shipped = tmp_path / "shipped"
+    result = CliRunner().invoke(app, ["interactive", "export", str(trained_run), str(shipped), "--notes", str(notes)])
+    assert result.exit_code == 0, result.output
+    weights = shipped / "fold_0" / "checkpoint_best.pt"
+    assert weights.stat().st_size < (trained_run / "fold_0" / "checkpoint_best.pt").stat().st_size / 2
+    assert (shipped / "RECIPE.md").read_text() == "# how it was made\n"
+    case = preprocess_case(manifest.cases[0], plan)
+    image, reference = np.asarray(case.data), np.asarray(case.label) > 0
+    prompts = RobotUser(RobotConfig(plane="axial"), seed=1).initial_prompts(reference)
+    roi = Roi.of_image(reference.shape)
+    masks = [NetworkInteractiveModel.from_run(folder).grid_model.predict(image, prompts, None, roi,
+                                                                         spacing=plan.target_spacing)
+             for folder in (trained_run, shipped)]
+    assert np.array_equal(masks[0], masks[1])
+
+    config = TrainConfig.load(trained_run / "config.json")
+    tuned = config.model_copy(update={"task_options": {**config.task_options, "initial_weights": str(shipped)}})
+    network = build_task(tuned).build_model(plan, tuned)
+    exported = torch.load(weights, weights_only=True)["model"]
+    assert all(torch.equal(value, exported[name]) for name, value in network.state_dict().items())
+    wider = tuned.model_copy(update={"network_options": {"channels": [8, 16, 64], "num_res_units": 1}})
+    with pytest.raises(UserInputError, match="do not fit this network"):
+        build_task(wider).build_model(plan, wider)

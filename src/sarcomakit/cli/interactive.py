@@ -1,6 +1,7 @@
 """``sarcomakit interactive``: train the interactive network and evaluate interactive models under the robot user.
 
 - ``train``: ``sarcomakit train`` with the ``interactive`` task (:mod:`sarcomakit.tasks.interactive`);
+- ``export RUN OUT``: the run's network weights, plan and config as a small folder to ship or share;
 - ``evaluate MODEL MANIFEST``: plays the simulated annotator on every labelled case with each model
   (a run folder, ``default``, ``random_walker`` or ``geodesic``; several separated by commas) and writes
   the per-round and per-case tables, the summary (NoC@85/90, AUC, latency) and a Dice-vs-rounds plot.
@@ -148,6 +149,30 @@ def evaluate_command(
         console.print(f"wrote {', '.join(p.name for p in paths.values())} in {out}", highlight=False, soft_wrap=True)
     outcome.print_summary(console)
     raise typer.Exit(outcome.exit_code)
+
+
+@interactive_app.command("export")
+def export_command(
+    run_dir: Path = typer.Argument(..., help="Interactive run folder."),
+    out: Path = typer.Argument(..., help="Folder to write (plan.json, config.json, fold_0/checkpoint_best.pt)."),
+    fold: int = typer.Option(None, "--fold", help="Fold whose network to export (default: the first trained)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    notes: Path = typer.Option(None, "--notes", help="A Markdown file copied beside it as RECIPE.md."),
+) -> None:
+    """Write a trained interactive run as a small folder to ship or share (weights only, no optimizer state).
+
+    The folder is a run folder: give it to 'interactive evaluate', a session (NetworkInteractiveModel.from_run),
+    or to training as --task-option initial_weights=FOLDER to fine-tune it.
+    """
+    from sarcomakit.errors import UserInputError
+    from sarcomakit.interactive.models import export_interactive_model
+
+    if notes is not None and not notes.is_file():
+        raise UserInputError("notes file not found.", path=notes)
+    written = export_interactive_model(run_dir, out, fold=fold, checkpoint=checkpoint,
+                                       notes=notes.read_text(encoding="utf-8") if notes else None)
+    size = sum(p.stat().st_size for p in written.rglob("*") if p.is_file()) / 2**20
+    Console().print(f"wrote {written} ({size:.1f} MiB)", highlight=False, soft_wrap=True)
 
 
 def _method_name(spec: str) -> str:

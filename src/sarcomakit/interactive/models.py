@@ -33,6 +33,45 @@ def model_names() -> list[str]:
     return [*CLASSICAL_MODELS, DEFAULT_MODEL]
 
 
+def export_interactive_model(run_dir: str | Path, out_dir: str | Path, *, fold: int | None = None,
+                             checkpoint: str = "best", notes: str | None = None) -> Path:
+    """Write a trained interactive run as a minimal run folder to ship or share: the plan, the config, and the
+    chosen fold's network weights alone (no optimizer state) as ``fold_0/checkpoint_best.pt``.
+
+    The result loads with :meth:`NetworkInteractiveModel.from_run` (and is how the package's default model
+    is made, see :func:`default_model_dir`). ``notes`` is written to ``RECIPE.md`` beside it.
+
+    Raises:
+        UserInputError: not an interactive run, or no checkpoint for the fold.
+    """
+    from sarcomakit.io.atomic import write_text
+    from sarcomakit.training.checkpoint import load_checkpoint, save_checkpoint
+    from sarcomakit.training.run import RunFolder
+
+    run = RunFolder.open(run_dir)
+    config = run.config()
+    if config.task != "interactive":
+        raise UserInputError(f"is a '{config.task}' run, not an interactive one.", path=run.root)
+    available = run.trained_folds(checkpoint)
+    chosen = (min(available) if available else None) if fold is None else fold
+    if chosen not in available:
+        raise UserInputError(f"no checkpoint_{checkpoint}.pt for fold {chosen}.", path=run.root,
+                             fix=f"choose among {sorted(available)}.")
+    state = load_checkpoint(available[chosen])
+    out = Path(out_dir)
+    (out / "fold_0").mkdir(parents=True, exist_ok=True)
+    plan = run.plan().model_copy(update={"fingerprint_file": None})
+    plan.save(out / "plan.json")
+    config.save(out / "config.json")
+    weights = {name: value.float() if value.is_floating_point() else value for name, value in state["model"].items()}
+    save_checkpoint(out / "fold_0" / "checkpoint_best.pt",
+                    {"model": weights, "source": {"run": str(run.root), "fold": chosen, "checkpoint": checkpoint,
+                                                  "epoch": state.get("best_epoch"), "score": state.get("best_score")}})
+    if notes:
+        write_text(out / "RECIPE.md", notes)
+    return out
+
+
 def load_interactive_model(spec: str | Path, *, device: str = "cpu", channel: str | None = None) -> InteractiveModel:
     """The model named ``spec`` (a classical baseline, ``default``) or stored in the run folder ``spec``.
 

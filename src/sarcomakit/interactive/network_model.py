@@ -268,6 +268,9 @@ class NetworkInteractiveModel:
             raise UserInputError(f"no checkpoint_{checkpoint}.pt for fold {fold if fold is not None else 'any'}.",
                                  path=run.root, fix=f"train a fold first, or choose among {sorted(available)}.")
         chosen = min(available) if fold is None else fold
+        # the run's own weights are loaded below: a fine-tuned run need not find its starting weights again
+        config = config.model_copy(update={"task_options": {k: v for k, v in config.task_options.items()
+                                                            if k != "initial_weights"}})
         task = build_task(config)
         torch_device = select_device(device)
         network = task.build_model(plan, config)

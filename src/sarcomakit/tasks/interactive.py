@@ -206,6 +206,9 @@ class InteractiveTask(Task):
         local_normalisation: standardise the image channels of each input by their median and interquartile
             range in a patch-sized window (the training patch; around the region at prediction), so that the
             network sees local contrast on one scale whatever the modality.
+        initial_weights: fine-tuning: start from the network of this interactive run folder (or 'default',
+            the model shipped with the package) instead of random weights; the network and its options
+            must be the same as that run's (see its config.json).
     """
 
     name = "interactive"
@@ -219,7 +222,8 @@ class InteractiveTask(Task):
                  corrective_kinds: list[str] | str = "scribble,click",
                  perturbations: list[str] | str = "dilate,erode,shift,cut,blob,empty",
                  model_in_the_loop: float = 0.25, validation_rounds: int = 5,
-                 validation_protocol: str = "scribble", local_normalisation: bool = True) -> None:
+                 validation_protocol: str = "scribble", local_normalisation: bool = True,
+                 initial_weights: str | None = None) -> None:
         super().__init__(manifest)
         if encoding not in ENCODINGS:
             raise UserInputError(f"unknown prompt encoding '{encoding}'.", fix=f"use {', '.join(ENCODINGS)}.")
@@ -245,6 +249,7 @@ class InteractiveTask(Task):
         self.model_in_the_loop = float(model_in_the_loop)
         self.validation_rounds = int(validation_rounds)
         self.local_normalisation = local_normalisation
+        self.initial_weights = initial_weights
 
     def image_channels(self, plan: Plan) -> int:
         """Image channels of the network input: one, or the plan's."""
@@ -252,8 +257,11 @@ class InteractiveTask(Task):
 
     # ---------------------------------------------------------------- training
     def build_model(self, plan: Plan, config: TrainConfig) -> nn.Module:
-        return build_network(config.network, in_channels=self.image_channels(plan) + 3, out_channels=2,
-                             patch_size=config.patch_size or plan.patch_size, **config.network_options)
+        network = build_network(config.network, in_channels=self.image_channels(plan) + 3, out_channels=2,
+                                patch_size=config.patch_size or plan.patch_size, **config.network_options)
+        if self.initial_weights:
+            load_initial_weights(network, self.initial_weights)
+        return network
 
     def training_data(self, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig,
                       length: int) -> torch.utils.data.Dataset:
@@ -310,3 +318,31 @@ class InteractiveTask(Task):
         raise UserInputError("an interactive run segments from prompts, not on its own.",
                              fix="use 'sarcomakit interactive evaluate' or an InteractiveSession with "
                                  "NetworkInteractiveModel.from_run.")
+
+
+def load_initial_weights(network: nn.Module, source: str) -> None:
+    """Load the weights of an interactive run folder (its first fold's best checkpoint) or of ``default`` into
+    ``network``, for fine-tuning.
+
+    Raises:
+        UserInputError: no such run or checkpoint, or a network whose layers differ from the run's.
+    """
+    from pathlib import Path
+
+    from sarcomakit.interactive.models import DEFAULT_MODEL, default_model_dir
+    from sarcomakit.training.checkpoint import load_checkpoint
+    from sarcomakit.training.run import RunFolder
+
+    folder = default_model_dir() if source == DEFAULT_MODEL else Path(source)
+    checkpoints = RunFolder.open(folder).trained_folds("best")
+    if not checkpoints:
+        raise UserInputError("has no trained fold to start from.", path=folder,
+                             fix="give an interactive run folder with fold_*/checkpoint_best.pt.")
+    weights = load_checkpoint(checkpoints[min(checkpoints)])["model"]
+    try:
+        network.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise UserInputError(f"the initial weights do not fit this network ({first}).", path=folder,
+                             fix="use the network and network options of that run (its config.json) and the same "
+                                 "single_channel setting.") from None
