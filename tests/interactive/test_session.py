@@ -253,3 +253,33 @@ def test_calls_on_one_session_from_several_threads_are_serialised():
     assert not errors
     assert model.most_active == 1
     assert len(session.prompts) == 1 + 4 * 3
+
+
+class PreparingBox(BoxAroundPositives):
+    """BoxAroundPositives with a once-per-image step that records its calls."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.prepared: list[dict] = []
+        self.fail = fail
+
+    def prepare(self, image, *, spacing=None, geometry=None):
+        if self.fail:
+            raise RuntimeError("cannot resample")
+        self.prepared.append({"spacing": spacing, "geometry": geometry})
+        return image * 2.0
+
+
+def test_a_model_with_a_prepare_step_prepares_the_image_once_and_gets_it_back():
+    model = PreparingBox()
+    session = InteractiveSession(model, image(), spacing=(3.0, 1.0, 0.5))
+    session.add_click((10, 20, 20))
+    session.predict()
+    session.add_click((10, 21, 20))
+    session.predict()
+    assert len(model.prepared) == 1 and len(model.calls) >= 2
+    assert model.prepared[0]["spacing"] == (3.0, 1.0, 0.5)
+    assert model.prepared[0]["geometry"].array_shape == SHAPE
+    assert model.prepared[0]["geometry"].array_spacing == (3.0, 1.0, 0.5)
+    with pytest.raises(UserInputError, match="could not prepare this image: RuntimeError: cannot resample"):
+        InteractiveSession(PreparingBox(fail=True), image())

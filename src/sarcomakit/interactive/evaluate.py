@@ -17,8 +17,10 @@ cases, and a summary per method (see :mod:`sarcomakit.interactive.metrics` for d
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,6 +40,7 @@ from sarcomakit.interactive.metrics import (
 from sarcomakit.interactive.protocol import InteractiveModel
 from sarcomakit.interactive.robot import RobotConfig, RobotUser
 from sarcomakit.interactive.session import InteractiveSession
+from sarcomakit.io.atomic import write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,35 @@ class InteractiveEvaluation:
             row["latency_p95_s"] = latency["p95_s"]
             rows.append(row)
         return pd.DataFrame(rows)
+
+
+    def save(self, out_dir: str | Path, *, title: str = "", metadata: Mapping[str, object] | None = None,
+             ) -> dict[str, Path]:
+        """Write the tables and the Dice-vs-rounds figure into ``out_dir`` (each file atomically).
+
+        Files: ``rounds.csv`` (per method, case and round), ``cases.csv`` (per method and case: final
+        Dice, AUC, NoC), ``curve.csv`` (mean Dice per round with bootstrap intervals), ``summary.csv``
+        and ``summary.json`` (per method; the JSON also holds ``metadata``), ``dice_vs_rounds.png``.
+
+        Returns:
+            The written paths by name.
+        """
+        from sarcomakit.reporting.interactive import dice_rounds_figure
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        curve, summary = self.curve_frame(), self.summary()
+        paths = {"rounds": write_text(out / "rounds.csv", self.rounds_frame().to_csv(index=False)),
+                 "cases": write_text(out / "cases.csv", self.case_frame().to_csv(index=False)),
+                 "curve": write_text(out / "curve.csv", curve.to_csv(index=False)),
+                 "summary": write_text(out / "summary.csv", summary.to_csv(index=False))}
+        records = json.loads(summary.to_json(orient="records"))
+        paths["summary_json"] = write_json(out / "summary.json", {**dict(metadata or {}), "methods": records,
+                                                                  "thresholds": list(self.thresholds),
+                                                                  "noc_cap": self.noc_cap})
+        paths["figure"] = dice_rounds_figure(curve, out / "dice_vs_rounds.png", title=title,
+                                             thresholds=self.thresholds)
+        return paths
 
 
 def evaluate_interactive(models: InteractiveModel | Mapping[str, InteractiveModel],

@@ -244,12 +244,26 @@ def encode_prompts(prompts: Sequence[Prompt], shape: Sequence[int], *, encoding:
     Returns:
         Channels ``(positive, negative)``; a channel without prompts is all zeros.
     """
+    seeds = rasterize_prompts(prompts, shape, roi)
+    return encode_seeds(*seeds, encoding=encoding, spacing=spacing, scale_mm=scale_mm)
+
+
+def encode_seeds(positive: np.ndarray, negative: np.ndarray, *, encoding: Encoding = "edt",
+                 spacing: Sequence[float] | None = None, scale_mm: float = 5.0) -> np.ndarray:
+    """Encode boolean maps of positive and negative prompt voxels as two channels (see :func:`encode_prompts`).
+
+    This is the encoding step alone, for callers that hold prompts as voxel maps already (the training
+    samples of the interactive task, a prediction on a resampled grid).
+
+    Returns:
+        float32 ``(2, *positive.shape)`` in [0, 1]; a channel without seeds is all zeros.
+    """
     if encoding not in ENCODINGS:
         raise UserInputError(f"unknown prompt encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}.")
     if not np.isfinite(scale_mm) or scale_mm <= 0:
         raise UserInputError(f"scale_mm must be a positive number, got {scale_mm}.")
     sampling = np.ones(3) if spacing is None else np.asarray(spacing, dtype=float)
-    seeds = rasterize_prompts(prompts, shape, roi)
+    seeds = (np.asarray(positive, dtype=bool), np.asarray(negative, dtype=bool))
     channels = np.zeros((2, *seeds[0].shape), dtype=np.float32)
     for channel, seed in zip(channels, seeds, strict=True):
         if not seed.any():

@@ -13,14 +13,18 @@ import numpy as np
 
 from sarcomakit.interactive.prompts import Prompt
 from sarcomakit.interactive.roi import Roi
+from sarcomakit.io.image import Geometry
 
 
 @runtime_checkable
 class InteractiveModel(Protocol):
     """A model that turns an image, the prompts so far and the current mask into a mask in a ROI.
 
-    Implementations may also define ``name`` (a short label for tables) and ``n_channels`` (the
-    number of image channels they accept; absent or None means any), which the session checks.
+    Implementations may also define ``name`` (a short label for tables), ``n_channels`` (the
+    number of image channels they accept; absent or None means any), which the session checks, and
+    ``prepare(image, *, spacing, geometry)`` (see :class:`PreparingModel`): a session then calls it once
+    for its image and passes what it returned as ``image`` to every ``predict``, so that work done
+    once per image (resampling, normalisation) is not repeated at each interaction.
     """
 
     def predict(self, image: np.ndarray, prompts: Sequence[Prompt], previous_mask: np.ndarray | None,
@@ -29,7 +33,7 @@ class InteractiveModel(Protocol):
 
         Args:
             image: the whole image, ``(C, Z, Y, X)`` float array in the original voxel grid
-                (never modified).
+                (never modified), or what the model's ``prepare`` returned for it.
             prompts: every prompt so far, in order, in voxel indices of the whole image; the
                 session has checked they lie inside it.
             previous_mask: the current mask on the whole grid ``(Z, Y, X)``, or None before
@@ -39,5 +43,21 @@ class InteractiveModel(Protocol):
 
         Returns:
             Boolean mask of shape ``roi.shape``.
+        """
+        ...
+
+
+@runtime_checkable
+class PreparingModel(InteractiveModel, Protocol):
+    """An interactive model with a once-per-image step (the plan's preprocessing of a network)."""
+
+    def prepare(self, image: np.ndarray, *, spacing: Sequence[float] | None = None,
+                geometry: Geometry | None = None) -> object:
+        """Work done once for ``image`` (``(C, Z, Y, X)``, original grid), passed back as ``image`` to ``predict``.
+
+        Args:
+            image: the whole image (never modified).
+            spacing: voxel size in mm in array order.
+            geometry: the image's grid (origin, spacing, direction), None when only the spacing is known.
         """
         ...

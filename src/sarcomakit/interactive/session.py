@@ -12,7 +12,9 @@ so each interaction costs one prediction in a region of interest, not a pass ove
   ``reset`` clears prompts and mask and can itself be undone.
 
 Everything is in voxel indices of the image as given, so anisotropic and oblique images need no
-special handling; a ``SimpleITK.Image`` input keeps its geometry for :meth:`mask_image`. Every
+special handling; a ``SimpleITK.Image`` input keeps its geometry for :meth:`mask_image`. A model
+with a ``prepare`` step (a network that resamples and normalises the image with its plan) prepares
+the image once, when the session starts, and the session keeps the result in memory. Every
 problem with the input, the prompts or the model's answer raises
 :class:`~sarcomakit.errors.UserInputError` and leaves the session as it was, so a server can
 report it and carry on. A re-entrant lock serialises the calls on one session, so several
@@ -33,6 +35,7 @@ from sarcomakit.errors import SarcomakitError, UserInputError
 from sarcomakit.interactive.prompts import Box, Click, Prompt, Scribble, check_prompt_in_image
 from sarcomakit.interactive.protocol import InteractiveModel
 from sarcomakit.interactive.roi import Roi, RoiGrowth, grow_roi
+from sarcomakit.io.image import Geometry
 
 
 class InteractiveSession:
@@ -86,6 +89,8 @@ class InteractiveSession:
             raise UserInputError(f"the model {self.model_name} takes {expected} image channel(s), "
                                  f"the image has {self.image.shape[0]}.",
                                  fix="give the channels the model was trained on, in the same order.")
+        self.geometry = _geometry(self._reference_image, self.shape, self.spacing)
+        self._model_image = self._prepared_image()
         self.roi_margin = tuple(max(2, math.ceil(roi_margin_mm / s)) for s in self.spacing)
         self.roi_growth = roi_growth
         self.max_roi_iterations = max_roi_iterations
@@ -208,7 +213,7 @@ class InteractiveSession:
     # ------------------------------------------------------------------ internals
     def _predict_in(self, roi: Roi, prompts: tuple[Prompt, ...], previous: np.ndarray) -> np.ndarray:
         try:
-            output = self.model.predict(self.image, prompts, previous, roi, spacing=self.spacing)
+            output = self.model.predict(self._model_image, prompts, previous, roi, spacing=self.spacing)
         except SarcomakitError:
             raise
         except Exception as error:  # a model's failure must not take the server down with it
@@ -219,6 +224,19 @@ class InteractiveSession:
             raise UserInputError(f"the model {self.model_name} returned a mask of shape {mask.shape} "
                                  f"for a region of shape {roi.shape}.", fix="check the model's predict method.")
         return mask.astype(bool, copy=False)
+
+    def _prepared_image(self) -> object:
+        """What the model's optional ``prepare`` makes of the image, once per session; else the image itself."""
+        prepare = getattr(self.model, "prepare", None)
+        if not callable(prepare):
+            return self.image
+        try:
+            return prepare(self.image, spacing=self.spacing, geometry=self.geometry)
+        except SarcomakitError:
+            raise
+        except Exception as error:  # a model's failure must not take the server down with it
+            raise UserInputError(f"the model {self.model_name} could not prepare this image: "
+                                 f"{type(error).__name__}: {error}.") from error
 
     def _push_state(self) -> None:
         self._history.append((tuple(self._prompts), np.packbits(self._mask)))
@@ -243,6 +261,14 @@ def _checked_image(image: np.ndarray) -> np.ndarray:
         raise UserInputError("the image contains NaN or infinite values.",
                              fix="replace them (e.g. by the background value) before segmenting.")
     return data
+
+
+def _geometry(reference: sitk.Image | None, shape: Sequence[int], spacing: Sequence[float]) -> Geometry:
+    """The image's grid: the SimpleITK image's, or ``spacing`` with origin 0 and identity direction."""
+    if reference is not None:
+        return Geometry.of(reference)
+    return Geometry(size=tuple(int(n) for n in reversed(tuple(shape))), spacing=tuple(reversed(tuple(spacing))),
+                    origin=(0.0, 0.0, 0.0), direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
 
 
 def _checked_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]:

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from sarcomakit.errors import UserInputError
 from sarcomakit.tasks.base import TASKS, CaseOutput, LossOutput, Objective, Task, TaskRequirements
+from sarcomakit.tasks.interactive import InteractiveTask
 from sarcomakit.tasks.multitask import MultiTaskTask
 from sarcomakit.tasks.pretraining import CrossModalMaskedAutoencoderTask, MaskedAutoencoderTask
 from sarcomakit.tasks.segmentation import SegmentationTask
@@ -29,6 +30,7 @@ TASKS.add(SegmentationTask.name, SegmentationTask)
 TASKS.add(MultiTaskTask.name, MultiTaskTask)
 TASKS.add(MaskedAutoencoderTask.name, MaskedAutoencoderTask)
 TASKS.add(CrossModalMaskedAutoencoderTask.name, CrossModalMaskedAutoencoderTask)
+TASKS.add(InteractiveTask.name, InteractiveTask)
 
 
 def task_class(name: str) -> type[Task]:

@@ -1,0 +1,63 @@
+"""Figures of interactive segmentation: Dice against interaction rounds per method, with bootstrap intervals.
+
+Drawn on a ``matplotlib.figure.Figure`` with the Agg canvas (never ``pyplot``), like every figure of
+:mod:`sarcomakit.reporting`, and written atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from sarcomakit.io.atomic import atomic_path
+
+DPI = 120
+
+
+def dice_rounds_figure(curve: pd.DataFrame, path: str | Path, *, title: str = "",
+                       thresholds: Sequence[float] = (0.85, 0.90)) -> Path:
+    """Mean Dice per round for each method, its confidence band, and the NoC thresholds as dotted lines.
+
+    Args:
+        curve: :meth:`~sarcomakit.interactive.evaluate.InteractiveEvaluation.curve_frame` (columns
+            ``method``, ``round``, ``mean_dice``, ``ci_low``, ``ci_high``, ``n_cases``).
+        path: where to write the PNG.
+        title: the figure title.
+        thresholds: Dice levels drawn as horizontal reference lines.
+
+    Returns:
+        ``path``.
+    """
+    missing = {"method", "round", "mean_dice", "ci_low", "ci_high"} - set(curve.columns)
+    if missing:
+        raise ValueError(f"the curve table lacks column(s) {sorted(missing)}")
+    figure = Figure(figsize=(6.0, 4.0), dpi=DPI)
+    axes = figure.subplots()
+    for method, rows in curve.groupby("method", sort=False):
+        rows = rows.sort_values("round")
+        n_cases = int(rows["n_cases"].iloc[0]) if "n_cases" in rows else None
+        label = f"{method} (n={n_cases})" if n_cases is not None else str(method)
+        line = axes.plot(rows["round"], rows["mean_dice"], marker="o", markersize=3, label=label)[0]
+        axes.fill_between(rows["round"], rows["ci_low"], rows["ci_high"], color=line.get_color(), alpha=0.2,
+                          linewidth=0)
+    for threshold in thresholds:
+        axes.axhline(threshold, color="0.6", linestyle=":", linewidth=1)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("interaction round")
+    axes.set_ylabel("Dice (mean, 95% bootstrap interval)")
+    axes.set_ylim(0.0, 1.0)
+    if len(curve):
+        axes.set_xlim(1, max(int(curve["round"].max()), 2))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize="small")
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, format="png")
+    return out
