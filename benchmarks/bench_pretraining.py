@@ -29,9 +29,9 @@ from sarcomakit.core.device import select_device  # noqa: E402
 from sarcomakit.data.synthetic import make_synthetic_cohort  # noqa: E402
 from sarcomakit.planning.plan import plan_cohort  # noqa: E402
 from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_cohort  # noqa: E402
+from sarcomakit.runs.config import TrainConfig  # noqa: E402
 from sarcomakit.tasks import build_task  # noqa: E402
 from sarcomakit.tasks.pretraining import masked_mse  # noqa: E402
-from sarcomakit.training.config import TrainConfig  # noqa: E402
 from sarcomakit.training.fold import train_fold  # noqa: E402
 
 

@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from sarcomakit.core.io.image import write_image
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.io.image import write_image
 
 torch.set_num_threads(1)
 

@@ -7,8 +7,8 @@ import io
 import pytest
 from rich.console import Console
 
-from sarcomakit.cohort_runner import CohortResult, run_per_case
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.cohort_runner import CohortResult, run_per_case
+from sarcomakit.core.errors import UserInputError
 
 
 def quiet_run(items, fn, **options):  # noqa: ANN001, ANN201 (generic pass-through)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from sarcomakit import demo
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.manifest import Manifest
-from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.comparison import compare_methods
 from sarcomakit.planning.plan import Plan
-from sarcomakit.training.config import TrainConfig
+from sarcomakit.runs.config import TrainConfig
 
 
 def test_inputs_record_the_split() -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sarcomakit import provenance
-from sarcomakit.provenance import array_digest, describe_id_change, describe_value_change, file_identity
+from sarcomakit.core import provenance
+from sarcomakit.core.provenance import array_digest, describe_id_change, describe_value_change, file_identity
 
 
 def test_files_are_identified_by_content(tmp_path: Path) -> None:

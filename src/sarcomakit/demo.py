@@ -36,9 +36,12 @@ from rich.table import Table
 
 from sarcomakit.baselines.threshold import threshold_baseline
 from sarcomakit.core.device import select_device
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json
+from sarcomakit.core.io.image import read_image
+from sarcomakit.core.provenance import describe_value_change, examples, file_identity
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.data.synthetic import case_id_of, make_synthetic_cohort
-from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.bootstrap import summarise
 from sarcomakit.evaluation.comparison import compare_methods
 from sarcomakit.evaluation.formatting import format_estimate
@@ -46,13 +49,10 @@ from sarcomakit.evaluation.metrics import dice
 from sarcomakit.evaluation.oof import OOF_COLUMNS, OOF_FILE, write_oof
 from sarcomakit.evaluation.segmentation import evaluate_predictions
 from sarcomakit.inference.predictor import predict
-from sarcomakit.io.atomic import write_json
-from sarcomakit.io.image import read_image
 from sarcomakit.planning.plan import Plan, plan_cohort
-from sarcomakit.provenance import describe_value_change, examples, file_identity
 from sarcomakit.reporting.multitask_report import write_multitask_report
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.training.api import train
-from sarcomakit.training.config import TrainConfig
 
 # Small enough for two CPU cores, large enough to hold most of a tumour at the demo's spacing.
 CPU_PATCH_CAP = (32, 80, 80)

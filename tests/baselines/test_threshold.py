@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 
 from sarcomakit.baselines import threshold_baseline
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.synthetic import Tissue, make_synthetic_case
-from sarcomakit.errors import UserInputError
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:

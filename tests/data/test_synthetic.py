@@ -10,12 +10,12 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import Geometry, read_image
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.data.synthetic import CHANNELS, Tissue, design_case, make_synthetic_case, make_synthetic_cohort
 from sarcomakit.data.synthetic.clinical import GRADE_PROBABILITIES, GRADES, draw_survival, true_log_hazard
 from sarcomakit.data.synthetic.grid import ORIENTATIONS, Grid
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.image import Geometry, read_image
 
 COARSE = 2.0  # spacing scale that keeps rendering fast in tests
 

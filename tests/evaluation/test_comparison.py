@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.manifest import GRADES, Case, Manifest
-from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.bootstrap import paired_bootstrap_difference
 from sarcomakit.evaluation.comparison import compare_methods
 from sarcomakit.evaluation.comparison_tables import comparison_markdown, write_comparison

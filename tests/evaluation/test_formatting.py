@@ -42,6 +42,6 @@ def test_p_values(p, text, phrase):
 
 
 def test_pathology_estimates_read_like_the_comparison_tables():
-    from sarcomakit.pathology.metrics import Estimate
+    from sarcomakit.pathology.analysis.metrics import Estimate
 
     assert str(Estimate(0.8123, 0.7, 0.9)) == format_estimate(0.8123, 0.7, 0.9) == "0.812 [0.700, 0.900]"

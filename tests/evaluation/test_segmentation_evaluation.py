@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from figure_checks import figure_shape, near_colour, read_png
 from sarcomakit.cli.main import app
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.segmentation import evaluate_predictions
 
 

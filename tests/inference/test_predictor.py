@@ -9,13 +9,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.manifest import Case
-from sarcomakit.errors import UserInputError
 from sarcomakit.inference.predictor import Predictor
 from sarcomakit.planning.normalize import ChannelNormalization
 from sarcomakit.planning.plan import Plan
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks.base import CaseOutput, TaskRequirements
-from sarcomakit.training.config import TrainConfig
 
 
 class _CaseLevelTask:

@@ -13,18 +13,18 @@ import torch
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import Geometry, read_image
 from sarcomakit.evaluation.metrics import dice
 from sarcomakit.interactive.network_model import NetworkInteractiveModel
 from sarcomakit.interactive.robot import RobotConfig, RobotUser
 from sarcomakit.interactive.roi import Roi
 from sarcomakit.interactive.session import InteractiveSession
-from sarcomakit.io.image import Geometry, read_image
 from sarcomakit.planning.plan import plan_cohort
 from sarcomakit.planning.preprocess import preprocess_case
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks import build_task, task_options
 from sarcomakit.tasks.interactive import InteractiveTask
-from sarcomakit.training.config import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import write_tiny_cohort  # noqa: E402

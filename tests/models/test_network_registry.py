@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.models import registry
 from sarcomakit.models.registry import available_networks, build_network, register_network
 

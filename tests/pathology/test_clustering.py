@@ -9,15 +9,15 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from figure_checks import near_colour, read_png
-from sarcomakit.errors import UserInputError
-from sarcomakit.pathology.clustering import (
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.pathology.analysis.clustering import (
     cluster_composition,
     embedding_map,
     fit_phenotype_clusters,
     plot_embedding_map,
     sample_embeddings,
 )
-from sarcomakit.pathology.h5io import save_features
+from sarcomakit.pathology.wsi.h5io import save_features
 
 CENTRES = np.array([[6.0, 0, 0, 0], [0, 6.0, 0, 0], [0, 0, 6.0, 0]])
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from figure_checks import centroid, near_colour, read_png
-from sarcomakit.pathology.heatmap import (
+from sarcomakit.pathology.analysis.heatmap import (
     attention_mask_agreement,
     attention_table,
     render_heatmap,

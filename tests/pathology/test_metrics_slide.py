@@ -15,7 +15,7 @@ from sarcomakit.evaluation.classification import (
     macro_ovr_auc,
     one_vs_rest_aucs,
 )
-from sarcomakit.pathology.metrics import classification_metrics, metrics_to_json
+from sarcomakit.pathology.analysis.metrics import classification_metrics, metrics_to_json
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_classification_metrics_report(predictions: tuple[np.ndarray, np.ndarray
 
 
 def test_report_tables_and_text(predictions: tuple[np.ndarray, np.ndarray]) -> None:
-    from sarcomakit.pathology.report import confusion_table, format_metrics, metrics_table
+    from sarcomakit.pathology.analysis.report import confusion_table, format_metrics, metrics_table
 
     y, proba = predictions
     out = classification_metrics(y, proba, ["a", "b", "c"], n_boot=50, seed=0)

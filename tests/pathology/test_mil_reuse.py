@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.pathology.h5io import save_features
-from sarcomakit.pathology.mil_training import MILTrainConfig, cross_validate, load_mil_checkpoint
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.pathology.mil.training import MILTrainConfig, cross_validate, load_mil_checkpoint
 from sarcomakit.pathology.pipeline import slide_attention
-from sarcomakit.pathology.slide_manifest import SlideManifest, load_slide_manifest
+from sarcomakit.pathology.wsi.h5io import save_features
+from sarcomakit.pathology.wsi.slide_manifest import SlideManifest, load_slide_manifest
 
 CLASSES = ("a", "b", "c")
 DIM = 8
@@ -119,7 +119,7 @@ def test_attention_refuses_a_fold_model_that_trained_on_the_slide(tmp_path: Path
 @pytest.mark.slow
 def test_heatmaps_are_redone_when_their_fold_model_changes(tmp_path: Path) -> None:
     from sarcomakit.pathology.pipeline import FEATURES, TilingOptions, embed_step, heatmap_cohort, tile_cohort
-    from sarcomakit.pathology.synthetic import make_synthetic_wsi_cohort
+    from sarcomakit.pathology.wsi.synthetic import make_synthetic_wsi_cohort
 
     csv = make_synthetic_wsi_cohort(tmp_path / "data", n_slides=4, seed=1, size=(1024, 768))
     manifest = load_slide_manifest(csv, require_labels=True)

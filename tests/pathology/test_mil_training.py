@@ -11,9 +11,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.pathology.h5io import save_features
-from sarcomakit.pathology.mil_training import (
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.pathology.mil.training import (
     MILTrainConfig,
     cross_validate,
     find_checkpoints,
@@ -22,7 +21,8 @@ from sarcomakit.pathology.mil_training import (
     predict_slides,
     train_mil,
 )
-from sarcomakit.pathology.slide_manifest import load_slide_manifest, load_slides
+from sarcomakit.pathology.wsi.h5io import save_features
+from sarcomakit.pathology.wsi.slide_manifest import load_slide_manifest, load_slides
 
 CLASSES = ("a", "b", "c")
 DIM = 16

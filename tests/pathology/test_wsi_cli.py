@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from figure_checks import read_png
 from sarcomakit.cli.main import app
-from sarcomakit.pathology.synthetic import make_synthetic_wsi_cohort, write_synthetic_slide
+from sarcomakit.pathology.wsi.synthetic import make_synthetic_wsi_cohort, write_synthetic_slide
 
 runner = CliRunner()
 

@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 from planning_data import body_case, ellipsoid, make_image, write_cohort
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.image import Geometry
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import Geometry
 from sarcomakit.planning import (
     Fingerprint,
     PreprocessedCase,

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from sarcomakit.core.io.image import read_image, write_image
 from sarcomakit.data.manifest import Manifest
-from sarcomakit.io.image import read_image, write_image
 from sarcomakit.planning.plan import Plan, plan_cohort
 from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_cohort
 

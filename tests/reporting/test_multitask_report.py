@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from figure_checks import near_colour, read_png
 from sarcomakit.cli.report import register
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.manifest import GRADES, Case, Manifest
-from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.comparison import compare_methods
 from sarcomakit.evaluation.oof_source import load_oof_source
 from sarcomakit.reporting.multitask_report import write_multitask_report

@@ -15,10 +15,10 @@ from sarcomakit.cli.main import app
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.models.pretrained import network_part
 from sarcomakit.planning.plan import plan_cohort
+from sarcomakit.runs.checkpoint import load_checkpoint
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks.base import LossOutput, Objective
 from sarcomakit.training.api import train
-from sarcomakit.training.checkpoint import load_checkpoint
-from sarcomakit.training.config import TrainConfig
 from sarcomakit.training.finetuning import FineTuningSchedule, resolved_warmup_epochs
 from sarcomakit.training.trainer import Callback, Trainer
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.models import build_network
 from sarcomakit.models.multitask import build_multitask_network
 from sarcomakit.models.pretrained import detect_layout, load_pretrained, network_part

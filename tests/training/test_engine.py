@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import Geometry, read_image
 from sarcomakit.inference.predictor import Predictor, predict
-from sarcomakit.io.image import Geometry, read_image
 from sarcomakit.planning.plan import plan_cohort
+from sarcomakit.runs.config import TrainConfig
+from sarcomakit.runs.folder import RunFolder
 from sarcomakit.training.api import train
-from sarcomakit.training.config import TrainConfig
 from sarcomakit.training.fold import poly_learning_rate
-from sarcomakit.training.run import RunFolder
 
 CONFIG = TrainConfig(epochs=6, iterations_per_epoch=6, patch_size=[16, 32, 32], batch_size=2, optimizer="adamw",
                      learning_rate=3e-3, augmentation="light", num_workers=0, n_folds=3,

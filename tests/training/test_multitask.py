@@ -14,9 +14,9 @@ from sarcomakit.inference.predictor import predict
 from sarcomakit.models.multitask import build_multitask_network, find_bottleneck
 from sarcomakit.planning.plan import plan_cohort
 from sarcomakit.planning.preprocess import PreprocessedCase
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks.multitask import ClinicalTargets, MultiTaskTask
 from sarcomakit.training.api import train
-from sarcomakit.training.config import TrainConfig
 
 SMALL = {"channels": [8, 16, 32], "num_res_units": 1}
 
@@ -102,7 +102,7 @@ def test_axes_shorter_than_the_patch_are_zero_padded_around_the_centred_tumour()
 
 
 def test_unknown_task_name_is_a_user_error() -> None:
-    from sarcomakit.errors import UserInputError
+    from sarcomakit.core.errors import UserInputError
 
     with pytest.raises(UserInputError, match="unknown task"):
         MultiTaskTask(tasks=("segmentation", "stage"))

@@ -11,13 +11,13 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import read_image, write_image
 from sarcomakit.data.manifest import Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.image import read_image, write_image
 from sarcomakit.planning.plan import Plan, plan_cohort
+from sarcomakit.runs.config import TrainConfig
+from sarcomakit.runs.folder import RunFolder
 from sarcomakit.training.api import train
-from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.run import RunFolder
 
 CONFIG = TrainConfig(epochs=1, iterations_per_epoch=1, patch_size=[16, 32, 32], batch_size=2, optimizer="adamw",
                      augmentation="none", num_workers=0, n_folds=2, validate_every=1,

@@ -33,7 +33,7 @@ def experiment_command(
     from sarcomakit.data.manifest import Manifest
     from sarcomakit.experiments.multitask_comparison import run_experiment
     from sarcomakit.planning.plan import Plan
-    from sarcomakit.training.config import TrainConfig
+    from sarcomakit.runs.config import TrainConfig
 
     base = TrainConfig.load(config_file) if config_file else TrainConfig()
     config = base.updated(epochs=epochs, iterations_per_epoch=iterations, batch_size=batch_size, seed=seed,

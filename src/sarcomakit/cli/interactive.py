@@ -54,8 +54,8 @@ def train_command(
     from sarcomakit.cli.training import _folds, parse_task_options
     from sarcomakit.data.manifest import Manifest
     from sarcomakit.planning.plan import Plan
+    from sarcomakit.runs.config import TrainConfig
     from sarcomakit.training.api import train
-    from sarcomakit.training.config import TrainConfig
 
     base = TrainConfig.load(config_file) if config_file else TrainConfig(task="interactive")
     if base.task != "interactive":
@@ -104,9 +104,9 @@ def evaluate_command(
 
     Writes rounds.csv, cases.csv, curve.csv, summary.csv, summary.json and dice_vs_rounds.png into --out.
     """
-    from sarcomakit.cohort_runner import run_per_case
+    from sarcomakit.core.cohort_runner import run_per_case
+    from sarcomakit.core.errors import UserInputError
     from sarcomakit.data.manifest import Manifest
-    from sarcomakit.errors import UserInputError
     from sarcomakit.interactive.cases import interactive_case, labelled_cases, model_channels
     from sarcomakit.interactive.evaluate import InteractiveEvaluation, evaluate_interactive
     from sarcomakit.interactive.models import load_interactive_model
@@ -164,7 +164,7 @@ def export_command(
     The folder is a run folder: give it to 'interactive evaluate', a session (NetworkInteractiveModel.from_run),
     or to training as --task-option initial_weights=FOLDER to fine-tune it.
     """
-    from sarcomakit.errors import UserInputError
+    from sarcomakit.core.errors import UserInputError
     from sarcomakit.interactive.models import export_interactive_model
 
     if notes is not None and not notes.is_file():

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from sarcomakit.cohort_runner import CohortFailed
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.cohort_runner import CohortFailed
+from sarcomakit.core.errors import UserInputError
 
 if TYPE_CHECKING:
     # typer ships its own copy of click (no ``click`` distribution is installed); TyperGroup.invoke takes its Context

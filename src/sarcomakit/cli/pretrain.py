@@ -48,8 +48,8 @@ def pretrain_command(
     from sarcomakit.core import distributed
     from sarcomakit.data.manifest import Manifest
     from sarcomakit.planning.plan import Plan
+    from sarcomakit.runs.config import TrainConfig
     from sarcomakit.training.api import train
-    from sarcomakit.training.config import TrainConfig
 
     base = TrainConfig.load(config_file) if config_file else TrainConfig()
     options = {**(base.task_options if base.task == method else {}), **parse_task_options(task_option)}
@@ -104,7 +104,7 @@ def ssl_experiment_command(
     from sarcomakit.data.manifest import Manifest
     from sarcomakit.experiments.ssl_comparison import run_ssl_experiment
     from sarcomakit.planning.plan import Plan
-    from sarcomakit.training.config import TrainConfig
+    from sarcomakit.runs.config import TrainConfig
 
     counts: list[int | str] = []
     for item in labelled.split(","):

@@ -107,8 +107,8 @@ def train_command(
         _launch_distributed(nproc)
     from sarcomakit.data.manifest import Manifest
     from sarcomakit.planning.plan import Plan
+    from sarcomakit.runs.config import TrainConfig
     from sarcomakit.training.api import train
-    from sarcomakit.training.config import TrainConfig
 
     base = TrainConfig.load(config_file) if config_file else TrainConfig()
     options = {**base.task_options, **parse_task_options(task_option)} if task is None or task == base.task \

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_text
-from sarcomakit.io.image import is_image_path
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_text
+from sarcomakit.core.io.image import is_image_path
 
 GRADES: tuple[str, ...] = ("low", "intermediate", "high")
 CLINICAL_FIELDS: tuple[str, ...] = ("grade", "survival_time", "event", "site", "fold")

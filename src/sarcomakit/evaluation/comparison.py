@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.evaluation.comparison_tables import wide_table
 from sarcomakit.evaluation.method_metrics import method_metrics
 from sarcomakit.evaluation.metric_catalogue import metric_info

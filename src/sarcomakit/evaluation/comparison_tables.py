@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from sarcomakit.core.io.atomic import atomic_path, write_text
 from sarcomakit.evaluation.formatting import MISSING, format_estimate, format_p_value
 from sarcomakit.evaluation.metric_catalogue import metric_info, metric_order
-from sarcomakit.io.atomic import atomic_path, write_text
 
 if TYPE_CHECKING:
     from sarcomakit.evaluation.comparison import ComparisonResult

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_text
 from sarcomakit.data.manifest import GRADES
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_text
 
 OOF_FILE = "oof_predictions.csv"
 PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{grade}" for grade in GRADES)

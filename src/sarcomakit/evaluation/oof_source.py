@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from sarcomakit.core.errors import SarcomakitError, UserInputError
 from sarcomakit.data.manifest import Manifest
-from sarcomakit.errors import SarcomakitError, UserInputError
 from sarcomakit.evaluation.oof import OOF_FILE, load_oof
 
 EXPERIMENT_FILE = "experiment.json"

@@ -30,15 +30,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sarcomakit.cohort_runner import run_per_case
+from sarcomakit.core.cohort_runner import run_per_case
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import atomic_path, write_json
+from sarcomakit.core.io.image import Geometry, read_image
 from sarcomakit.data.manifest import Case, Manifest
 from sarcomakit.data.validation import check_case_headers
-from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.bootstrap import summarise
 from sarcomakit.evaluation.formatting import format_interval, format_number
 from sarcomakit.evaluation.metrics import METRIC_LABELS, METRIC_NAMES, segmentation_metrics
-from sarcomakit.io.atomic import atomic_path, write_json
-from sarcomakit.io.image import Geometry, read_image
 
 #: Suffixes tried for ``{case_id}{suffix}`` in a prediction folder, in this order.
 PREDICTION_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")

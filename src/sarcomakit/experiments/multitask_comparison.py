@@ -25,16 +25,16 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json
+from sarcomakit.data.folds import make_folds, save_folds
 from sarcomakit.data.manifest import GRADES, Manifest
-from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.comparison import ComparisonResult, compare_methods
 from sarcomakit.evaluation.comparison_tables import write_comparison
 from sarcomakit.evaluation.oof import OOF_COLUMNS, OOF_FILE, write_oof
-from sarcomakit.io.atomic import write_json
 from sarcomakit.planning.plan import Plan, plan_cohort
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.training.api import train
-from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.folds import make_folds, save_folds
 
 log = logging.getLogger(__name__)
 

@@ -33,18 +33,18 @@ import pandas as pd
 from rich.console import Console
 
 from sarcomakit.core.device import select_device
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import atomic_path, write_json, write_text
+from sarcomakit.data.folds import make_folds, save_folds
 from sarcomakit.data.manifest import Manifest
-from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_difference
-from sarcomakit.io.atomic import atomic_path, write_json, write_text
 from sarcomakit.planning.plan import Plan, plan_cohort
 from sarcomakit.planning.preprocess import PreprocessedCase
+from sarcomakit.runs.checkpoint import load_checkpoint
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks.segmentation import SegmentationTask, segmentation_dice
 from sarcomakit.training.api import train
-from sarcomakit.training.checkpoint import load_checkpoint
-from sarcomakit.training.config import TrainConfig
 from sarcomakit.training.finetuning import resolved_warmup_epochs
-from sarcomakit.training.folds import make_folds, save_folds
 
 PRETRAINING = ("mae", "crmae")
 METHODS = ("scratch", *PRETRAINING)

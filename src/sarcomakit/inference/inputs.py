@@ -13,9 +13,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import is_image_path
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.image import is_image_path
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})$")
 

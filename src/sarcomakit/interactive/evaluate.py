@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json, write_text
 from sarcomakit.evaluation.bootstrap import bootstrap_ci
 from sarcomakit.interactive.metrics import (
     NOC_CAP,
@@ -40,7 +41,6 @@ from sarcomakit.interactive.metrics import (
 from sarcomakit.interactive.protocol import InteractiveModel
 from sarcomakit.interactive.robot import RobotConfig, RobotUser
 from sarcomakit.interactive.session import InteractiveSession
-from sarcomakit.io.atomic import write_json, write_text
 
 
 @dataclass(frozen=True)

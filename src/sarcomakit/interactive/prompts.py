@@ -45,7 +45,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.interactive.roi import Roi
 
 Encoding = Literal["binary", "edt", "gaussian"]

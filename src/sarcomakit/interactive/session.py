@@ -16,7 +16,7 @@ special handling; a ``SimpleITK.Image`` input keeps its geometry for :meth:`mask
 with a ``prepare`` step (a network that resamples and normalises the image with its plan) prepares
 the image once, when the session starts, and the session keeps the result in memory. Every
 problem with the input, the prompts or the model's answer raises
-:class:`~sarcomakit.errors.UserInputError` and leaves the session as it was, so a server can
+:class:`~sarcomakit.core.errors.UserInputError` and leaves the session as it was, so a server can
 report it and carry on. A re-entrant lock serialises the calls on one session, so several
 threads (server workers) may share it; different sessions run in parallel.
 """
@@ -31,11 +31,11 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from sarcomakit.errors import SarcomakitError, UserInputError
+from sarcomakit.core.errors import SarcomakitError, UserInputError
+from sarcomakit.core.io.image import Geometry
 from sarcomakit.interactive.prompts import Box, Click, Prompt, Scribble, check_prompt_in_image
 from sarcomakit.interactive.protocol import InteractiveModel
 from sarcomakit.interactive.roi import Roi, RoiGrowth, grow_roi
-from sarcomakit.io.image import Geometry
 
 
 class InteractiveSession:

@@ -26,7 +26,7 @@ from monai.networks.layers.simplelayers import SkipConnection
 from torch import nn
 from torch.nn import functional as F
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.models.registry import build_network
 
 

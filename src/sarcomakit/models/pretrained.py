@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 
 PARTS = ("encoder", "encoder+decoder")
 

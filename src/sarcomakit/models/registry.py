@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 import torch
 from monai.networks.nets import DynUNet, SegResNet, UNet
 
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.registry import Registry
-from sarcomakit.errors import UserInputError
 
 NetworkFactory = Callable[..., torch.nn.Module]
 #: Network factories by name (see :mod:`sarcomakit.core.registry` for the naming rules).

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sarcomakit.cohort_runner import CohortResult, run_per_case
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_json
-from sarcomakit.pathology.slide_manifest import SlideManifest, SlideRecord
-from sarcomakit.provenance import describe_value_change, file_digests, file_identity
+from sarcomakit.core.cohort_runner import CohortResult, run_per_case
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json
+from sarcomakit.core.provenance import describe_value_change, file_digests, file_identity
+from sarcomakit.pathology.wsi.slide_manifest import SlideManifest, SlideRecord
 
 COORDS, THUMBNAILS, FEATURES, SSL, MIL, HEATMAPS, CLUSTERS = (
     "coords", "thumbnails", "features", "ssl", "mil", "heatmaps", "clusters")
@@ -55,10 +55,10 @@ def tile_slide_to_folder(slide: SlideRecord, work_dir: Path, options: TilingOpti
     Raises:
         UserInputError: the slide cannot be read, or no tile has enough tissue.
     """
-    from sarcomakit.pathology.h5io import save_coords
-    from sarcomakit.pathology.reader import open_slide
-    from sarcomakit.pathology.tiling import save_thumbnail_with_grid, tile_slide
-    from sarcomakit.pathology.tissue import detect_tissue
+    from sarcomakit.pathology.wsi.h5io import save_coords
+    from sarcomakit.pathology.wsi.reader import open_slide
+    from sarcomakit.pathology.wsi.tiling import save_thumbnail_with_grid, tile_slide
+    from sarcomakit.pathology.wsi.tissue import detect_tissue
 
     with open_slide(slide.path, mpp=options.mpp) as reader:
         tissue = detect_tissue(reader)
@@ -101,9 +101,9 @@ def pretrain_step(manifest: SlideManifest, work_dir: str | Path, encoder_name: s
                   batch_size: int = 64, lr: float = 1e-3, stain_augment: bool = True, seed: int = 0,
                   device: str = "cpu", mpp: float | None = None, overwrite: bool = False) -> Path:
     """SimCLR-pretrain an encoder on tiles sampled from the tiled slides; returns ``work/ssl/encoder.pt``."""
-    from sarcomakit.pathology.embed import load_grid
-    from sarcomakit.pathology.encoders import build_encoder
-    from sarcomakit.pathology.ssl import collect_tiles, pretrain_encoder
+    from sarcomakit.pathology.features.embed import load_grid
+    from sarcomakit.pathology.features.encoders import build_encoder
+    from sarcomakit.pathology.features.ssl import collect_tiles, pretrain_encoder
 
     work = Path(work_dir)
     out = work / SSL / "encoder.pt"
@@ -117,7 +117,7 @@ def pretrain_step(manifest: SlideManifest, work_dir: str | Path, encoder_name: s
     encoder = build_encoder(encoder_name, **(encoder_options or {}))
     stain = None
     if stain_augment:
-        from sarcomakit.pathology.stain import StainAugment
+        from sarcomakit.pathology.wsi.stain import StainAugment
 
         stain = StainAugment(seed=seed)
     result = pretrain_encoder(tiles, encoder, epochs=epochs, batch_size=batch_size, lr=lr, stain=stain,
@@ -131,8 +131,8 @@ def embed_step(manifest: SlideManifest, work_dir: str | Path, encoder_name: str 
                batch_size: int = 64, num_workers: int = 2, device: str = "cpu", mpp: float | None = None,
                overwrite: bool = False, show_progress: bool = True) -> CohortResult[Path]:
     """Embed the tiles of every tiled slide into ``work/features`` (resumable, failure-tolerant)."""
-    from sarcomakit.pathology.embed import EmbedOptions, embed_cohort
-    from sarcomakit.pathology.encoders import build_encoder
+    from sarcomakit.pathology.features.embed import EmbedOptions, embed_cohort
+    from sarcomakit.pathology.features.encoders import build_encoder
 
     work = Path(work_dir)
     encoder = build_encoder(encoder_name, weights=weights, **(encoder_options or {}))
@@ -161,7 +161,7 @@ def attention_checkpoints(slide_id: str, model_dir: Path) -> list[Path]:
     Raises:
         UserInputError: the slide's fold has no model, or the run folder has no checkpoint.
     """
-    from sarcomakit.pathology.mil_training import find_checkpoints
+    from sarcomakit.pathology.mil.training import find_checkpoints
 
     fold = _slide_folds(model_dir).get(slide_id)
     if fold is None:
@@ -183,8 +183,8 @@ def slide_attention(slide_id: str, work_dir: Path, model_dir: Path) -> tuple[np.
         UserInputError: a model to be used trained on this slide, or does not record what it trained on
             when it should have held the slide out.
     """
-    from sarcomakit.pathology.h5io import load_features
-    from sarcomakit.pathology.mil_training import load_bag, load_mil_checkpoint, predict_bag
+    from sarcomakit.pathology.mil.training import load_bag, load_mil_checkpoint, predict_bag
+    from sarcomakit.pathology.wsi.h5io import load_features
 
     features_h5 = work_dir / FEATURES / f"{slide_id}.h5"
     bag, coords = load_bag(features_h5, slide_id)
@@ -234,8 +234,8 @@ def _heatmap_is_current(slide_id: str, work_dir: Path, model_dir: Path) -> bool:
 def heatmap_slide(slide: SlideRecord, work_dir: Path, model_dir: Path, top_k: int = 8,
                   mpp: float | None = None, thumbnail_size: int = 1024) -> dict[str, Any]:
     """Write a slide's attention CSV, overlay PNG and top-tile grid under ``work/heatmaps/<slide_id>/``."""
-    from sarcomakit.pathology.heatmap import attention_table, render_heatmap, top_tiles_grid, write_table
-    from sarcomakit.pathology.reader import open_slide
+    from sarcomakit.pathology.analysis.heatmap import attention_table, render_heatmap, top_tiles_grid, write_table
+    from sarcomakit.pathology.wsi.reader import open_slide
 
     source = heatmap_inputs(slide.slide_id, work_dir, model_dir)
     attention, coords, attrs = slide_attention(slide.slide_id, work_dir, model_dir)
@@ -286,7 +286,7 @@ def cluster_step(manifest: SlideManifest, work_dir: str | Path, method: str = "k
                  per_slide: int = 200, map_method: str = "pca", min_cluster_size: int = 20, seed: int = 0,
                  mpp: float | None = None, examples_per_cluster: int = 6) -> ClusterOutputs:
     """Phenotype clusters of the cohort's patch embeddings, written to ``work/clusters``."""
-    from sarcomakit.pathology.clustering import (
+    from sarcomakit.pathology.analysis.clustering import (
         cluster_composition,
         cluster_example_tiles,
         embedding_map,
@@ -294,8 +294,8 @@ def cluster_step(manifest: SlideManifest, work_dir: str | Path, method: str = "k
         plot_embedding_map,
         sample_embeddings,
     )
-    from sarcomakit.pathology.h5io import load_features
-    from sarcomakit.pathology.heatmap import write_table
+    from sarcomakit.pathology.analysis.heatmap import write_table
+    from sarcomakit.pathology.wsi.h5io import load_features
 
     work = Path(work_dir)
     embedded, _ = slides_with(manifest, work, FEATURES)
@@ -357,7 +357,7 @@ class DemoSummary:
 
 def tumour_agreement(cohort_csv: Path, work_dir: Path) -> pd.DataFrame:
     """Per slide: attention inside the true tumour mask vs outside (synthetic cohorts carry the masks)."""
-    from sarcomakit.pathology.heatmap import attention_mask_agreement, tile_mask_fraction
+    from sarcomakit.pathology.analysis.heatmap import attention_mask_agreement, tile_mask_fraction
 
     cohort = pd.read_csv(cohort_csv, dtype={"slide_id": str})
     rows = []
@@ -405,10 +405,10 @@ def run_demo(out_dir: str | Path, options: DemoOptions | None = None, overwrite:
         The :class:`DemoSummary`; ``lines`` is the printed summary (held-out macro AUC with its interval,
         attention-tumour agreement, where the report is).
     """
-    from sarcomakit.pathology.mil_training import MILTrainConfig, cross_validate
-    from sarcomakit.pathology.report import format_metrics, write_demo_report
-    from sarcomakit.pathology.slide_manifest import load_slide_manifest
-    from sarcomakit.pathology.synthetic import make_synthetic_wsi_cohort
+    from sarcomakit.pathology.analysis.report import format_metrics, write_demo_report
+    from sarcomakit.pathology.mil.training import MILTrainConfig, cross_validate
+    from sarcomakit.pathology.wsi.slide_manifest import load_slide_manifest
+    from sarcomakit.pathology.wsi.synthetic import make_synthetic_wsi_cohort
 
     options = options or DemoOptions()
     work = Path(out_dir)

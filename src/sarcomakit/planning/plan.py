@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pydantic
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_text
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_text
 from sarcomakit.planning.fingerprint import Fingerprint, compute_fingerprint
 from sarcomakit.planning.normalize import ChannelNormalization
 from sarcomakit.planning.resample import ANISOTROPY_THRESHOLD, new_shape

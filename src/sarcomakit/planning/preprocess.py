@@ -14,7 +14,7 @@ On disk, a preprocessed case is ``{case_id}_data.npy`` (float32, C x Z x Y x X),
 (uint8, Z x Y x X, when labelled) and ``{case_id}.json`` (geometries, crop box, properties), the JSON
 written last so that its presence marks a complete case. :func:`preprocess_cohort` also records in
 ``properties["inputs"]`` what the case was made from (the plan's digest and each input file's SHA-256,
-see :mod:`sarcomakit.provenance`), and reuses a cached case only when both still match: a cache keyed on
+see :mod:`sarcomakit.core.provenance`), and reuses a cached case only when both still match: a cache keyed on
 the case id alone would serve a case preprocessed with another plan, or from other images, as current.
 """
 
@@ -28,11 +28,12 @@ from typing import Any, Literal
 import numpy as np
 import SimpleITK as sitk
 
-from sarcomakit.cohort_runner import CohortResult, run_per_case
+from sarcomakit.core.cohort_runner import CohortResult, run_per_case
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import atomic_path, write_json
+from sarcomakit.core.io.image import Geometry
+from sarcomakit.core.provenance import case_files, file_digests, json_digest
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import atomic_path, write_json
-from sarcomakit.io.image import Geometry
 from sarcomakit.planning.fingerprint import check_same_grid, load_case_images, missing_channels
 from sarcomakit.planning.normalize import nonzero_mask, normalize
 from sarcomakit.planning.plan import Plan
@@ -45,7 +46,6 @@ from sarcomakit.planning.resample import (
     resample_channels,
     resample_label,
 )
-from sarcomakit.provenance import case_files, file_digests, json_digest
 
 
 @dataclass

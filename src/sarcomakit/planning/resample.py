@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
-from sarcomakit.io.image import Geometry
+from sarcomakit.core.io.image import Geometry
 
 ANISOTROPY_THRESHOLD = 3.0
 """Spacing ratio (largest / smallest) above which an axis counts as low-resolution (nnU-Net's value)."""

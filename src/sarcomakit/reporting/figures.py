@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from sarcomakit.io.atomic import atomic_path
+from sarcomakit.core.io.atomic import atomic_path
 
 REFERENCE_COLOUR = "#00d000"
 PREDICTION_COLOUR = "#ff2020"

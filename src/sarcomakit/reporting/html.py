@@ -26,9 +26,9 @@ from typing import Any
 
 import pandas as pd
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_text
 from sarcomakit.evaluation.formatting import MISSING, format_number
-from sarcomakit.io.atomic import write_text
 
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml",
                 ".gif": "image/gif"}

@@ -16,8 +16,9 @@ import pandas as pd
 import SimpleITK as sitk
 from matplotlib.figure import Figure
 
+from sarcomakit.core.errors import SarcomakitError
+from sarcomakit.core.io.image import Geometry, read_image
 from sarcomakit.data.manifest import GRADES, Manifest
-from sarcomakit.errors import SarcomakitError
 from sarcomakit.evaluation.classification import confusion_matrix
 from sarcomakit.evaluation.comparison import ComparisonResult, compare_methods
 from sarcomakit.evaluation.comparison_tables import display_differences, display_table
@@ -28,7 +29,6 @@ from sarcomakit.evaluation.oof_source import OOFSource, load_oof_source
 from sarcomakit.evaluation.segmentation import find_prediction
 from sarcomakit.evaluation.survival import TD_AUC_PREFIX
 from sarcomakit.evaluation.task_data import predicted_high_risk
-from sarcomakit.io.image import Geometry, read_image
 from sarcomakit.reporting.clinical_figures import plot_kaplan_meier, plot_reliability_diagram, plot_roc_curves
 from sarcomakit.reporting.figures import metric_distribution_figure, overlay_figure, save_png
 from sarcomakit.reporting.html import ReportSection, write_html_report

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.tasks.base import TASKS, CaseOutput, LossOutput, Objective, Task, TaskRequirements
 from sarcomakit.tasks.interactive import InteractiveTask
 from sarcomakit.tasks.multitask import MultiTaskTask
@@ -21,7 +21,7 @@ from sarcomakit.tasks.segmentation import SegmentationTask
 
 if TYPE_CHECKING:
     from sarcomakit.data.manifest import Manifest
-    from sarcomakit.training.config import TrainConfig
+    from sarcomakit.runs.config import TrainConfig
 
 __all__ = ["TASKS", "CaseOutput", "LossOutput", "Objective", "Task", "TaskRequirements", "build_task",
            "task_class", "task_options"]

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from sarcomakit.data.manifest import Manifest
     from sarcomakit.planning.plan import Plan
     from sarcomakit.planning.preprocess import PreprocessedCase
-    from sarcomakit.training.config import TrainConfig
+    from sarcomakit.runs.config import TrainConfig
 
 
 @dataclass(frozen=True)

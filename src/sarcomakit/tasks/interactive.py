@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.interactive.augment import IntensityAugmentation, pick_channel
 from sarcomakit.interactive.evaluate import InteractiveCase, evaluate_interactive
 from sarcomakit.interactive.metrics import dice_curve_auc, mean_curve
@@ -50,10 +50,10 @@ from sarcomakit.interactive.simulation import (
 from sarcomakit.models import build_network
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks.base import CaseOutput, LossOutput, Objective, Task, TaskRequirements
+from sarcomakit.tasks.patches import CaseVolume, augmentation_pipeline, crop_patch
 from sarcomakit.tasks.segmentation import dice_ce_loss
-from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.patches import CaseVolume, augmentation_pipeline, crop_patch
 
 #: Fewest reference voxels a training patch must hold (a smaller piece gives the robot nothing to draw on).
 MIN_PATCH_FOREGROUND = 4
@@ -330,8 +330,8 @@ def load_initial_weights(network: nn.Module, source: str) -> None:
     from pathlib import Path
 
     from sarcomakit.interactive.models import DEFAULT_MODEL, default_model_dir
-    from sarcomakit.training.checkpoint import load_checkpoint
-    from sarcomakit.training.run import RunFolder
+    from sarcomakit.runs.checkpoint import load_checkpoint
+    from sarcomakit.runs.folder import RunFolder
 
     folder = default_model_dir() if source == DEFAULT_MODEL else Path(source)
     checkpoints = RunFolder.open(folder).trained_folds("best")

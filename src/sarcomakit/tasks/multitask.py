@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.manifest import GRADES, Manifest
-from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.classification import macro_ovr_auc
 from sarcomakit.evaluation.metrics import segmentation_metrics
 from sarcomakit.evaluation.oof import write_oof
@@ -33,6 +33,7 @@ from sarcomakit.losses.weighting import FixedWeighting, UncertaintyWeighting
 from sarcomakit.models.multitask import build_multitask_network
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks.base import (
     CaseOutput,
     LossOutput,
@@ -42,9 +43,8 @@ from sarcomakit.tasks.base import (
     case_tensor,
     channel_availability,
 )
+from sarcomakit.tasks.patches import PatchDataset
 from sarcomakit.tasks.segmentation import patch_dataset
-from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.patches import PatchDataset
 
 log = logging.getLogger(__name__)
 ALL_TASKS = ("segmentation", "grade", "survival")

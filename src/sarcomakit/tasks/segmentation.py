@@ -15,9 +15,9 @@ from sarcomakit.losses.segmentation import dice_ce_loss
 from sarcomakit.models import build_network
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks.base import CaseOutput, LossOutput, Objective, Task, TaskRequirements, case_tensor
-from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.patches import CaseVolume, PatchDataset
+from sarcomakit.tasks.patches import CaseVolume, PatchDataset
 
 
 def segmentation_dice(prediction: np.ndarray, reference: np.ndarray, n_classes: int) -> list[float]:

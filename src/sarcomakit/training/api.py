@@ -9,15 +9,15 @@ from pathlib import Path
 from rich.console import Console
 
 from sarcomakit.core import distributed
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_text
 from sarcomakit.data.manifest import Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_text
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_cohort
+from sarcomakit.runs.config import TrainConfig
+from sarcomakit.runs.folder import RunFolder
 from sarcomakit.tasks import build_task
-from sarcomakit.training.config import TrainConfig
 from sarcomakit.training.fold import FoldResult, train_fold
-from sarcomakit.training.run import RunFolder
 
 
 @dataclass
@@ -46,14 +46,14 @@ def train(manifest: Manifest, plan: Plan, run_dir: str | Path, *, folds: Sequenc
     Args:
         manifest: the training cohort (cases with labels, unless the task learns without them).
         plan: the conventional plan from :func:`sarcomakit.planning.plan_cohort`.
-        run_dir: the run folder (see :mod:`sarcomakit.training.run`).
+        run_dir: the run folder (see :mod:`sarcomakit.runs.folder`).
         folds: which cross-validation folds to train.
         config: training options; defaults to :class:`TrainConfig` ().
         resume: continue folds that have a last checkpoint.
         preprocessed_dir: where preprocessed arrays are cached (default ``run_dir/preprocessed``).
         time_limit_s, early_stopping: see :func:`sarcomakit.training.fold.train_fold`.
         overwrite: remove an earlier run in ``run_dir`` (folds, splits, cache) and start fresh; without it,
-            a folder built from other inputs is refused (see :mod:`sarcomakit.training.run`).
+            a folder built from other inputs is refused (see :mod:`sarcomakit.runs.folder`).
 
     Returns:
         The result of each trained fold, and the cases that could not be preprocessed (left out).

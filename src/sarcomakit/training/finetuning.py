@@ -23,9 +23,9 @@ from rich.console import Console
 from torch import nn
 
 from sarcomakit.core import distributed
-from sarcomakit.io.atomic import write_json
+from sarcomakit.core.io.atomic import write_json
 from sarcomakit.models.pretrained import LoadReport, load_pretrained, network_part, target_backbone
-from sarcomakit.training.config import TrainConfig
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.training.trainer import Callback, Trainer
 
 

@@ -18,14 +18,14 @@ from rich.console import Console
 
 from sarcomakit.core import distributed
 from sarcomakit.core.device import cpu_threads_for_model, default_num_workers, select_device
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_json
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
+from sarcomakit.runs.checkpoint import load_checkpoint
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks import Task, build_task
 from sarcomakit.training.callbacks import Checkpoint, EarlyStopping, FoldLog, TimeLimit, Validation
-from sarcomakit.training.checkpoint import load_checkpoint
-from sarcomakit.training.config import TrainConfig
 from sarcomakit.training.finetuning import prepare_finetuning
 from sarcomakit.training.trainer import Callback, Trainer, unwrap
 

@@ -60,13 +60,13 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
-from sarcomakit.cohort_runner import CohortResult, run_per_case
+from sarcomakit.core.cohort_runner import CohortResult, run_per_case
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json
+from sarcomakit.core.io.image import Geometry, write_image
 from sarcomakit.data.importers._common import sanitise_case_id
 from sarcomakit.data.importers.rtstruct import StructureSet, rasterise_structure, read_structure_set
 from sarcomakit.data.manifest import DEFAULT_LABELS, Case, Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_json
-from sarcomakit.io.image import Geometry, write_image
 
 log = logging.getLogger("sarcomakit")
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sarcomakit.core.io.image import Geometry
 from sarcomakit.data.synthetic.fields import Points
-from sarcomakit.io.image import Geometry
 
 # Direction matrices (columns: index axes i, j, k in LPS) of the acquisition orientations we simulate.
 ORIENTATIONS: dict[str, np.ndarray] = {

@@ -28,15 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.models import build_network
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks.base import CaseOutput, LossOutput, Objective, Task, TaskRequirements
 from sarcomakit.tasks.pretraining.baselines import affine_from_modalities, interpolate_from_visible
 from sarcomakit.tasks.pretraining.masking import block_mask, default_block_size, modality_mask
 from sarcomakit.tasks.pretraining.sampling import MaskedPatchDataset, crop, random_start
-from sarcomakit.training.config import TrainConfig
 
 if TYPE_CHECKING:
     from sarcomakit.data.manifest import Manifest

@@ -2,7 +2,7 @@
 
 Cases stay memory-mapped (:meth:`PreprocessedCase.load` maps them), so a patch costs reading its own voxels
 and a cohort of thousands of volumes is streamed from disk rather than held in memory. Unlike the
-segmentation sampler (:mod:`sarcomakit.training.patches`) there is no label to oversample: patches are drawn
+segmentation sampler (:mod:`sarcomakit.tasks.patches`) there is no label to oversample: patches are drawn
 uniformly inside the volume. The mask is drawn with the patch, in the loader's worker processes, from the
 same per-sample generator, so a sample is deterministic for (seed, epoch, index).
 """

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from sarcomakit.pathology.reader import SlideReader, open_slide
-from sarcomakit.pathology.tiling import TileGrid
+from sarcomakit.pathology.wsi.reader import SlideReader, open_slide
+from sarcomakit.pathology.wsi.tiling import TileGrid
 
 
 class TileDataset(Dataset):
@@ -31,8 +31,8 @@ class TileDataset(Dataset):
 
     Args:
         slide_path: the slide file.
-        grid: tile positions and geometry (from :func:`~sarcomakit.pathology.tiling.tile_slide` or
-            :func:`~sarcomakit.pathology.h5io.load_coords`).
+        grid: tile positions and geometry (from :func:`~sarcomakit.pathology.wsi.tiling.tile_slide` or
+            :func:`~sarcomakit.pathology.wsi.h5io.load_coords`).
         mpp: µm/px override passed to :func:`open_slide`.
         transform: callable on the tile tensor.
         backend: slide backend for :func:`open_slide`.

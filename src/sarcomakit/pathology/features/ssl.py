@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.pathology.encoders import PatchEncoder, save_encoder_checkpoint
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.pathology.features.encoders import PatchEncoder, save_encoder_checkpoint
 from sarcomakit.tasks.base import LossOutput, Objective
 from sarcomakit.training.trainer import Callback, Trainer
 
@@ -156,7 +156,7 @@ class _StepLosses(Callback):
 def collect_tiles(slides: Sequence[tuple[str | Path, Any]], per_slide: int = 64, seed: int = 0,
                   mpp: float | None = None) -> torch.Tensor:
     """A random sample of at most ``per_slide`` tiles (3, H, W) from each (slide path, TileGrid) pair."""
-    from sarcomakit.pathology.tiles import TileDataset
+    from sarcomakit.pathology.wsi.tiles import TileDataset
 
     rng = np.random.default_rng(seed)
     tiles: list[torch.Tensor] = []

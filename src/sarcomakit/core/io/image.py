@@ -35,8 +35,8 @@ import SimpleITK as sitk
 from nibabel.arrayproxy import ArrayProxy
 from nibabel.volumeutils import apply_read_scaling
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import atomic_path
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import atomic_path
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 TRUNCATED_FIX = "re-export or copy the file again (it was cut short or damaged on the way)."

@@ -29,7 +29,7 @@ import tifffile
 from scipy import ndimage
 from skimage import draw
 
-from sarcomakit.io.atomic import atomic_path, write_text
+from sarcomakit.core.io.atomic import atomic_path, write_text
 
 SUBTYPES = ("liposarcoma", "leiomyosarcoma", "ups")
 LAYOUTS = ("svs", "tiff")

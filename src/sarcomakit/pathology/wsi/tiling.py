@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from sarcomakit.io.atomic import atomic_path
-from sarcomakit.pathology.reader import SlideReader
-from sarcomakit.pathology.tissue import TissueMask, detect_tissue
+from sarcomakit.core.io.atomic import atomic_path
+from sarcomakit.pathology.wsi.reader import SlideReader
+from sarcomakit.pathology.wsi.tissue import TissueMask, detect_tissue
 
 
 @dataclass

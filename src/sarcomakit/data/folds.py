@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json
 from sarcomakit.data.manifest import Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_json
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from monai.networks import nets
 from torch import nn
 
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.registry import Registry
-from sarcomakit.errors import UserInputError
 
 log = logging.getLogger("sarcomakit")
 
@@ -268,7 +268,7 @@ def build_encoder(name: str, weights: str | Path | None = None, strict: bool = T
     Args:
         name: a name from :func:`available_encoders` (``resnet18``, ``resnet34``, ``resnet50``,
             ``densenet121``, ``small_cnn``, ``foundation``).
-        weights: a local checkpoint (e.g. from :func:`sarcomakit.pathology.ssl.pretrain_encoder`); for
+        weights: a local checkpoint (e.g. from :func:`sarcomakit.pathology.features.ssl.pretrain_encoder`); for
             ``foundation`` this is the checkpoint path itself.
         strict: require every key to match when loading ``weights``.
         **kw: builder options (``input_size``; for ``foundation``: ``architecture``, ``mean``, ``std``).
@@ -312,7 +312,7 @@ def save_encoder_checkpoint(encoder: PatchEncoder, path: str | Path, options: Ma
         options: builder options needed to rebuild the same architecture (e.g. ``embed_dim``).
         extra: other JSON-like values to store (training history, ...).
     """
-    from sarcomakit.io.atomic import atomic_path
+    from sarcomakit.core.io.atomic import atomic_path
 
     payload = {"state_dict": encoder.module.state_dict(), "encoder": encoder.name,
                "encoder_options": {"input_size": encoder.input_size, **dict(options or {})},

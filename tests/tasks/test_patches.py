@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from sarcomakit.training.patches import CaseVolume, PatchDataset, crop_patch
+from sarcomakit.tasks.patches import CaseVolume, PatchDataset, crop_patch
 
 
 def _volume(shape=(20, 40, 40), box=(slice(2, 5), slice(30, 36), slice(3, 8))) -> CaseVolume:

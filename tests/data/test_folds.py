@@ -2,9 +2,9 @@
 
 import pytest
 
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.data.folds import make_folds
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.training.folds import make_folds
 
 
 def _cohort(n: int, sites: list[str | None] | None = None, folds: list[int | None] | None = None) -> Manifest:

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import filters, morphology
 
-from sarcomakit.pathology.reader import SlideReader
+from sarcomakit.pathology.wsi.reader import SlideReader
 
 # Otsu's threshold is not allowed below this saturation: white glass with JPEG noise stays background.
 MIN_TISSUE_SATURATION = 0.07

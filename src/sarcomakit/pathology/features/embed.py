@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from sarcomakit.cohort_runner import CohortResult, run_per_case
-from sarcomakit.errors import UserInputError
-from sarcomakit.pathology.encoders import PatchEncoder
-from sarcomakit.pathology.slide_manifest import SlideManifest, SlideRecord
+from sarcomakit.core.cohort_runner import CohortResult, run_per_case
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.pathology.features.encoders import PatchEncoder
+from sarcomakit.pathology.wsi.slide_manifest import SlideManifest, SlideRecord
 
 log = logging.getLogger("sarcomakit")
 
@@ -49,9 +49,8 @@ def _worker_init(_: int) -> None:
 
 
 def load_grid(coords_h5: str | Path) -> Any:
-    """The :class:`~sarcomakit.pathology.tiling.TileGrid` stored in a coordinates HDF5 file."""
-    from sarcomakit.pathology import h5io
-
+    """The :class:`~sarcomakit.pathology.wsi.tiling.TileGrid` stored in a coordinates HDF5 file."""
+    from sarcomakit.pathology.wsi import h5io
     path = Path(coords_h5)
     if not path.is_file():
         raise UserInputError("tile coordinates not found.", path=path, fix="run `sarcomakit wsi tile` first.")
@@ -62,7 +61,7 @@ def tile_loader(slide_path: str | Path, grid: Any, transform: Callable[[torch.Te
                 batch_size: int = 64, num_workers: int = 2, pin_memory: bool = False,
                 prefetch_factor: int = 4, mpp: float | None = None) -> DataLoader:
     """A DataLoader of uint8 tile batches (B, 3, H, W) of ``grid`` read from ``slide_path``, in order."""
-    from sarcomakit.pathology.tiles import TileDataset
+    from sarcomakit.pathology.wsi.tiles import TileDataset
 
     dataset = TileDataset(slide_path, grid, mpp=mpp, transform=transform, dtype=torch.uint8)
     options: dict[str, Any] = {}
@@ -96,10 +95,10 @@ def embed_slide(slide_path: str | Path, tiles: Any, encoder: PatchEncoder, out_h
 
     Args:
         slide_path: the slide file.
-        tiles: a :class:`~sarcomakit.pathology.tiling.TileGrid` or the coordinates HDF5 written by tiling.
+        tiles: a :class:`~sarcomakit.pathology.wsi.tiling.TileGrid` or the coordinates HDF5 written by tiling.
         encoder: the :class:`PatchEncoder`; tiles are resized to its input size in the workers and normalised
             on ``device``.
-        out_h5: output HDF5 (written atomically through :func:`sarcomakit.pathology.h5io.save_features`).
+        out_h5: output HDF5 (written atomically through :func:`sarcomakit.pathology.wsi.h5io.save_features`).
         batch_size: tiles per forward pass.
         num_workers: reader processes (0: read in the main process).
         device: where the encoder runs.
@@ -112,8 +111,7 @@ def embed_slide(slide_path: str | Path, tiles: Any, encoder: PatchEncoder, out_h
     Raises:
         UserInputError: missing coordinates, or a slide without any tile (empty bag).
     """
-    from sarcomakit.pathology import h5io
-
+    from sarcomakit.pathology.wsi import h5io
     grid = load_grid(tiles) if isinstance(tiles, str | Path) else tiles
     coords = np.asarray(grid.coords)
     if coords.shape[0] == 0:
@@ -156,7 +154,7 @@ def embed_cohort(manifest: SlideManifest, coords_dir: str | Path, out_dir: str |
         options: batch size, workers, device, overwrite, mpp.
 
     Returns:
-        The :class:`~sarcomakit.cohort_runner.CohortResult` (feature file per slide).
+        The :class:`~sarcomakit.core.cohort_runner.CohortResult` (feature file per slide).
     """
     options = options or EmbedOptions()
     out_dir = Path(out_dir)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 
 BACKENDS = ("auto", "openslide", "tiffslide")
 

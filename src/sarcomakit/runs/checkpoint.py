@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import atomic_path
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import atomic_path
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

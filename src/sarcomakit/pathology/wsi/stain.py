@@ -26,7 +26,7 @@ from typing import Any, overload
 import numpy as np
 import torch
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 
 BACKGROUND_INTENSITY = 240.0
 # Reference of Macenko et al. as used by most implementations (rows: haematoxylin, eosin; RGB OD).
@@ -161,7 +161,7 @@ class MacenkoNormalizer:
     def __call__(self, image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """:meth:`transform` for arrays, or for tensors ``(3, H, W)``/``(B, 3, H, W)`` (uint8 or [0, 1]).
 
-        So a fitted normaliser can be a :class:`~sarcomakit.pathology.tiles.TileDataset` transform.
+        So a fitted normaliser can be a :class:`~sarcomakit.pathology.wsi.tiles.TileDataset` transform.
         """
         if isinstance(image, torch.Tensor):
             return _apply_to_tensor(image, self.transform)

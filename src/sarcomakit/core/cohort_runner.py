@@ -4,7 +4,7 @@ Each failure is recorded (case, message) and reported in a summary at the end; t
 
 Exit status of every cohort command (:attr:`CohortResult.exit_code`): 0 when every item succeeded or
 was already done, 1 when any item failed (after the others finished), 2 for a user error found
-before any work (:class:`~sarcomakit.errors.UserInputError`). A step that needs every item to
+before any work (:class:`~sarcomakit.core.errors.UserInputError`). A step that needs every item to
 produce its output (a fingerprint, a plan) raises :class:`CohortFailed` after trying them all; the CLI
 prints its failures and exits 1 as well.
 
@@ -37,7 +37,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from sarcomakit.errors import SarcomakitError, UserInputError
+from sarcomakit.core.errors import SarcomakitError, UserInputError
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -23,8 +23,8 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.preprocessing import StandardScaler
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import atomic_path
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import atomic_path
 
 
 @dataclass
@@ -40,7 +40,7 @@ class EmbeddingSample:
 def sample_embeddings(feature_files: Mapping[str, str | Path], per_slide: int = 200,
                       seed: int = 0) -> EmbeddingSample:
     """A random subsample of at most ``per_slide`` tiles from each slide's feature HDF5."""
-    from sarcomakit.pathology.h5io import load_features
+    from sarcomakit.pathology.wsi.h5io import load_features
 
     rng = np.random.default_rng(seed)
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
@@ -125,7 +125,7 @@ def fit_phenotype_clusters(features: np.ndarray, method: str = "kmeans", n_clust
 
 def cluster_composition(clusters: PhenotypeClusters, feature_files: Mapping[str, str | Path]) -> pd.DataFrame:
     """Fraction of each slide's tiles in each cluster (rows: slides; columns: n_tiles, cluster_0, ...)."""
-    from sarcomakit.pathology.h5io import load_features
+    from sarcomakit.pathology.wsi.h5io import load_features
 
     rows = []
     for slide_id, path in feature_files.items():
@@ -191,8 +191,8 @@ def cluster_example_tiles(sample: EmbeddingSample, clusters: PhenotypeClusters, 
         out_px: side of each example image.
         mpp: microns per pixel for slides without resolution metadata.
     """
-    from sarcomakit.pathology.heatmap import read_tile_images, save_tile_grid
-    from sarcomakit.pathology.reader import open_slide
+    from sarcomakit.pathology.analysis.heatmap import read_tile_images, save_tile_grid
+    from sarcomakit.pathology.wsi.reader import open_slide
 
     z = clusters.transform(sample.features)
     assigned = clusters.assign(sample.features)

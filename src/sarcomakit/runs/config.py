@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_text
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_text
 
 
 class TrainConfig(BaseModel):

@@ -7,7 +7,7 @@ the training patients stops improving, and the best state is kept.
 
 Cross-validation folds are grouped by patient (``StratifiedGroupKFold``) so that no patient's slides are on
 both sides; the out-of-fold predictions are written to ``oof_predictions.csv`` and scored by
-:func:`sarcomakit.pathology.metrics.classification_metrics`.
+:func:`sarcomakit.pathology.analysis.metrics.classification_metrics`.
 
 Run folder of :func:`cross_validate`::
 
@@ -39,13 +39,13 @@ import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
-from sarcomakit.cohort_runner import CohortResult
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import atomic_path, write_json
-from sarcomakit.pathology.metrics import classification_metrics, metrics_to_json
-from sarcomakit.pathology.mil import StandardizedMIL, build_mil_model, mil_loss
-from sarcomakit.pathology.slide_manifest import SlideManifest, SlideRecord
-from sarcomakit.provenance import array_digest, describe_id_change, describe_value_change, examples
+from sarcomakit.core.cohort_runner import CohortResult
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import atomic_path, write_json
+from sarcomakit.core.provenance import array_digest, describe_id_change, describe_value_change, examples
+from sarcomakit.pathology.analysis.metrics import classification_metrics, metrics_to_json
+from sarcomakit.pathology.mil.models import StandardizedMIL, build_mil_model, mil_loss
+from sarcomakit.pathology.wsi.slide_manifest import SlideManifest, SlideRecord
 from sarcomakit.tasks.base import LossOutput, Objective
 from sarcomakit.training.callbacks import EarlyStopping
 from sarcomakit.training.trainer import Callback, Trainer, unwrap
@@ -101,7 +101,7 @@ def load_bag(path: str | Path, slide_id: str | None = None) -> tuple[torch.Tenso
     Raises:
         UserInputError: the file is missing or unreadable, or the bag is empty; the message names the slide.
     """
-    from sarcomakit.pathology.h5io import load_features
+    from sarcomakit.pathology.wsi.h5io import load_features
 
     path = Path(path)
     name = slide_id or path.stem
@@ -536,7 +536,7 @@ def predict_slides(checkpoints: Sequence[str | Path], manifest: SlideManifest, f
         (predictions table, cohort result whose results are the mean attention per slide and whose
         failures name the slides without a usable bag).
     """
-    from sarcomakit.cohort_runner import run_per_case
+    from sarcomakit.core.cohort_runner import run_per_case
 
     models = [load_mil_checkpoint(p) for p in checkpoints]
     classes = models[0].classes

@@ -15,7 +15,7 @@ Everything in a run folder was built from one set of inputs; a rerun or ``--resu
 splits, a checkpoint or the cache with other inputs would validate or evaluate on cases the model was
 trained or planned on. So ``provenance.json`` records those inputs: the sorted case ids, the content of
 the manifest (label map, each case's row without paths, and the SHA-256 of each image and mask, see
-:mod:`sarcomakit.provenance`) with its digest, the plan's digest and the training options that shape the
+:mod:`sarcomakit.core.provenance`) with its digest, the plan's digest and the training options that shape the
 model (all but :data:`RESUMABLE_OPTIONS`). :meth:`RunFolder.prepare` compares it with the inputs it is
 given and refuses, naming what differs, unless ``overwrite`` clears the folder first.
 """
@@ -28,11 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sarcomakit.data.manifest import Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_json
-from sarcomakit.planning.plan import Plan
-from sarcomakit.provenance import (
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json
+from sarcomakit.core.provenance import (
     changed_cases,
     content_digest,
     describe_id_change,
@@ -41,8 +39,10 @@ from sarcomakit.provenance import (
     json_digest,
     manifest_record,
 )
-from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.folds import make_folds, save_folds
+from sarcomakit.data.folds import make_folds, save_folds
+from sarcomakit.data.manifest import Manifest
+from sarcomakit.planning.plan import Plan
+from sarcomakit.runs.config import TrainConfig
 
 PROVENANCE_FORMAT = "sarcomakit-run-provenance"
 RESUMABLE_OPTIONS = frozenset({"epochs", "device", "num_workers"})

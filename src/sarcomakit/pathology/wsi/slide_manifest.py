@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
 REQUIRED_COLUMNS = ("slide_id", "path")
@@ -67,7 +67,7 @@ class SlideManifest:
 
     def save(self, path: str | Path) -> Path:
         """Write the manifest as CSV (atomically)."""
-        from sarcomakit.io.atomic import atomic_path
+        from sarcomakit.core.io.atomic import atomic_path
 
         with atomic_path(path) as tmp:
             self.to_frame().to_csv(tmp, index=False)

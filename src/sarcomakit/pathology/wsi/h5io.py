@@ -28,9 +28,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import atomic_path
-from sarcomakit.pathology.tiling import TileGrid
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import atomic_path
+from sarcomakit.pathology.wsi.tiling import TileGrid
 
 FORMAT = "sarcomakit-tiles"
 FORMAT_VERSION = 1

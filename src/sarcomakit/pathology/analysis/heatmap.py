@@ -22,8 +22,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 from scipy.stats import rankdata
 
+from sarcomakit.core.io.atomic import atomic_path
 from sarcomakit.evaluation.classification import binary_auc
-from sarcomakit.io.atomic import atomic_path
 
 
 def attention_table(slide_id: str, coords: np.ndarray, size_level0: float, attention: np.ndarray) -> pd.DataFrame:
