@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    # typer ships its own copy of click; its groups take that Context
+    from typer._click import Context
 
 # kept in step with sarcomakit.experiments.multitask_comparison.ALL_METHODS (imported lazily: torch is slow to load)
 METHODS = ("multitask", "segmentation_only", "grade_only", "survival_only", "radiomics")
@@ -58,7 +63,7 @@ class _MultitaskByDefault(TyperGroup):
     """``sarcomakit experiment MANIFEST ...`` runs the multi-task comparison as before; ``sarcomakit experiment ssl
     MANIFEST ...`` runs the pretraining comparison."""
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = ["multitask", *args]
         return super().parse_args(ctx, args)

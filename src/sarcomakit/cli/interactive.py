@@ -13,9 +13,13 @@ others are evaluated first and the failures listed), 2 for invalid input found b
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from sarcomakit.data.manifest import Case
 
 interactive_app = typer.Typer(help="Interactive segmentation: train the prompt-conditioned network, evaluate "
                                    "models under a simulated annotator.", no_args_is_help=True)
@@ -132,7 +136,7 @@ def evaluate_command(
     index = {case.case_id: i for i, case in enumerate(chosen)}
     console = Console(stderr=True)
 
-    def play(case):  # noqa: ANN001, ANN202 (a manifest Case -> its records)
+    def play(case: Case) -> Any:
         return evaluate_interactive(models, [interactive_case(case, channels)], n_rounds=rounds, robot=robot,
                                     seed=seed + index[case.case_id]).records
 

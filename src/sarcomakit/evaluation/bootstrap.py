@@ -297,7 +297,7 @@ def _accepts_axis(statistic: Statistic) -> bool:
         result = statistic(np.arange(6.0).reshape(2, 3), axis=-1)
     except TypeError:
         return False
-    return np.shape(result) == (2,)
+    return tuple(np.shape(result)) == (2,)
 
 
 def _statistic_of_resamples(values: np.ndarray, indices: np.ndarray, statistic: Statistic) -> np.ndarray:

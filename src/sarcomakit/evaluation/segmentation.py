@@ -185,6 +185,7 @@ def evaluate_predictions(prediction_dir: str | Path, manifest: Manifest | str | 
         # voxels, so their headers are checked, and only for the files that are there
         check_case_headers(replace(case, images={ch: p for ch, p in case.images.items() if p.exists()}),
                            cohort.channels)
+        assert case.label is not None  # cases without a reference were left out above
         return evaluate_case(prediction, case.label, label_names, tolerance_mm=tolerance_mm)
 
     outcome = run_per_case(to_evaluate, evaluate, name=lambda item: item[0].case_id, description="evaluate",

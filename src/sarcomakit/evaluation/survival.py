@@ -360,7 +360,8 @@ def survival_metrics(time: ArrayLike, event: ArrayLike, risk: ArrayLike, train_t
     reference = (train_time, train_event, train_risk)
     if any(r is None for r in reference) and any(r is not None for r in reference):
         raise ValueError("give train_time, train_event and train_risk together, or none of them")
-    ref_time, ref_event, ref_risk = (_as_arrays(*reference) if train_time is not None else (time, event, risk))
+    ref_time, ref_event, ref_risk = (_as_arrays(train_time, train_event, train_risk)  # type: ignore[arg-type]
+                                     if train_time is not None else (time, event, risk))
     eval_times = default_evaluation_times(time, event) if times is None else np.unique(np.asarray(times, float))
     grid = brier_time_grid(time, n_grid)
     # S(t | x) from the reference's Breslow baseline, per case: a resample takes the rows of its cases
@@ -416,6 +417,6 @@ def _censoring_reference(time: np.ndarray, event: np.ndarray, train_time: ArrayL
                          train_event: ArrayLike | None) -> StepFunction:
     if (train_time is None) != (train_event is None):
         raise ValueError("give train_time and train_event together")
-    if train_time is None:
+    if train_time is None or train_event is None:
         return censoring_survival(time, event)
     return censoring_survival(train_time, train_event)

@@ -21,6 +21,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -166,7 +167,7 @@ def evaluate_interactive(models: InteractiveModel | Mapping[str, InteractiveMode
                          cases: Sequence[InteractiveCase | tuple[np.ndarray | sitk.Image, np.ndarray | sitk.Image]], *,
                          n_rounds: int = 10, robot: RobotConfig | None = None, seed: int = 0,
                          thresholds: Sequence[float] = (0.85, 0.90), noc_cap: int = NOC_CAP,
-                         tolerance_mm: float = 2.0, session_options: Mapping[str, object] | None = None,
+                         tolerance_mm: float = 2.0, session_options: Mapping[str, Any] | None = None,
                          ) -> InteractiveEvaluation:
     """Play the robot user for ``n_rounds`` on every case with every model.
 

@@ -107,7 +107,8 @@ class InteractiveSession:
     @property
     def shape(self) -> tuple[int, int, int]:
         """Spatial shape ``(Z, Y, X)`` of the image."""
-        return self.image.shape[1:]  # type: ignore[return-value]
+        z, y, x = self.image.shape[1:]
+        return z, y, x
 
     @property
     def model_name(self) -> str:
@@ -213,7 +214,7 @@ class InteractiveSession:
     # ------------------------------------------------------------------ internals
     def _predict_in(self, roi: Roi, prompts: tuple[Prompt, ...], previous: np.ndarray) -> np.ndarray:
         try:
-            output = self.model.predict(self._model_image, prompts, previous, roi, spacing=self.spacing)
+            output = self.model.predict(np.asarray(self._model_image), prompts, previous, roi, spacing=self.spacing)
         except SarcomakitError:
             raise
         except Exception as error:  # a model's failure must not take the server down with it
@@ -277,4 +278,4 @@ def _checked_spacing(spacing: Sequence[float] | None) -> tuple[float, float, flo
     values = tuple(float(s) for s in spacing)
     if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
         raise UserInputError(f"spacing must be three positive numbers in mm (z, y, x), got {tuple(spacing)}.")
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]

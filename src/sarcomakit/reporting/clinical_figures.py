@@ -7,6 +7,7 @@ and written atomically.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -136,7 +137,7 @@ def plot_kaplan_meier(time: np.ndarray, event: np.ndarray, risk: np.ndarray, pat
     return _save(figure, path)
 
 
-def _figure(size: tuple[float, float]):  # noqa: ANN202 (matplotlib types)
+def _figure(size: tuple[float, float]) -> tuple[Figure, Any]:
     figure = Figure(figsize=size)
     FigureCanvasAgg(figure)
     return figure, figure.add_subplot()

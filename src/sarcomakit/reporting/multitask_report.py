@@ -284,7 +284,7 @@ def _case_overlay(cohort: Manifest, prediction_dir: Path | None, case_id: str, m
         raise ValueError(f"no predicted mask in {prediction_dir}")
     image = read_image(case.images[channel])
     foreground = _foreground_value(cohort)
-    masks = []
+    masks: list[np.ndarray | None] = []
     for mask_path in (case.label, prediction_path):
         if mask_path is None:
             masks.append(None)

@@ -106,8 +106,9 @@ class InteractiveDataset(torch.utils.data.Dataset):
             image = (image - median) / scale
         reference = label[0] > 0
         state = simulate_state(reference, rng, self.simulation)
-        inputs = network_input(image, state.previous, state.positive, state.negative, encoding=self.encoding,
-                               scale_mm=self.scale_mm, spacing=self.spacing)  # type: ignore[arg-type]
+        encoding: Any = self.encoding  # checked against the encodings when the task is built
+        inputs = network_input(image, state.previous, state.positive, state.negative, encoding=encoding,
+                               scale_mm=self.scale_mm, spacing=self.spacing)
         return {"image": torch.from_numpy(inputs), "label": torch.from_numpy(label.astype(np.int64)),
                 "positive": torch.from_numpy(state.positive.astype(np.uint8)),
                 "negative": torch.from_numpy(state.negative.astype(np.uint8))}

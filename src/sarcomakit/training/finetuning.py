@@ -66,9 +66,9 @@ class FineTuningSchedule(Callback):
         resumed with more epochs follows its new schedule)."""
         scheduler = trainer.scheduler
         if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-            return [base * rule(scheduler.last_epoch) for base, rule in zip(scheduler.base_lrs, scheduler.lr_lambdas,
-                                                                            strict=True)]
-        return list(scheduler.get_last_lr()) if scheduler is not None else self.initial
+            return [float(base) * float(rule(scheduler.last_epoch))
+                    for base, rule in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+        return [float(v) for v in scheduler.get_last_lr()] if scheduler is not None else self.initial
 
     def _apply(self, trainer: Trainer, epoch: int, step_in_epoch: int) -> None:
         scheduled = self._scheduled(trainer)

@@ -51,7 +51,7 @@ def poly_learning_rate(initial: float, epoch: int, epochs: int, exponent: float 
 def make_optimizer(parameters: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]],
                    config: TrainConfig) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum (nnU-Net) or AdamW, over the given trainable parameters (or parameter groups)."""
-    given = list(parameters)
+    given: list[Any] = list(parameters)
     trainable: list[Any] = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in given] \
         if given and isinstance(given[0], dict) else [p for p in given if p.requires_grad]
     if config.optimizer == "sgd":

@@ -22,7 +22,7 @@ import zlib
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ class MaskedReconstructionTask(Task):
 
     score_name = "val_score"
     requirements = TaskRequirements(needs_labels=False, allow_missing_channels=False, stratify_clinical=False)
-    case_columns = ("case_id", "masked_mse", "interpolation_mse")
+    case_columns: ClassVar[tuple[str, ...]] = ("case_id", "masked_mse", "interpolation_mse")
     case_table = "reconstruction_errors.csv"
 
     def __init__(self, manifest: Manifest | None = None, *, block_size: list[int] | None = None,

@@ -29,7 +29,7 @@ def random_start(shape: Sequence[int], patch_size: Sequence[int], rng: np.random
     return rng.integers(np.minimum(shape_a - patch, 0), np.maximum(shape_a - patch, 0) + 1)
 
 
-def crop(data: np.ndarray, start: Sequence[int], patch_size: Sequence[int]) -> np.ndarray:
+def crop(data: np.ndarray, start: Sequence[int] | np.ndarray, patch_size: Sequence[int]) -> np.ndarray:
     """The (C, *patch) float32 patch of (C, Z, Y, X) ``data`` at ``start``, zero beyond the volume."""
     shape, patch, start_a = np.asarray(data.shape[1:]), np.asarray(patch_size), np.asarray(start)
     src_lo, src_hi = np.maximum(start_a, 0), np.minimum(start_a + patch, shape)
