@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from sarcomakit.cli.main import app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import write_tiny_cohort  # noqa: E402
+from tiny_cohorts import write_tiny_cohort  # noqa: E402
 
 
 @pytest.fixture

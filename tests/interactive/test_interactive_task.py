@@ -27,7 +27,7 @@ from sarcomakit.tasks import build_task, task_options
 from sarcomakit.tasks.interactive import InteractiveTask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import write_tiny_cohort  # noqa: E402
+from tiny_cohorts import write_tiny_cohort  # noqa: E402
 
 TINY_NETWORK = {"channels": [8, 16, 32], "num_res_units": 1}
 

@@ -14,15 +14,19 @@ NETWORKS = {
     "resunet": {"channels": (8, 16, 32), "num_res_units": 1},
     "dynunet": {"filters": (8, 16, 32)},
     "segresnet": {"init_filters": 8},
+    "swinunetr": {"feature_size": 12, "depths": (1, 1, 1, 1), "num_heads": (3, 3, 3, 3)},
+    "unetr": {"feature_size": 8, "hidden_size": 96, "mlp_dim": 192, "num_heads": 4},
 }
+# the transformers need patches divisible by their token grid (32 for SwinUNETR's five halvings, 16 for UNETR)
+PATCHES = {name: [(16, 32, 32), (8, 32, 48)] for name in NETWORKS} | {"swinunetr": [(64, 64, 64)],
+                                                                      "unetr": [(16, 32, 32)]}
 
 
 def test_every_registered_network_is_covered_here() -> None:
     assert available_networks() == sorted(NETWORKS)
 
 
-@pytest.mark.parametrize("name", sorted(NETWORKS))
-@pytest.mark.parametrize("patch", [(16, 32, 32), (8, 32, 48)])
+@pytest.mark.parametrize(("name", "patch"), [(n, p) for n in sorted(NETWORKS) for p in PATCHES[n]])
 def test_network_maps_a_patch_to_logits_of_the_same_size(name: str, patch: tuple[int, int, int]) -> None:
     torch.manual_seed(0)
     net = build_network(name, in_channels=3, out_channels=2, patch_size=list(patch), **NETWORKS[name])

@@ -27,6 +27,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -214,7 +215,9 @@ class InteractiveSession:
     # ------------------------------------------------------------------ internals
     def _predict_in(self, roi: Roi, prompts: tuple[Prompt, ...], previous: np.ndarray) -> np.ndarray:
         try:
-            output = self.model.predict(np.asarray(self._model_image), prompts, previous, roi, spacing=self.spacing)
+            # the image, or what the model's own ``prepare`` made of it (which only that model reads)
+            image: Any = self._model_image
+            output = self.model.predict(image, prompts, previous, roi, spacing=self.spacing)
         except SarcomakitError:
             raise
         except Exception as error:  # a model's failure must not take the server down with it
