@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from processes import distributed_test_env, needs_loopback_tcp, run_bounded
 from sarcomakit.planning.plan import plan_cohort
 from sarcomakit.runs.checkpoint import load_checkpoint
 
 
 @pytest.mark.slow
+@needs_loopback_tcp
 def test_train_with_two_processes_writes_one_resumable_run_and_predicts(tiny_cohort, tmp_path: Path) -> None:
     plan_cohort(tiny_cohort, tmp_path / "plan.json")
     config = {"epochs": 2, "iterations_per_epoch": 2, "patch_size": [16, 32, 32], "batch_size": 1,
@@ -26,8 +26,8 @@ def test_train_with_two_processes_writes_one_resumable_run_and_predicts(tiny_coh
     command = [sys.executable, "-m", "sarcomakit", "train", str(tiny_cohort.source), "--plan",
                str(tmp_path / "plan.json"), "--config", str(tmp_path / "config.json"), "--out", str(run),
                "--folds", "3", "--device", "cpu", "--nproc", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    env = distributed_test_env()
+    done = run_bounded(command, env, timeout_s=420)
     assert done.returncode == 0, done.stderr[-3000:]
     # one progress line per epoch, printed by rank 0 only; the run folder is written once
     assert done.stderr.count("fold_0 epoch 2/2") == 1, done.stderr[-2000:]
@@ -40,14 +40,14 @@ def test_train_with_two_processes_writes_one_resumable_run_and_predicts(tiny_coh
 
     config["epochs"] = 3
     (tmp_path / "config.json").write_text(json.dumps(config))
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    resumed = run_bounded([*command, "--resume"], env, timeout_s=420)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert load_checkpoint(run / "fold_0" / "checkpoint_last.pt")["epoch"] == 2
     assert "fold_0 epoch 3/3" in resumed.stderr and "fold_0 epoch 1/3" not in resumed.stderr
 
     out = tmp_path / "pred"
-    predicted = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                                "-m", "sarcomakit", "predict", str(run), str(tiny_cohort.source), str(out),
-                                "--device", "cpu"], capture_output=True, text=True, env=env, timeout=600)
+    predicted = run_bounded([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             "-m", "sarcomakit", "predict", str(run), str(tiny_cohort.source), str(out),
+                             "--device", "cpu"], env, timeout_s=420)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(f"{c}.nii.gz" for c in tiny_cohort.case_ids)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from processes import COLLECTIVE_TIMEOUT_S, needs_loopback_tcp
 from sarcomakit.core import distributed
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.tasks.base import LossOutput, Objective
 from sarcomakit.training.trainer import Trainer
 
@@ -37,7 +40,8 @@ def batch(rank: int) -> dict[str, torch.Tensor]:
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "SARCOMAKIT_DIST_TIMEOUT_S": COLLECTIVE_TIMEOUT_S})
     torch.set_num_threads(1)
     device = distributed.init_from_environment("cpu")
     assert device is not None and distributed.world_size() == world and distributed.rank() == rank
@@ -58,10 +62,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _run_workers(world: int, out: Path, timeout_s: float = 300) -> None:
+    """Start the ranks (spawned: forking a process that already runs threads can deadlock the child) and wait for
+    them, killing them and failing after ``timeout_s``."""
+    context = mp.start_processes(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the {world} processes did not finish in {timeout_s:.0f} s")
+
+
 @pytest.mark.slow
+@needs_loopback_tcp
 def test_two_processes_average_gradients_like_one_step_on_the_concatenated_batch(tmp_path: Path) -> None:
-    # fork: the children inherit the imported modules instead of importing torch and MONAI again
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    _run_workers(2, tmp_path)
     results = [torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(2)]
 
     single = network()
@@ -78,6 +95,30 @@ def test_two_processes_average_gradients_like_one_step_on_the_concatenated_batch
     # weighted by the number of items each rank saw: (1*3 + 2*2) / 5; a metric only one rank has keeps its value
     assert results[0]["metrics"]["dice"] == pytest.approx(7 / 5) == results[1]["metrics"]["dice"]
     assert results[1]["metrics"]["only_rank0"] == 1.0
+
+
+def test_processes_on_one_machine_use_loopback_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert not distributed.single_machine()  # two machines: gloo keeps its own choice
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert distributed.single_machine()
+    distributed.use_loopback_for_gloo()
+    assert os.environ["GLOO_SOCKET_IFNAME"] == distributed.loopback_interface() == "lo"
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth1")
+    distributed.use_loopback_for_gloo()
+    assert os.environ["GLOO_SOCKET_IFNAME"] == "eth1"
+
+
+def test_collective_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SARCOMAKIT_DIST_TIMEOUT_S", raising=False)
+    assert distributed.timeout().total_seconds() == 1800
+    monkeypatch.setenv("SARCOMAKIT_DIST_TIMEOUT_S", "90")
+    assert distributed.timeout().total_seconds() == 90
+    monkeypatch.setenv("SARCOMAKIT_DIST_TIMEOUT_S", "soon")
+    with pytest.raises(UserInputError, match="SARCOMAKIT_DIST_TIMEOUT_S"):
+        distributed.timeout()
 
 
 def test_single_process_helpers_are_the_identity() -> None:

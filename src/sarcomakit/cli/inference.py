@@ -25,6 +25,7 @@ def predict_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
 ) -> None:
     """Predict tumour masks (Gaussian sliding window, fold ensemble, optional mirroring)."""
+    from sarcomakit.core import distributed
     from sarcomakit.inference.predictor import predict
 
     if checkpoint not in ("best", "last"):
@@ -34,6 +35,7 @@ def predict_command(
     result = predict(run_dir, source, out_dir, folds=chosen, checkpoint=checkpoint, mirror=mirror,
                      save_probabilities=probabilities, largest_component=largest_component, overwrite=overwrite,
                      device=device, console=console)
+    distributed.shutdown()
     result.print_summary(console)
     raise typer.Exit(result.exit_code)
 

@@ -8,6 +8,13 @@ code runs alone or distributed:
 - :func:`shard` gives each rank every ``world``-th item (cases to predict, validation cases);
 - :func:`mean_metrics` averages a rank's metrics over ranks, weighted by how many items each rank saw;
 - :func:`is_main` is true on rank 0 only, which alone writes files and prints.
+
+When every process runs on one machine (``LOCAL_WORLD_SIZE == WORLD_SIZE``, as with ``--standalone`` or
+``--nproc``), gloo is told to use the loopback interface unless ``GLOO_SOCKET_IFNAME`` is set: by default gloo
+binds to the address the host name resolves to, which on many hospital and cloud machines is an interface
+whose local connections a firewall drops, and then the processes wait for each other until the timeout.
+``SARCOMAKIT_DIST_TIMEOUT_S`` sets that timeout (default 1800 s: the longest a rank may wait for the others,
+e.g. while rank 0 preprocesses the cohort).
 """
 
 from __future__ import annotations
@@ -15,11 +22,14 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from sarcomakit.core.errors import UserInputError
 
 T = TypeVar("T")
 
@@ -55,8 +65,44 @@ def init_from_environment(device_name: str = "auto") -> torch.device | None:
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if not active():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+        if single_machine():
+            use_loopback_for_gloo()
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout())
     return torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+
+
+def single_machine() -> bool:
+    """True when torchrun's variables say that all the processes run on this machine."""
+    return os.environ.get("LOCAL_WORLD_SIZE", "") == os.environ.get("WORLD_SIZE", "-")
+
+
+def loopback_interface() -> str | None:
+    """The name of this machine's loopback network interface (``lo`` on Linux, ``lo0`` on macOS), if any."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return None
+    return next((n for n in ("lo", "lo0") if n in names), None)
+
+
+def use_loopback_for_gloo() -> None:
+    """Point gloo at the loopback interface (processes on one machine), unless the user chose one."""
+    name = loopback_interface()
+    if name and not os.environ.get("GLOO_SOCKET_IFNAME"):
+        os.environ["GLOO_SOCKET_IFNAME"] = name
+
+
+def timeout() -> datetime.timedelta:
+    """How long a collective waits for the other processes: ``SARCOMAKIT_DIST_TIMEOUT_S`` seconds, or 30 minutes."""
+    value = os.environ.get("SARCOMAKIT_DIST_TIMEOUT_S", "").strip()
+    try:
+        seconds = float(value) if value else 1800.0
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0:
+        raise UserInputError(f"SARCOMAKIT_DIST_TIMEOUT_S is '{value}', not a number of seconds.",
+                             fix="set it to a positive number (e.g. 600) or unset it.")
+    return datetime.timedelta(seconds=seconds)
 
 
 def shutdown() -> None:
