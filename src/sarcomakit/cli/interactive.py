@@ -46,6 +46,10 @@ def train_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     workers: int = typer.Option(None, "--workers", help="Data-loading processes (default: cores - 1, max 4)."),
     config_file: Path = typer.Option(None, "--config", help="TrainConfig JSON; options given here override it."),
+    validate_every: int = typer.Option(None, "--validate-every", min=1, help="Validate every this many epochs "
+                                                                            "(and after the last)."),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="Which epoch checkpoint_best.pt keeps: validation "
+                                                              "(best score) or last."),
     resume: bool = typer.Option(False, "--resume", help="Continue from each fold's last checkpoint."),
     time_limit: float = typer.Option(None, "--time-limit", help="Stop after the epoch in which this many minutes "
                                                                 "have passed (resumable)."),
@@ -70,7 +74,8 @@ def train_command(
                           network_options={**base.network_options, **parse_task_options(network_option)} or None,
                           epochs=epochs, iterations_per_epoch=iterations, network=network, optimizer=optimizer,
                           learning_rate=learning_rate, batch_size=batch_size, augmentation=augmentation,
-                          patch_size=patch, seed=seed, device=device, num_workers=workers, n_folds=folds)
+                          patch_size=patch, seed=seed, device=device, num_workers=workers, n_folds=folds,
+                          validate_every=validate_every, checkpoint_selection=checkpoint)
     console = Console(stderr=True)
     result = train(Manifest.load(manifest), Plan.load(plan), run_dir, folds=_folds(fold, config.n_folds),
                    config=config, resume=resume, time_limit_s=time_limit * 60 if time_limit is not None else None,
