@@ -33,5 +33,7 @@ def test_the_default_model_segments_a_held_out_synthetic_tumour_on_any_channel()
         image = case.geometry.apply(sitk.GetImageFromArray(case.images[channel].astype(np.float32)))
         cases.append(InteractiveCase(channel, image, case.label > 0))
     evaluation = evaluate_interactive({"default": model}, cases, n_rounds=3, robot=RobotConfig(plane="axial"))
-    final = evaluation.case_frame().set_index("case_id").final_dice
-    assert (final > 0.8).all(), final
+    dice = evaluation.rounds_frame().pivot(index="case_id", columns="round", values="dice")
+    # a floor that a broken model (wrong weights, normalisation or geometry) falls far below; the measured
+    # quality is in benchmarks/RESULTS.md
+    assert (dice[3] > 0.65).all() and dice[3].mean() > dice[1].mean(), dice
