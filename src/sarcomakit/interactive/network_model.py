@@ -54,6 +54,7 @@ from sarcomakit.io.image import Geometry
 from sarcomakit.planning.normalize import ChannelNormalization
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.resample import cropped_geometry
+from sarcomakit.training.config import TrainConfig
 
 #: Input channels after the image channels, in order.
 STATE_CHANNELS: tuple[str, ...] = ("previous_mask", "positive", "negative")
@@ -169,9 +170,11 @@ class PlanGridModel:
         return context_box(box, self.context_shape, image_shape)
 
     def foreground_probability(self, image: np.ndarray, previous: np.ndarray | None, positive: np.ndarray,
-                               negative: np.ndarray, spacing: Sequence[float] | None) -> np.ndarray:
+                               negative: np.ndarray, spacing: Sequence[float] | None, *,
+                               dropout: bool = False) -> np.ndarray:
         """Foreground probability ``(Z, Y, X)`` of one window, from one forward pass (input padded, output cropped);
-        with local normalisation the window's own statistics standardise the image channels."""
+        with local normalisation the window's own statistics standardise the image channels. ``dropout`` keeps
+        the dropout layers active (one Monte Carlo dropout sample)."""
         if self.local_normalisation:
             median, scale = robust_statistics(image)
             image = (np.asarray(image, dtype=np.float32) - median) / scale
@@ -181,14 +184,19 @@ class PlanGridModel:
         padding = [(0, 0)] + [(0, (-n) % d) for n, d in zip(shape, self.divisor, strict=True)]
         padded = np.concatenate([np.pad(inputs[:self.n_channels], padding, mode="edge"),
                                  np.pad(inputs[self.n_channels:], padding, mode="constant")])
-        was_training = self.network.training
+        modes = {module: module.training for module in self.network.modules()}
         self.network.eval()
+        if dropout:
+            for module in self.network.modules():
+                if isinstance(module, nn.Dropout):
+                    module.train(True)
         try:
             with torch.inference_mode():
                 logits = self.network(torch.from_numpy(padded[None]).to(self.device))
                 probability = torch.softmax(logits.float(), dim=1)[0, 1]
         finally:
-            self.network.train(was_training)
+            for module, mode in modes.items():
+                module.training = mode
         return probability[tuple(slice(0, n) for n in shape)].cpu().numpy()
 
 
@@ -232,13 +240,15 @@ class NetworkInteractiveModel:
         channel: for a network that takes one channel, the plan channel whose normalisation the input
             gets (None: the first); an unknown name gets a per-image z-score.
         name: the method name in tables.
+        config: the run's training configuration (what fine-tuning it needs), when loaded from a run.
     """
 
     def __init__(self, grid_model: PlanGridModel, plan: Plan, *, channel: str | None = None,
-                 name: str = "network") -> None:
+                 name: str = "network", config: TrainConfig | None = None) -> None:
         self.grid_model = grid_model
         self.plan = plan
         self.name = name
+        self.config = config
         self.input_plan = _input_plan(plan, grid_model.n_channels, channel)
 
     @property
@@ -278,7 +288,7 @@ class NetworkInteractiveModel:
         network.load_state_dict(load_checkpoint(available[chosen], map_location=torch_device)["model"])
         network.to(torch_device).eval()
         grid_model = task.grid_model(network, plan, config, torch_device)  # type: ignore[attr-defined]
-        return cls(grid_model, plan, channel=channel, name=name or Path(run_dir).name)
+        return cls(grid_model, plan, channel=channel, name=name or Path(run_dir).name, config=config)
 
     # ------------------------------------------------------------------ protocol
     def prepare(self, image: np.ndarray, *, spacing: Sequence[float] | None = None,
