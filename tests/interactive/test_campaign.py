@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from interactive_volumes import write_tiny_cohort
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
@@ -17,9 +17,6 @@ from sarcomakit.interactive.campaign import CampaignConfig, k_centre_greedy, unc
 from sarcomakit.planning.plan import plan_cohort
 from sarcomakit.training.api import train
 from sarcomakit.training.config import TrainConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import write_tiny_cohort  # noqa: E402
 
 
 def test_uncertainty_scores_rank_disagreeing_samples_higher() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import torch
+from interactive_volumes import write_tiny_cohort
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
@@ -28,9 +28,6 @@ from sarcomakit.tasks import build_task, task_options
 from sarcomakit.tasks.interactive import InteractiveTask
 from sarcomakit.training.config import TrainConfig
 from sarcomakit.training.run import RunFolder
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import write_tiny_cohort  # noqa: E402
 
 TINY_NETWORK = {"channels": [8, 16, 32], "num_res_units": 1}
 
