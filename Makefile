@@ -77,10 +77,11 @@ lock:
 lock-upgrade:
 	$(MAKE) lock LOCK_ARGS=--upgrade
 
+# ruff, then the type checker (mypy on src/, configured in pyproject.toml).
 lint: $(VENV)/.stamp-dev
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(MAKE) --no-print-directory typecheck
 
-# Not part of `lint` yet: src is not clean.
 typecheck: $(VENV)/.stamp-dev
 	$(VENV)/bin/mypy
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from sarcomakit.io.image import read_image
+from sarcomakit.core.io.image import read_image
 
 SHAPE = (128, 256, 256)  # z, y, x
 

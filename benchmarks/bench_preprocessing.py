@@ -126,8 +126,8 @@ def _thick_cohort(folder: Path, n_cases: int, seed: int):
     import SimpleITK as sitk
     from scipy import ndimage
 
+    from sarcomakit.core.io.image import write_image
     from sarcomakit.data.manifest import Case, Manifest
-    from sarcomakit.io.image import write_image
 
     folder.mkdir(parents=True, exist_ok=True)
     cases = []
@@ -165,8 +165,8 @@ def _thick_cohort(folder: Path, n_cases: int, seed: int):
 
 def _reoriented_copy(manifest, folder: Path):
     """The cohort with every image and label reoriented to LPS (written to ``folder``)."""
+    from sarcomakit.core.io.image import read_image, write_image
     from sarcomakit.data.manifest import Case, Manifest
-    from sarcomakit.io.image import read_image, write_image
     from sarcomakit.planning.resample import reorient
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from sarcomakit.core.device import select_device  # noqa: E402
 from sarcomakit.data.synthetic import make_synthetic_cohort  # noqa: E402
 from sarcomakit.planning.plan import plan_cohort  # noqa: E402
 from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_cohort  # noqa: E402
-from sarcomakit.training.config import TrainConfig  # noqa: E402
+from sarcomakit.runs.config import TrainConfig  # noqa: E402
 from sarcomakit.training.fold import build_model, train_fold  # noqa: E402
 
 

@@ -4,8 +4,8 @@ For each encoder, the same tiles of a synthetic SVS slide are embedded two ways,
 
 * **forward only**: the tiles are read into memory first (uint8, as the loader delivers them); the timed loop
   only normalises and runs the encoder, i.e. the encoder's own throughput;
-* **end to end**: :func:`sarcomakit.pathology.embed.encode_tiles` over the DataLoader of
-  :class:`~sarcomakit.pathology.tiles.TileDataset` with ``--workers`` reader processes (read, resize,
+* **end to end**: :func:`sarcomakit.pathology.features.embed.encode_tiles` over the DataLoader of
+  :class:`~sarcomakit.pathology.wsi.tiles.TileDataset` with ``--workers`` reader processes (read, resize,
   encode), i.e. what ``sarcomakit wsi embed`` does.
 
 The ratio end-to-end / forward-only is the share of the encoder's speed kept when I/O is included
@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sarcomakit.pathology.embed import ResizeForEncoder, encode_tiles, tile_loader
-from sarcomakit.pathology.encoders import build_encoder
-from sarcomakit.pathology.reader import open_slide
-from sarcomakit.pathology.synthetic import write_synthetic_slide
-from sarcomakit.pathology.tiles import TileDataset
-from sarcomakit.pathology.tiling import tile_slide
+from sarcomakit.pathology.features.embed import ResizeForEncoder, encode_tiles, tile_loader
+from sarcomakit.pathology.features.encoders import build_encoder
+from sarcomakit.pathology.wsi.reader import open_slide
+from sarcomakit.pathology.wsi.synthetic import write_synthetic_slide
+from sarcomakit.pathology.wsi.tiles import TileDataset
+from sarcomakit.pathology.wsi.tiling import tile_slide
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import append_results, machine_header  # noqa: E402

@@ -10,7 +10,7 @@ neither OpenSlide's tile cache nor a previous case helps; the file itself is in 
 * level 1, aligned / unaligned: 0.5 µm/px tiles read from the 2x level (positions on the level-1
   tile grid, or shifted by half a tile);
 * level 1 + resize: 0.75 µm/px tiles of 256 px, i.e. 384-px regions of level 1 resized to 256 px,
-  the path :class:`~sarcomakit.pathology.tiles.TileDataset` takes when no level matches.
+  the path :class:`~sarcomakit.pathology.wsi.tiles.TileDataset` takes when no level matches.
 
 Prints a table (tiles/s and the tiffslide / OpenSlide ratio) and appends it to
 ``benchmarks/RESULTS.md``.
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sarcomakit.pathology.reader import open_slide
-from sarcomakit.pathology.tissue import detect_tissue
+from sarcomakit.pathology.wsi.reader import open_slide
+from sarcomakit.pathology.wsi.tissue import detect_tissue
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import append_results, machine_header  # noqa: E402

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sarcomakit.io.atomic import write_json
-from sarcomakit.pathology.reader import open_slide
-from sarcomakit.pathology.synthetic import write_synthetic_slide
-from sarcomakit.pathology.tiling import tile_slide
-from sarcomakit.pathology.tissue import MIN_TISSUE_SATURATION, TissueMask, detect_tissue, hsv_saturation
+from sarcomakit.core.io.atomic import write_json
+from sarcomakit.pathology.wsi.reader import open_slide
+from sarcomakit.pathology.wsi.synthetic import write_synthetic_slide
+from sarcomakit.pathology.wsi.tiling import tile_slide
+from sarcomakit.pathology.wsi.tissue import MIN_TISSUE_SATURATION, TissueMask, detect_tissue, hsv_saturation
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import append_results, machine_header  # noqa: E402

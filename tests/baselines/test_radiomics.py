@@ -19,11 +19,11 @@ from sarcomakit.baselines.radiomics import (
     load_feature_table,
     radiomics_settings,
 )
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import write_image
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.evaluation.classification import high_vs_rest_auc
+from sarcomakit.evaluation.grade import high_vs_rest_auc
 from sarcomakit.evaluation.survival import harrell_c_index
-from sarcomakit.io.image import write_image
 
 SPACING = (1.0, 1.0, 2.0)  # x, y, z in mm: anisotropic slices
 
@@ -196,7 +196,7 @@ REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "radiology
 @pytest.mark.skipif(not (REAL_DATA / "lung1_image.nrrd").is_file(), reason="real sample scans absent")
 def test_real_ct_tumour_features():
     pytest.importorskip("radiomics")
-    from sarcomakit.io.image import read_image
+    from sarcomakit.core.io.image import read_image
 
     image, mask = read_image(REAL_DATA / "lung1_image.nrrd"), read_image(REAL_DATA / "lung1_label.nrrd")
     features = extract_radiomics_features(image, mask, "CT")

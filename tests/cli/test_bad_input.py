@@ -18,8 +18,8 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
+from sarcomakit.core.io.image import write_image
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.io.image import write_image
 
 runner = CliRunner()
 BAD = "case01"

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
-from sarcomakit.io.image import Geometry, read_image
+from sarcomakit.core.io.image import Geometry, read_image
 
 runner = CliRunner()
 

@@ -7,8 +7,8 @@ import io
 import pytest
 from rich.console import Console
 
-from sarcomakit import cohort_runner
-from sarcomakit.cohort_runner import PlainProgress, run_per_case
+from sarcomakit.core import cohort_runner
+from sarcomakit.core.cohort_runner import PlainProgress, run_per_case
 
 
 class FakeClock:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sarcomakit.planning.plan import plan_cohort
-from sarcomakit.training.checkpoint import load_checkpoint
+from sarcomakit.runs.checkpoint import load_checkpoint
 
 
 @pytest.mark.slow

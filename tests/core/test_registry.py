@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.registry import Registry
-from sarcomakit.errors import UserInputError
 from sarcomakit.models import NETWORKS
-from sarcomakit.pathology.encoders import ENCODERS
-from sarcomakit.pathology.mil import MIL_MODELS
+from sarcomakit.pathology.features.encoders import ENCODERS
+from sarcomakit.pathology.mil.models import MIL_MODELS
 from sarcomakit.tasks import TASKS
 
 

@@ -12,11 +12,11 @@ from matplotlib.path import Path as PolygonPath
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.importers import import_dicom, rasterise_roi
 from sarcomakit.data.importers.dicom import scan_dicom_folder, series_to_image
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.data.validation import validate_manifest
-from sarcomakit.errors import UserInputError
 
 SHAPE = (8, 16, 16)
 # An L shape in voxel-index units of (x, y), vertices on half-voxel positions: its voxel set is exact.

@@ -19,12 +19,12 @@ from pydicom.uid import MRImageStorage
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import Geometry
 from sarcomakit.data.importers.dicom import import_dicom, import_dicom_cohort
 from sarcomakit.data.importers.rtstruct import rasterise_contours
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.data.validation import validate_manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.image import Geometry
 
 # A square whose edges lie half-way between voxel centres (x 3.5..9.5, y 4.5..10.5 in voxel units): 36 voxels.
 SQUARE_INDEX = np.array([[3.5, 4.5], [9.5, 4.5], [9.5, 10.5], [3.5, 10.5]])

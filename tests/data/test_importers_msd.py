@@ -12,10 +12,10 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.importers import import_msd
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.data.validation import validate_manifest
-from sarcomakit.errors import UserInputError
 
 XYZ = (16, 12, 8)
 

@@ -11,10 +11,10 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.exporters import export_nnunet_raw
 from sarcomakit.data.importers import import_nnunet_raw
 from sarcomakit.data.manifest import Manifest
-from sarcomakit.errors import UserInputError
 
 SHAPE = (8, 16, 16)
 

@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.importers import ClinicalMapping, import_table, load_table_mapping, merge_clinical
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.data.validation import validate_manifest
-from sarcomakit.errors import UserInputError
 
 MAPPING = {
     "id_column": "Patient ID",

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.errors import UserInputError
 
 
 def _manifest(root: Path) -> Manifest:

@@ -10,12 +10,12 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import Geometry, read_image
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.data.synthetic import CHANNELS, Tissue, design_case, make_synthetic_case, make_synthetic_cohort
 from sarcomakit.data.synthetic.clinical import GRADE_PROBABILITIES, GRADES, draw_survival, true_log_hazard
 from sarcomakit.data.synthetic.grid import ORIENTATIONS, Grid
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.image import Geometry, read_image
 
 COARSE = 2.0  # spacing scale that keeps rendering fast in tests
 
@@ -85,7 +85,11 @@ def test_cohort_files_geometry_and_prefix_property(tmp_path):
                                   spacing_scale=COARSE)
     assert small.case_ids == ["STS_000", "STS_001"]
     assert large.case_ids[:2] == small.case_ids
-    assert (tmp_path / "large" / "manifest.csv").is_file() and (tmp_path / "large" / "manifest.json").is_file()
+    for name in ("manifest.csv", "manifest.json"):  # both files hold the cohort that was returned
+        saved = Manifest.load(tmp_path / "large" / name)
+        assert saved.case_ids == large.case_ids and saved.channels == ["T2FS", "CT"]
+        assert [(c.grade, c.survival_time, c.event, c.site) for c in saved] == [
+            (c.grade, c.survival_time, c.event, c.site) for c in large]
     assert large.labels == {"background": 0, "tumour": 1}
     for a, b in zip(small, large.cases[:2], strict=True):
         for channel in ("T2FS", "CT"):
@@ -250,7 +254,13 @@ def test_cli_synth_end_to_end(tmp_path):
     assert "2 cases" in result.output and "manifest" in result.output
     manifest = Manifest.load(out / "manifest.csv")
     assert manifest.channels == ["T2FS", "PET"] and len(manifest) == 2
-    assert all(p.is_file() for case in manifest for p in (*case.images.values(), case.label))
+    for case in manifest:  # every channel and the label are co-registered volumes with a tumour
+        label = sitk.ReadImage(str(case.label))
+        assert sitk.GetArrayViewFromImage(label).max() == 1
+        for path in case.images.values():
+            image = sitk.ReadImage(str(path))
+            assert image.GetSize() == label.GetSize() and image.GetSpacing() == label.GetSpacing()
+            assert image.GetOrigin() == label.GetOrigin() and image.GetDirection() == label.GetDirection()
     assert {case.site for case in manifest} <= {"site-A", "site-B"}
 
     bad = runner.invoke(app, ["synth", str(out), "--cases", "2", "--channels", "T1,XRAY"])

@@ -9,20 +9,19 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
+from figure_checks import figure_shape, near_colour, read_png
 from sarcomakit.evaluation.classification import (
     balanced_accuracy,
     binary_auc,
     confusion_matrix,
-    encode_grades,
     expected_calibration_error,
-    grade_metrics,
-    high_grade_ece,
-    high_vs_rest_auc,
     macro_ovr_auc,
     one_vs_rest_aucs,
     reliability_curve,
+    roc_points,
     top_label_ece,
 )
+from sarcomakit.evaluation.grade import encode_grades, grade_metrics, high_grade_ece, high_vs_rest_auc
 
 
 def predictions(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,8 +43,9 @@ def test_aucs_and_balanced_accuracy_match_sklearn(seed):
         roc_auc_score(y, proba, multi_class="ovr", average="macro"), abs=1e-12)
     expected = [roc_auc_score(y == k, proba[:, k]) for k in range(3)]
     np.testing.assert_allclose(one_vs_rest_aucs(y, proba), expected, atol=1e-12)
-    assert balanced_accuracy(y, proba) == pytest.approx(balanced_accuracy_score(y, proba.argmax(1)), abs=1e-12)
-    np.testing.assert_array_equal(confusion_matrix(y, proba),
+    assert balanced_accuracy(y, proba.argmax(1)) == pytest.approx(balanced_accuracy_score(y, proba.argmax(1)),
+                                                                  abs=1e-12)
+    np.testing.assert_array_equal(confusion_matrix(y, proba.argmax(1), 3),
                                   sklearn_confusion_matrix(y, proba.argmax(1), labels=[0, 1, 2]))
 
 
@@ -117,10 +117,30 @@ def test_shape_errors_are_reported():
         grade_metrics([0, 5], np.ones((2, 3)) / 3)
 
 
+def test_unknown_labels_are_left_out_of_every_count_and_bad_labels_raise():
+    y, proba = predictions(50, 8)
+    pred = proba.argmax(1)
+    unknown = y.copy()
+    unknown[:7] = -1
+    np.testing.assert_array_equal(confusion_matrix(unknown, pred, 3),
+                                  sklearn_confusion_matrix(y[7:], pred[7:], labels=[0, 1, 2]))
+    assert balanced_accuracy(unknown, pred, 3) == pytest.approx(balanced_accuracy_score(y[7:], pred[7:]))
+    assert macro_ovr_auc(unknown, proba) == pytest.approx(roc_auc_score(y[7:], proba[7:], multi_class="ovr"))
+    assert math.isnan(balanced_accuracy(np.full(4, -1), np.zeros(4, int), 3))
+    with pytest.raises(ValueError, match="0..2"):
+        confusion_matrix(y, np.where(pred == 2, 3, pred), 3)
+
+
+def test_two_classes_follow_scikit_learns_binary_convention():
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 2, 40)
+    p_one = np.round(np.clip(0.3 * y + rng.uniform(0, 0.7, 40), 0, 1), 1)  # rounded: ties
+    proba = np.stack([1 - p_one, p_one], axis=1)
+    assert macro_ovr_auc(y, proba) == binary_auc(y == 1, p_one) == pytest.approx(roc_auc_score(y, p_one))
+
+
 def test_roc_points_match_sklearn(tmp_path):
     from sklearn.metrics import roc_curve
-
-    from sarcomakit.evaluation.figures_clinical import roc_points
 
     y, proba = predictions(80, 6)
     fpr, tpr = roc_points(y == 2, proba[:, 2])
@@ -131,12 +151,21 @@ def test_roc_points_match_sklearn(tmp_path):
 
 
 def test_roc_and_reliability_figures_are_written(tmp_path):
-    from sarcomakit.evaluation.figures_clinical import plot_reliability_diagram, plot_roc_curves
+    from sarcomakit.reporting.clinical_figures import plot_reliability_diagram, plot_roc_curves
 
     y, proba = predictions(60, 7)
     grades = np.array(["low", "intermediate", "high"], dtype=object)[y].tolist()
     grades[0] = None
-    for path in (plot_roc_curves(grades, proba, tmp_path / "roc.png"),
-                 plot_reliability_diagram(y, proba, tmp_path / "figures" / "reliability.png")):
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    roc = read_png(plot_roc_curves(grades, proba, tmp_path / "roc.png"))
+    assert roc.shape[:2] == figure_shape(4.8, 4.6, 120)
+    for colour in ("#1f77b4", "#ff7f0e", "#2ca02c"):  # low, intermediate and high vs rest, each its own curve
+        assert near_colour(roc, colour, 30).sum() > 100
+    assert near_colour(roc, "#b3b3b3", 10).sum() > 50  # the chance diagonal (grey 0.7)
+
+    reliability = read_png(plot_reliability_diagram(y, proba, tmp_path / "figures" / "reliability.png"))
+    assert reliability.shape[:2] == figure_shape(4.8, 5.6, 120)
+    curves, counts = reliability[: int(0.7 * reliability.shape[0])], reliability[int(0.78 * reliability.shape[0]):]
+    for colour in ("#1f77b4", "#ff7f0e"):  # p(high) and top-label confidence: a curve above, count bars below
+        assert near_colour(curves, colour, 30).sum() > 50
+        assert near_colour(counts, colour, 30).sum() > 50
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["figures", "reliability.png", "roc.png"]

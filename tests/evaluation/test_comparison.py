@@ -9,21 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.manifest import GRADES, Case, Manifest
-from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.bootstrap import paired_bootstrap_difference
-from sarcomakit.evaluation.classification import grade_metrics
-from sarcomakit.evaluation.comparison import (
-    OOF_COLUMNS,
-    compare_methods,
-    comparison_markdown,
-    load_oof,
-    load_oof_source,
-    method_metrics,
-    out_of_fold_survival,
-    validate_oof,
-    write_comparison,
-)
+from sarcomakit.evaluation.comparison import compare_methods
+from sarcomakit.evaluation.comparison_tables import comparison_markdown, write_comparison
+from sarcomakit.evaluation.grade import grade_metrics
+from sarcomakit.evaluation.method_metrics import method_metrics
+from sarcomakit.evaluation.oof import OOF_COLUMNS, load_oof, validate_oof
+from sarcomakit.evaluation.oof_source import load_oof_source
 from sarcomakit.evaluation.survival import (
     breslow_survival_function,
     cumulative_dynamic_auc,
@@ -31,8 +25,10 @@ from sarcomakit.evaluation.survival import (
     harrell_c_index,
     integrated_brier_score,
     logrank_test,
+    survival_metrics,
     uno_c_index,
 )
+from sarcomakit.evaluation.task_data import out_of_fold_survival
 
 N_BOOTSTRAP = 150
 
@@ -129,6 +125,25 @@ def test_survival_metrics_equal_the_survival_module(oof):
     groups = (rows["risk_group"] == "high").to_numpy()
     assert ours["logrank_p"]["value"] == pytest.approx(logrank_test(time, event, groups)["p_value"])
     assert np.isnan(ours["logrank_p"]["ci_low"])
+
+
+@pytest.mark.parametrize("times", [None, [700.0]])
+def test_survival_intervals_equal_survival_metrics_with_the_same_references(oof, times):
+    # Without folds the comparison's references are those survival_metrics takes when the evaluated cases are
+    # their own reference set (G, tau, Breslow baseline and Brier grid from the same cases): the two share
+    # one resampled computation, so values and intervals agree exactly.
+    rows = oof[oof["method"] == "multitask"].assign(fold=np.nan)
+    time, event, risk = (rows[c].to_numpy(float) for c in ("time", "event", "log_risk"))
+    ours = method_metrics(rows, n_bootstrap=60, seed=2, times=times)
+    theirs = survival_metrics(time, event, risk, times=times, n_bootstrap=60, seed=2)
+    shared = [name for name in theirs if name in ours and name != "logrank_p"]
+    assert {"c_index_harrell", "c_index_uno", "integrated_brier_score"} <= set(shared)
+    assert any(name.startswith("td_auc@") for name in shared)
+    for name in shared:
+        for key in ("value", "ci_low", "ci_high"):
+            assert ours[name][key] == theirs[name][key], (name, key)
+    # with one evaluation time the mean AUC only repeats it: the comparison leaves it out
+    assert ("td_auc_mean" in ours) == (times is None)
 
 
 def test_survival_metrics_match_lifelines_and_scikit_survival(oof):

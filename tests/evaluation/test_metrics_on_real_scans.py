@@ -11,9 +11,10 @@ import torch
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 from scipy import ndimage
 
+from figure_checks import near_colour, read_png
 from sarcomakit.data.manifest import Case, Manifest
 from sarcomakit.evaluation.segmentation import evaluate_predictions
-from sarcomakit.reporting.figures import overlay_figure
+from sarcomakit.reporting.figures import PREDICTION_COLOUR, REFERENCE_COLOUR, overlay_figure
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "radiology"
 pytestmark = pytest.mark.skipif(not (REAL / "lung1_label.nrrd").is_file(), reason="real sample scans absent")
@@ -66,4 +67,8 @@ def test_overlay_on_a_real_ct(tmp_path):
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(REAL / "lung1_label.nrrd"))) > 0
     path = overlay_figure(sitk.GetArrayFromImage(image), label, _perturbed(label.astype(np.uint8)),
                           tmp_path / "lung1.png", title="lung1", spacing=image.GetSpacing()[::-1])
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = read_png(path)
+    assert near_colour(pixels, REFERENCE_COLOUR, 60).sum() > 100
+    assert near_colour(pixels, PREDICTION_COLOUR, 60).sum() > 100
+    grey = pixels[(pixels.max(axis=-1) - pixels.min(axis=-1)) < 5, 0]
+    assert len(np.unique(grey)) > 100  # CT intensities shown over a window, not saturated to black and white

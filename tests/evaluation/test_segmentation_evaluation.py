@@ -11,9 +11,10 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
+from figure_checks import figure_shape, near_colour, read_png
 from sarcomakit.cli.main import app
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.segmentation import evaluate_predictions
 
 
@@ -49,7 +50,11 @@ def test_evaluate_predictions_end_to_end(cohort):
     assert dice_summary["sd"] == pytest.approx(np.std(dices, ddof=1))
     assert dice_summary["ci_low"] <= dice_summary["mean"] <= dice_summary["ci_high"]
     assert summary["n_evaluated"] == 3 and "case_03" in summary["failures"] and "case_04" in summary["missing"]
-    assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure = read_png(out / "metrics.png")
+    assert figure.shape[:2] == figure_shape(4 * 3.0, 3.8, 120)  # Dice, HD95, surface Dice, volume difference
+    quarter = figure.shape[1] // 4
+    for panel in range(4):  # every panel shows the cases' mean (red diamond)
+        assert near_colour(figure[:, panel * quarter:(panel + 1) * quarter], "#d62728", 30).sum() > 10
     assert result.mean("dice") == pytest.approx(np.mean(dices))
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
@@ -111,8 +116,11 @@ def test_cli_evaluate_prints_the_summary_and_writes_outputs(cohort):
     assert result.exit_code == 1, result.output
     for text in ("Dice", "HD95 (mm)", "Surface Dice", "mean", "sd", "median", "95% CI", "1.5 mm", "case_03"):
         assert text in result.output
-    assert (out / "metrics_per_case.csv").is_file() and (out / "summary.json").is_file()
-    assert json.loads((out / "summary.json").read_text())["tolerance_mm"] == 1.5
+    table = pd.read_csv(out / "metrics_per_case.csv")
+    assert sorted(table["case_id"]) == sorted(cohort["expected"])  # case_03 failed, case_04 has no prediction
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tolerance_mm"] == 1.5 and summary["n_evaluated"] == 3
+    assert summary["metrics"]["tumour"]["dice"]["mean"] == pytest.approx(table["dice"].mean())
 
 
 def test_cli_evaluate_selected_cases_succeeds_and_bad_path_is_one_line(cohort):
@@ -120,7 +128,9 @@ def test_cli_evaluate_selected_cases_succeeds_and_bad_path_is_one_line(cohort):
     ok = runner.invoke(app, ["evaluate", str(cohort["predictions"]), str(cohort["manifest"]),
                              "--cases", "case_00,case_01", "--bootstrap", "200"])
     assert ok.exit_code == 0, ok.output
-    assert (cohort["predictions"] / "evaluation" / "summary.json").is_file()
+    default_out = cohort["predictions"] / "evaluation"  # without --out, next to the predictions
+    assert json.loads((default_out / "summary.json").read_text())["n_evaluated"] == 2
+    assert sorted(pd.read_csv(default_out / "metrics_per_case.csv")["case_id"]) == ["case_00", "case_01"]
     bad = runner.invoke(app, ["evaluate", str(cohort["root"] / "missing"), str(cohort["manifest"])])
     assert bad.exit_code == 2
     assert "prediction folder not found" in bad.output

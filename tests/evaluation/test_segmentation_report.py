@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import re
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 from typer.testing import CliRunner
 
+from figure_checks import near_colour
 from sarcomakit.cli.main import app
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.evaluation.segmentation import evaluate_predictions
+from sarcomakit.reporting.figures import REFERENCE_COLOUR
 from sarcomakit.reporting.segmentation_report import choose_overlay_cases, write_segmentation_report
 
 
@@ -45,5 +51,14 @@ def test_cli_evaluate_with_report(cohort):
                                       str(out), "--cases", "case_00,case_01,case_02", "--report",
                                       "--bootstrap", "200"])
     assert result.exit_code == 0, result.output
-    assert (out / "report.html").is_file()
     assert "report.html" in result.output
+    text = (out / "report.html").read_text(encoding="utf-8")
+    assert {"Segmentation metrics", "Per-case metrics", "Overlays"} <= set(re.findall(r">([^<]+)</h2>", text))
+    assert all(case in text for case in ("case_00", "case_01", "case_02"))
+    assert "case_03" not in text and "case_04" not in text  # not selected with --cases
+    images = [np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+              for data in re.findall(r'<img src="data:image/png;base64,([^"]+)"', text)]
+    assert len(images) >= 2  # metrics.png and at least one overlay, embedded
+    above_legend = [image[: int(0.85 * image.shape[0])] for image in images]  # the legend repeats the colours
+    overlays = [image for image in above_legend if near_colour(image, REFERENCE_COLOUR, 60).sum() > 50]
+    assert len(overlays) == len(images) - 1  # every image but metrics.png shows a reference contour

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from figure_checks import figure_shape, near_colour, read_png
 from sarcomakit.evaluation.survival import (
     breslow_survival_function,
     brier_scores,
@@ -182,13 +183,17 @@ def test_survival_metrics_without_reference_and_with_bad_inputs():
 
 
 def test_kaplan_meier_figure_is_written(tmp_path):
-    from sarcomakit.evaluation.figures_clinical import plot_kaplan_meier
+    from sarcomakit.reporting.clinical_figures import GROUP_COLOURS, plot_kaplan_meier
 
     time, event, risk = cohort(50, seed=4)
-    path = plot_kaplan_meier(time, event, risk, tmp_path / "km.png", cutoff=0.0)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (risk > 0).any() and (risk <= 0).any()
+    two = read_png(plot_kaplan_meier(time, event, risk, tmp_path / "km.png", cutoff=0.0))
+    assert two.shape[:2] == figure_shape(5.6, 5.0, 120)
+    low, high = GROUP_COLOURS["low risk"], GROUP_COLOURS["high risk"]
+    assert near_colour(two, low, 30).sum() > 200 and near_colour(two, high, 30).sum() > 200
     # one group only (cutoff above every risk) still draws, with the p-value marked n/a
-    assert plot_kaplan_meier(time, event, risk, tmp_path / "one.png", cutoff=99.0).is_file()
+    one = read_png(plot_kaplan_meier(time, event, risk, tmp_path / "one.png", cutoff=99.0))
+    assert near_colour(one, low, 30).sum() > 200 and not near_colour(one, high, 30).any()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["km.png", "one.png"]
 
 

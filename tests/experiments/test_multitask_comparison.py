@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +13,20 @@ from sarcomakit.experiments.multitask_comparison import radiomics_available
 SMALL_CONFIG = ('{"epochs": 1, "iterations_per_epoch": 2, "patch_size": [16, 32, 32], "batch_size": 2, '
                 '"optimizer": "adamw", "learning_rate": 0.003, "augmentation": "light", "num_workers": 0, '
                 '"network_options": {"channels": [8, 16, 32], "num_res_units": 1}, "device": "cpu"}')
+
+
+def markdown_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Every pipe table of a Markdown text as (header cells, body rows of cells)."""
+    tables: list[tuple[list[str], list[list[str]]]] = []
+    block: list[list[str]] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif block:
+            assert set("".join(block[1])) <= {"-", ":"}, "second line of a table must be its rule"
+            tables.append((block[0], block[2:]))
+            block = []
+    return tables
 
 
 @pytest.mark.slow
@@ -32,10 +47,24 @@ def test_experiment_writes_comparison_on_shared_folds(tiny_cohort, tmp_path: Pat
     folds = oof.pivot(index="case_id", columns="method", values="fold")
     assert (folds.nunique(axis=1) == 1).all()
     assert oof.loc[oof["method"] == "grade_only", "dice"].isna().all()
-    comparison = pd.read_csv(out / "comparison.csv")
+    comparison = pd.read_csv(out / "comparison.csv", keep_default_na=False)
     assert set(methods) <= set(comparison.columns)
-    assert (out / "comparison.md").read_text().count("|") > 10
-    assert (out / "differences.csv").is_file()
+    # the Markdown table holds the same cells as comparison.csv, one column per method, reference first
+    header, rows = markdown_tables((out / "comparison.md").read_text())[0]
+    assert header[:2] == ["metric", "multitask"] and sorted(header[1:]) == sorted(methods)
+    assert [row[0] for row in rows] == list(comparison["metric"])
+    for row in rows:
+        expected = comparison.loc[comparison["metric"] == row[0], header[1:]].iloc[0]
+        assert row[1:] == list(expected)
+    # and those cells are the out-of-fold predictions' metrics: mean Dice, none for grade_only
+    dice = dict(zip(header, next(row for row in rows if row[0] == "Dice (mean)"), strict=True))
+    mean_dice = oof.loc[oof["method"] == "multitask", "dice"].mean()
+    assert dice["multitask"].startswith(f"{mean_dice:.3f}") and dice["grade_only"] == "–"
+    differences = pd.read_csv(out / "differences.csv")
+    assert set(differences["reference"]) == {"multitask"}
+    assert set(differences["method"]) == set(methods) - {"multitask"}
+    assert np.allclose(differences["difference"], differences["estimate"] - differences["estimate_reference"],
+                       atol=1e-5)
 
 
 def test_cli_method_list_matches_the_library() -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -44,16 +42,3 @@ def c_shape(shape: Sequence[int] = (12, 40, 40)) -> np.ndarray:
     mask[3:-3] = ring[3:-3]
     return mask
 
-
-def write_tiny_cohort(root: Path, **options: object):  # noqa: ANN201 (a Manifest)
-    """The root conftest's tiny NIfTI cohort, for fixtures that need another size or a module scope.
-
-    The root ``conftest.py`` is loaded by path under its own module name: ``import conftest`` would find
-    whichever conftest module pytest imported first.
-    """
-    root_conftest = Path(__file__).parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("sarcomakit_tests_conftest", root_conftest)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_tiny_cohort(root, **options)

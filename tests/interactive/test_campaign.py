@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from interactive_volumes import write_tiny_cohort
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.interactive.campaign import CampaignConfig, k_centre_greedy, uncertainty_score
 from sarcomakit.planning.plan import plan_cohort
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.training.api import train
-from sarcomakit.training.config import TrainConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_cohorts import write_tiny_cohort  # noqa: E402
 
 
 def test_uncertainty_scores_rank_disagreeing_samples_higher() -> None:

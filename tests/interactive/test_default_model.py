@@ -10,7 +10,7 @@ from sarcomakit.interactive.evaluate import InteractiveCase, evaluate_interactiv
 from sarcomakit.interactive.models import default_model_dir, load_interactive_model
 from sarcomakit.interactive.network_model import NetworkInteractiveModel
 from sarcomakit.interactive.robot import RobotConfig
-from sarcomakit.training.config import TrainConfig
+from sarcomakit.runs.config import TrainConfig
 
 
 def test_the_default_model_ships_small_with_its_recipe() -> None:

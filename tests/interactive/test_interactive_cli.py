@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from interactive_volumes import write_tiny_cohort
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_cohorts import write_tiny_cohort  # noqa: E402
 
 
 @pytest.fixture

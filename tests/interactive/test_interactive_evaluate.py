@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from interactive_volumes import sphere_in_noise
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.interactive.classical import GeodesicModel, RandomWalkerModel
 from sarcomakit.interactive.evaluate import InteractiveCase, evaluate_interactive
 from sarcomakit.interactive.robot import RobotConfig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +10,11 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import torch
-from interactive_volumes import write_tiny_cohort
 from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import Geometry, read_image
 from sarcomakit.evaluation.metrics import dice
 from sarcomakit.interactive.evaluate import InteractiveCase, evaluate_interactive
 from sarcomakit.interactive.metrics import mean_curve
@@ -21,13 +22,15 @@ from sarcomakit.interactive.network_model import NetworkInteractiveModel
 from sarcomakit.interactive.robot import RobotConfig, RobotUser
 from sarcomakit.interactive.roi import Roi
 from sarcomakit.interactive.session import InteractiveSession
-from sarcomakit.io.image import Geometry, read_image
 from sarcomakit.planning.plan import plan_cohort
 from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_case
+from sarcomakit.runs.config import TrainConfig
+from sarcomakit.runs.folder import RunFolder
 from sarcomakit.tasks import build_task, task_options
 from sarcomakit.tasks.interactive import InteractiveTask
-from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.run import RunFolder
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_cohorts import write_tiny_cohort  # noqa: E402
 
 TINY_NETWORK = {"channels": [8, 16, 32], "num_res_units": 1}
 

@@ -14,7 +14,8 @@ import SimpleITK as sitk
 import torch
 from interactive_volumes import ellipsoid
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import Geometry
 from sarcomakit.evaluation.metrics import dice
 from sarcomakit.interactive.network_model import (
     NetworkInteractiveModel,
@@ -27,7 +28,6 @@ from sarcomakit.interactive.network_model import (
 from sarcomakit.interactive.prompts import Scribble, encode_seeds
 from sarcomakit.interactive.roi import Roi
 from sarcomakit.interactive.session import InteractiveSession
-from sarcomakit.io.image import Geometry
 from sarcomakit.planning.normalize import ChannelNormalization
 from sarcomakit.planning.plan import Plan
 

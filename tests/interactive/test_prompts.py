@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.interactive.prompts import (
     Box,
     Click,

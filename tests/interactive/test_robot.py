@@ -7,7 +7,7 @@ import pytest
 from interactive_volumes import c_shape, ellipsoid
 from scipy import ndimage
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.interactive.prompts import Click, Scribble
 from sarcomakit.interactive.robot import (
     RobotConfig,

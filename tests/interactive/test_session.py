@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from interactive_volumes import ellipsoid
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.interactive.classical import GeodesicModel
 from sarcomakit.interactive.protocol import InteractiveModel
 from sarcomakit.interactive.roi import Roi

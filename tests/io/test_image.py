@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import atomic_path, write_json
-from sarcomakit.io.image import Geometry, array_to_image, read_header, read_image, write_image
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import atomic_path, write_json
+from sarcomakit.core.io.image import Geometry, array_to_image, read_header, read_image, write_image
 
 
 def _oblique_image() -> sitk.Image:

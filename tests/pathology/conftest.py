@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sarcomakit.pathology.synthetic import SyntheticSlideInfo, write_synthetic_slide
+from sarcomakit.pathology.wsi.synthetic import SyntheticSlideInfo, write_synthetic_slide
 
 
 @pytest.fixture(scope="session")

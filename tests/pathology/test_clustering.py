@@ -6,18 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.pathology.clustering import (
+from figure_checks import near_colour, read_png
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.pathology.analysis.clustering import (
     cluster_composition,
     embedding_map,
     fit_phenotype_clusters,
     plot_embedding_map,
     sample_embeddings,
 )
-from sarcomakit.pathology.h5io import save_features
+from sarcomakit.pathology.wsi.h5io import save_features
 
 CENTRES = np.array([[6.0, 0, 0, 0], [0, 6.0, 0, 0], [0, 0, 6.0, 0]])
 
@@ -59,8 +59,13 @@ def test_density_clustering_and_maps(tmp_path: Path) -> None:
     assert tsne.shape == (len(sample.features[::5]), 2) and np.isfinite(tsne).all()
     xy = embedding_map(clusters, sample.features, "pca")
     assert xy.shape == (len(sample.features), 2)
-    png = plot_embedding_map(xy, clusters.sample_labels, ["a"] * len(xy), tmp_path / "map.png")
-    assert Image.open(png).size[0] > 200
+    pixels = read_png(plot_embedding_map(xy, clusters.sample_labels, ["a"] * len(xy), tmp_path / "map.png"))
+    by_cluster, by_label = pixels[:, : pixels.shape[1] // 2], pixels[:, pixels.shape[1] // 2:]
+    # tab20 colours 0, 1, 2 at alpha 0.7 over white: one per cluster on the left, the one label on the right
+    colours = ("#62a0cb", "#c6d8ef", "#ffa556")
+    assert all(near_colour(by_cluster, colour, 25).sum() > 20 for colour in colours)
+    assert near_colour(by_label, colours[0], 25).sum() > 20
+    assert not near_colour(by_label, colours[2], 25).any()
 
 
 def test_clustering_input_errors(tmp_path: Path) -> None:

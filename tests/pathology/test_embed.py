@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.pathology.embed import EmbedOptions, embed_cohort, embed_slide
-from sarcomakit.pathology.encoders import build_encoder
-from sarcomakit.pathology.h5io import load_features, save_coords
-from sarcomakit.pathology.reader import open_slide
-from sarcomakit.pathology.slide_manifest import SlideManifest, SlideRecord
-from sarcomakit.pathology.synthetic import write_synthetic_slide
-from sarcomakit.pathology.tiles import TileDataset
-from sarcomakit.pathology.tiling import tile_slide
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.pathology.features.embed import EmbedOptions, embed_cohort, embed_slide
+from sarcomakit.pathology.features.encoders import build_encoder
+from sarcomakit.pathology.wsi.h5io import load_features, save_coords
+from sarcomakit.pathology.wsi.reader import open_slide
+from sarcomakit.pathology.wsi.slide_manifest import SlideManifest, SlideRecord
+from sarcomakit.pathology.wsi.synthetic import write_synthetic_slide
+from sarcomakit.pathology.wsi.tiles import TileDataset
+from sarcomakit.pathology.wsi.tiling import tile_slide
 
 
 @pytest.fixture(scope="module")

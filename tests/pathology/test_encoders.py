@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.pathology.encoders import (
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.pathology.features.encoders import (
     available_encoders,
     build_encoder,
     save_encoder_checkpoint,

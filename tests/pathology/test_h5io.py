@@ -9,11 +9,11 @@ import h5py
 import numpy as np
 import pytest
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.pathology.h5io import load_coords, load_features, save_coords, save_features
-from sarcomakit.pathology.reader import open_slide
-from sarcomakit.pathology.tiling import TileGrid, tile_slide
-from sarcomakit.pathology.tissue import detect_tissue
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.pathology.wsi.h5io import load_coords, load_features, save_coords, save_features
+from sarcomakit.pathology.wsi.reader import open_slide
+from sarcomakit.pathology.wsi.tiling import TileGrid, tile_slide
+from sarcomakit.pathology.wsi.tissue import detect_tissue
 
 
 def _grid() -> TileGrid:

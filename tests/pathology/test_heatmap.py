@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from sarcomakit.pathology.heatmap import (
+from figure_checks import centroid, near_colour, read_png
+from sarcomakit.pathology.analysis.heatmap import (
     attention_mask_agreement,
     attention_table,
     render_heatmap,
@@ -65,10 +65,28 @@ def test_render_heatmap_and_top_tiles_write_pngs(tmp_path: Path) -> None:
     coords = np.array([[0, 0], [100, 0], [200, 100], [300, 100]])
     scores = np.array([0.1, 0.2, 0.3, 0.4])
     png = render_heatmap(thumbnail, reader.dimensions, coords, 100, scores, tmp_path / "h.png", title="t")
-    assert Image.open(png).size[0] > 100
+    pixels = read_png(png)
+    # The thumbnail is drawn where it shows: the rows and columns full of its grey (240) are the image's box
+    # (a few anti-aliased title pixels may have that grey too).
+    grey = near_colour(pixels, "#f0f0f0", 3)
+    rows, cols = np.flatnonzero(grey.sum(axis=1) > 50), np.flatnonzero(grey.sum(axis=0) > 50)
+    box = pixels[rows.min():rows.max() + 1, cols.min():cols.max() + 1].astype(int)
+    height, width = box.shape[:2]
+    assert width == pytest.approx(2 * height, rel=0.05)  # the 100 x 50 thumbnail keeps its aspect
+    # Tile (0, 0) has the lowest score (blue on the jet map), tile (300, 100) the highest (red); the
+    # thumbnail's lower-left quarter has no tile and keeps its grey.
+    top_left = box[height // 8, width // 8]
+    bottom_right = box[height * 7 // 8, width * 7 // 8]
+    bottom_left = box[height * 7 // 8, width // 8]
+    assert top_left[2] - top_left[0] > 60
+    assert bottom_right[0] - bottom_right[2] > 60
+    assert np.abs(bottom_left - 240).max() <= 3
     table = attention_table("s1", coords, 100, scores)
-    grid = top_tiles_grid(reader, table, tmp_path / "top.png", k=2, out_px=20)
-    assert grid.is_file()
+    grid = read_png(top_tiles_grid(reader, table, tmp_path / "top.png", k=2, out_px=20))
+    # The fake slide's pixel value is x // 2: the most attended tile (x=300) is drawn first, in grey 150,
+    # then the second (x=200) in grey 100.
+    first, second = centroid(near_colour(grid, "#969696", 2)), centroid(near_colour(grid, "#646464", 2))
+    assert first[1] < second[1]
     # The two most attended tiles were read, from level 1 (100 px tile -> 20 px allows downsample 5).
     assert [r[0] for r in reader.reads] == [(300, 100), (200, 100)]
     assert all(r[1] == 1 and r[2] == (25, 25) for r in reader.reads)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.pathology.mil import (
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.pathology.mil.models import (
     CLAMSB,
     available_mil_models,
     build_mil_model,

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.pathology.h5io import save_features
-from sarcomakit.pathology.mil_training import (
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.pathology.mil.training import (
     MILTrainConfig,
     cross_validate,
     find_checkpoints,
@@ -20,7 +21,8 @@ from sarcomakit.pathology.mil_training import (
     predict_slides,
     train_mil,
 )
-from sarcomakit.pathology.slide_manifest import load_slide_manifest, load_slides
+from sarcomakit.pathology.wsi.h5io import save_features
+from sarcomakit.pathology.wsi.slide_manifest import load_slide_manifest, load_slides
 
 CLASSES = ("a", "b", "c")
 DIM = 16
@@ -119,7 +121,11 @@ def test_cross_validation_outputs_resume_and_predict(tmp_path: Path, model: str)
     np.testing.assert_allclose(oof[["prob_a", "prob_b", "prob_c"]].sum(axis=1), 1.0, atol=1e-5)
     assert result.metrics["macro_auc"].value >= 0.85
     assert result.metrics["macro_auc"].low <= result.metrics["macro_auc"].value
-    assert (tmp_path / "run" / "metrics.json").is_file()
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["model"] == model and saved["n_folds"] == 3 and set(saved["failures"]) == {"s05"}
+    assert saved["macro_auc"]["value"] == pytest.approx(result.metrics["macro_auc"].value)
+    assert saved["macro_auc"]["value"] == pytest.approx(  # the out-of-fold predictions' AUC, by scikit-learn
+        roc_auc_score(oof["label"], oof[["prob_a", "prob_b", "prob_c"]].to_numpy(), multi_class="ovr"))
     checkpoints = find_checkpoints(tmp_path / "run")
     assert len(checkpoints) == 3
     stamps = [p.stat().st_mtime_ns for p in checkpoints]
@@ -128,7 +134,10 @@ def test_cross_validation_outputs_resume_and_predict(tmp_path: Path, model: str)
     pd.testing.assert_frame_equal(again.predictions, result.predictions)
     table, outcome = predict_slides(checkpoints, manifest, tmp_path / "features", tmp_path / "pred.csv")
     assert set(outcome.failures) == {"s05"} and len(table) == len(manifest) - 1
-    assert (tmp_path / "pred.csv").is_file()
+    written = pd.read_csv(tmp_path / "pred.csv")
+    pd.testing.assert_frame_equal(written, table, check_dtype=False)
+    assert set(written["slide_id"]) == {s.slide_id for s in manifest.slides} - {"s05"}
+    np.testing.assert_allclose(written[["prob_a", "prob_b", "prob_c"]].sum(axis=1), 1.0, atol=1e-5)
     assert len(outcome.results["s00"]) == len(load_bag(tmp_path / "features" / "s00.h5")[0])
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.pathology import reader as reader_module
-from sarcomakit.pathology.reader import open_slide
-from sarcomakit.pathology.synthetic import SyntheticSlideInfo, write_synthetic_slide
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.pathology.wsi import reader as reader_module
+from sarcomakit.pathology.wsi.reader import open_slide
+from sarcomakit.pathology.wsi.synthetic import SyntheticSlideInfo, write_synthetic_slide
 
 BACKENDS = ["openslide", "tiffslide"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sarcomakit.pathology.encoders import build_encoder
-from sarcomakit.pathology.ssl import ViewAugment, nt_xent_loss, pretrain_encoder
+from sarcomakit.pathology.features.encoders import build_encoder
+from sarcomakit.pathology.features.ssl import ViewAugment, nt_xent_loss, pretrain_encoder
 
 
 def test_nt_xent_analytic_values() -> None:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.pathology.stain import (
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.pathology.wsi.stain import (
     HED_STAIN_MATRIX,
     MacenkoNormalizer,
     StainAugment,

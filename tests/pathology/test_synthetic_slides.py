@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from sarcomakit.pathology.reader import open_slide
-from sarcomakit.pathology.synthetic import SUBTYPES, make_synthetic_wsi_cohort, write_synthetic_slide
+from sarcomakit.pathology.wsi.reader import open_slide
+from sarcomakit.pathology.wsi.synthetic import SUBTYPES, make_synthetic_wsi_cohort, write_synthetic_slide
 
 
 def test_svs_layout_pages(svs_slide) -> None:

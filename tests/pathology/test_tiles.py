@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from sarcomakit.pathology.reader import open_slide
-from sarcomakit.pathology.synthetic import SyntheticSlideInfo
-from sarcomakit.pathology.tiles import TileDataset
-from sarcomakit.pathology.tiling import tile_slide
-from sarcomakit.pathology.tissue import TissueMask, detect_tissue
+from sarcomakit.pathology.wsi.reader import open_slide
+from sarcomakit.pathology.wsi.synthetic import SyntheticSlideInfo
+from sarcomakit.pathology.wsi.tiles import TileDataset
+from sarcomakit.pathology.wsi.tiling import tile_slide
+from sarcomakit.pathology.wsi.tissue import TissueMask, detect_tissue
 
 
 def _grid(info: SyntheticSlideInfo, target_mpp: float, tile_size: int):

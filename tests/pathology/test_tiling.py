@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sarcomakit.pathology.reader import open_slide
-from sarcomakit.pathology.synthetic import SyntheticSlideInfo
-from sarcomakit.pathology.tiling import (
+from sarcomakit.pathology.wsi.reader import open_slide
+from sarcomakit.pathology.wsi.synthetic import SyntheticSlideInfo
+from sarcomakit.pathology.wsi.tiling import (
     TileGrid,
     save_thumbnail_with_grid,
     tile_fractions,
     tile_size_level0,
     tile_slide,
 )
-from sarcomakit.pathology.tissue import TissueMask, detect_tissue
+from sarcomakit.pathology.wsi.tissue import TissueMask, detect_tissue
 
 
 def _full_mask(shape: tuple[int, int]) -> TissueMask:

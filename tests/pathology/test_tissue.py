@@ -9,9 +9,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from sarcomakit.pathology.reader import open_slide
-from sarcomakit.pathology.synthetic import SyntheticSlideInfo, write_synthetic_slide
-from sarcomakit.pathology.tissue import detect_tissue, pen_mask
+from sarcomakit.pathology.wsi.reader import open_slide
+from sarcomakit.pathology.wsi.synthetic import SyntheticSlideInfo, write_synthetic_slide
+from sarcomakit.pathology.wsi.tissue import detect_tissue, pen_mask
 
 
 def _on_grid(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

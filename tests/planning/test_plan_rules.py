@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.planning import CaseFingerprint, Fingerprint, IntensityStatistics, Plan, make_plan
 from sarcomakit.planning.plan import (
     determine_patch_and_batch,

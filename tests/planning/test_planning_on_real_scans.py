@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from sarcomakit.core.io.image import Geometry
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.io.image import Geometry
 from sarcomakit.planning import compute_fingerprint, make_plan, preprocess_case, restore_to_input_geometry
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "radiology"

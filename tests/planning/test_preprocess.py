@@ -7,9 +7,10 @@ import pytest
 import SimpleITK as sitk
 from planning_data import body_case, ellipsoid, make_image, write_cohort
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.image import Geometry
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import Geometry
 from sarcomakit.planning import (
+    Fingerprint,
     PreprocessedCase,
     compute_fingerprint,
     make_plan,
@@ -160,7 +161,12 @@ def test_save_load_round_trip(tmp_path):
 def test_cohort_plan_preprocess_resume_and_bad_case(tmp_path):
     manifest = write_cohort(tmp_path / "cohort", n_cases=3)
     plan = plan_cohort(manifest, tmp_path / "out" / "plan.json", show_progress=False)
-    assert (tmp_path / "out" / "fingerprint.json").is_file() and plan.fingerprint_file == "fingerprint.json"
+    assert plan.fingerprint_file == "fingerprint.json"
+    # the saved fingerprint describes the cohort and is enough to plan it again
+    saved = Fingerprint.load(tmp_path / "out" / "fingerprint.json")
+    assert [case.case_id for case in saved.cases] == manifest.case_ids and saved.channels == manifest.channels
+    again = make_plan(saved, fingerprint_file="fingerprint.json")
+    assert again.model_dump() == plan.model_dump()
     assert [n.scheme for n in plan.normalization] == ["zscore", "ct"]
     assert plan.target_spacing == pytest.approx([4.0, 0.9, 0.9]) and plan.low_res_axis == 0
     result = preprocess_cohort(manifest, plan, tmp_path / "pre", show_progress=False)

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from planning_data import ellipsoid, make_image
 
-from sarcomakit.io.image import Geometry
+from sarcomakit.core.io.image import Geometry
 from sarcomakit.planning.resample import (
     cropped_geometry,
     nonzero_bbox,

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.reporting.figures import overlay_figure
 from sarcomakit.reporting.html import ReportSection, write_html_report
 

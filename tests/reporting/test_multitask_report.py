@@ -3,6 +3,7 @@ folders, and the command's outputs and errors."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -14,10 +15,12 @@ import SimpleITK as sitk
 import typer
 from typer.testing import CliRunner
 
+from figure_checks import near_colour, read_png
 from sarcomakit.cli.report import register
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.manifest import GRADES, Case, Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.evaluation.comparison import compare_methods, load_oof_source
+from sarcomakit.evaluation.comparison import compare_methods
+from sarcomakit.evaluation.oof_source import load_oof_source
 from sarcomakit.reporting.multitask_report import write_multitask_report
 
 N_CASES = 24
@@ -124,7 +127,10 @@ def test_experiment_report_compares_methods_without_overlays(experiment_dir, tmp
     assert {"Grade", "Survival", "Segmentation", "Per-case predictions", "Notes"} <= set(titles)
     assert "radiomics" in html and "segmentation" in html
     assert "no overlays" in html
-    assert (tmp_path / "out" / "comparison_figures" / "grade_roc_radiomics.png").is_file()
+    roc = tmp_path / "out" / "comparison_figures" / "grade_roc_radiomics.png"
+    assert base64.b64encode(roc.read_bytes()).decode() in html  # the figure shown is the file written
+    pixels = read_png(roc)
+    assert all(near_colour(pixels, colour, 30).sum() > 100 for colour in ("#1f77b4", "#ff7f0e", "#2ca02c"))
     assert html.count(EMBEDDED_PNG) == 2 * 2 + 2 + 1 + 1  # grade x2 methods, KM x2, td-AUC, Dice/HD95
 
 
@@ -153,10 +159,16 @@ def test_cli_prints_the_table_and_writes_report_and_tables(experiment_dir, tmp_p
                                                     "--bootstrap", "25", "--reference", "radiomics"])
     assert result.exit_code == 0, result.output
     assert "Out-of-fold metrics" in result.output and "Paired differences: method - radiomics" in result.output
-    assert out.is_file() and "Paired differences against radiomics" in out.read_text()
-    for name in ("comparison.csv", "comparison.md", "differences.csv"):
-        assert (out.parent / name).is_file()
-    assert "reference: radiomics" in (out.parent / "comparison.md").read_text()
+    assert "Paired differences against radiomics" in out.read_text()
+    markdown = (out.parent / "comparison.md").read_text()
+    assert "reference: radiomics" in markdown
+    assert "| metric | multitask | segmentation | radiomics |" in markdown  # the experiment's order
+    differences = pd.read_csv(out.parent / "differences.csv")
+    assert set(differences["reference"]) == {"radiomics"}
+    assert set(differences["method"]) == {"multitask"}  # segmentation shares no task with radiomics
+    table = pd.read_csv(out.parent / "comparison.csv", index_col="metric_name")
+    assert {"multitask", "radiomics", "segmentation"} <= set(table.columns)
+    assert table.loc["dice_mean", "radiomics"] == "–"  # radiomics predicts no mask
 
 
 @pytest.mark.parametrize(("make_args", "message"), [

@@ -7,11 +7,11 @@ from typer.testing import CliRunner
 
 from sarcomakit.cli.main import app
 from sarcomakit.cli.training import parse_task_options
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks import Task, build_task, task_options
 from sarcomakit.tasks.multitask import CLINICAL_COLUMNS, MultiTaskTask
 from sarcomakit.tasks.segmentation import SegmentationTask
-from sarcomakit.training.config import TrainConfig
 
 
 def test_a_task_must_implement_the_whole_contract() -> None:

@@ -3,17 +3,18 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import Geometry, read_image
 from sarcomakit.inference.predictor import Predictor, predict
-from sarcomakit.io.image import Geometry, read_image
 from sarcomakit.planning.plan import plan_cohort
+from sarcomakit.runs.config import TrainConfig
+from sarcomakit.runs.folder import RunFolder
 from sarcomakit.training.api import train
-from sarcomakit.training.config import TrainConfig
 from sarcomakit.training.fold import poly_learning_rate
-from sarcomakit.training.run import RunFolder
 
 CONFIG = TrainConfig(epochs=6, iterations_per_epoch=6, patch_size=[16, 32, 32], batch_size=2, optimizer="adamw",
                      learning_rate=3e-3, augmentation="light", num_workers=0, n_folds=3,
@@ -34,7 +35,10 @@ def test_training_reduces_loss_resumes_and_predicts_on_input_geometry(tiny_cohor
     assert losses[-1] < losses[0] * 0.8, losses
     assert result.score_name == "val_dice" and result.best_score > 0.3
     run = RunFolder.open(run_dir)
-    assert set(run.trained_folds()) == {0} and (run_dir / "fold_0" / "history.csv").is_file()
+    assert set(run.trained_folds()) == {0}
+    history = pd.read_csv(run_dir / "fold_0" / "history.csv")  # one row per epoch, as the run returned it
+    assert list(history["epoch"]) == list(range(CONFIG.epochs))
+    np.testing.assert_allclose(history["train_loss"], losses, rtol=1e-6)
     assert len(run.splits()) == 3
 
     with pytest.raises(UserInputError, match="already has a checkpoint"):

@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from sarcomakit.data.manifest import Case, Manifest
+from sarcomakit.evaluation.oof import OOF_COLUMNS
 from sarcomakit.inference.case_level import tumour_centred_patch
 from sarcomakit.inference.predictor import predict
 from sarcomakit.models.multitask import build_multitask_network, find_bottleneck
 from sarcomakit.planning.plan import plan_cohort
 from sarcomakit.planning.preprocess import PreprocessedCase
-from sarcomakit.tasks.multitask import OOF_COLUMNS, ClinicalTargets, MultiTaskTask
+from sarcomakit.runs.config import TrainConfig
+from sarcomakit.tasks.multitask import ClinicalTargets, MultiTaskTask
 from sarcomakit.training.api import train
-from sarcomakit.training.config import TrainConfig
 
 SMALL = {"channels": [8, 16, 32], "num_res_units": 1}
 
@@ -51,17 +52,57 @@ def test_clinical_targets_mark_missing_labels() -> None:
     assert all(np.isnan(targets.survival("b")))
 
 
-def test_tumour_centred_patch_is_centred_and_padded() -> None:
-    volume = torch.arange(2 * 10 * 20 * 20, dtype=torch.float32).reshape(2, 10, 20, 20)
+def coordinate_volume(shape: tuple[int, int, int]) -> torch.Tensor:
+    """Two channels whose voxel values encode their own (z, y, x): zero only where a crop pads."""
+    z, y, x = np.meshgrid(*(np.arange(s) for s in shape), indexing="ij")
+    code = torch.from_numpy((10000 * z + 100 * y + x + 1).astype(np.float32))
+    return torch.stack([code, -code])
+
+
+def voxel_of(value: torch.Tensor) -> tuple[int, int, int]:
+    code = int(value) - 1
+    return code // 10000, code // 100 % 100, code % 100
+
+
+def test_tumour_centred_patch_is_centred_on_the_tumour_centre_of_mass() -> None:
+    volume = coordinate_volume((20, 30, 30))
+    tumour = np.zeros((20, 30, 30), bool)
+    tumour[9:12, 14:17, 10:13] = True  # centre of mass (10, 15, 11)
+    patch = tumour_centred_patch(volume, tumour, (8, 10, 12))
+    assert patch.shape == (2, 8, 10, 12)
+    assert voxel_of(patch[0, 4, 5, 6]) == (10, 15, 11)  # the patch centre (size // 2) is the tumour centre
+    torch.testing.assert_close(patch[1], -patch[0])  # every channel cropped alike
+    assert bool((patch[0] > 0).all())  # inside the volume: nothing padded
+    nothing = tumour_centred_patch(volume, np.zeros_like(tumour), (8, 10, 12))
+    assert voxel_of(nothing[0, 4, 5, 6]) == (10, 15, 15)  # no tumour: the volume centre
+
+
+def test_tumour_near_a_border_is_kept_in_a_patch_shifted_inside_the_volume() -> None:
+    # As the training patches (training/patches.py): where the volume is large enough, the crop is moved
+    # inside it rather than padded, so the heads never see padding the training never showed them.
+    volume = coordinate_volume((10, 20, 20))
     tumour = np.zeros((10, 20, 20), bool)
-    tumour[5, 2, 18] = True
+    tumour[5, 1, 18] = True  # one voxel from the top (y) and from the right (x) border
+    patch = tumour_centred_patch(volume, tumour, (8, 8, 8))
+    # z centred (5 - 4 = 1); y starts at 0 instead of -3; x ends at the border (12..19) instead of 14..21
+    torch.testing.assert_close(patch, volume[:, 1:9, 0:8, 12:20])
+    assert voxel_of(patch[0, 4, 1, 6]) == (5, 1, 18)
+
+
+def test_axes_shorter_than_the_patch_are_zero_padded_around_the_centred_tumour() -> None:
+    volume = coordinate_volume((4, 20, 20))  # 4 slices for a patch of 8
+    tumour = np.zeros((4, 20, 20), bool)
+    tumour[1, 10, 3] = True
     patch = tumour_centred_patch(volume, tumour, (8, 8, 8))
     assert patch.shape == (2, 8, 8, 8)
-    assert (patch == volume[0, 5, 2, 18]).any()
+    # z: slice 1 at the patch centre 4, so the 4 slices fill patch slices 3..6 and the rest is zeros
+    assert bool((patch[:, :3] == 0).all()) and bool((patch[:, 7] == 0).all())
+    torch.testing.assert_close(patch[:, 3:7], volume[:, :, 6:14, 0:8])  # y centred, x shifted inside
+    assert voxel_of(patch[0, 4, 4, 3]) == (1, 10, 3)
 
 
 def test_unknown_task_name_is_a_user_error() -> None:
-    from sarcomakit.errors import UserInputError
+    from sarcomakit.core.errors import UserInputError
 
     with pytest.raises(UserInputError, match="unknown task"):
         MultiTaskTask(tasks=("segmentation", "stage"))

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from sarcomakit.models import ComposedNetwork
+from sarcomakit.runs.checkpoint import load_checkpoint
 from sarcomakit.tasks.base import LossOutput, Objective
 from sarcomakit.training.callbacks import Checkpoint, EarlyStopping, TimeLimit
-from sarcomakit.training.checkpoint import load_checkpoint
 from sarcomakit.training.trainer import Callback, Trainer
 
 CPU = torch.device("cpu")

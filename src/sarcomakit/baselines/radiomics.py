@@ -43,13 +43,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sarcomakit.cohort_runner import CohortResult, run_per_case
+from sarcomakit.core.cohort_runner import CohortResult, run_per_case
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import atomic_path, write_json
+from sarcomakit.core.io.image import read_image
 from sarcomakit.data.manifest import GRADES, Case, Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.evaluation.classification import encode_grades
-from sarcomakit.io.atomic import atomic_path, write_json
-from sarcomakit.io.image import read_image
-from sarcomakit.training.multitask_losses import cox_neg_partial_log_likelihood
+from sarcomakit.evaluation.grade import encode_grades
+from sarcomakit.losses.cox import cox_neg_partial_log_likelihood
 
 FEATURE_CLASSES: tuple[str, ...] = ("shape", "firstorder", "glcm", "glrlm", "glszm")
 INSTALL_HINT = "pip install numpy setuptools wheel && pip install --no-build-isolation pyradiomics==3.0.1"

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_multiotsu, threshold_otsu
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 
 
 def threshold_baseline(images: dict[str, np.ndarray], *, channel: str = "T2FS", body_channel: str | None = None,

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sarcomakit.data.manifest import Manifest
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.data.manifest import Case, Manifest
 
 import_app = typer.Typer(help="Build a cohort manifest from nnU-Net, MSD, DICOM or a table.", no_args_is_help=True)
 
@@ -182,15 +183,15 @@ def register(app: typer.Typer) -> None:
         json_report: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
     ) -> None:
         """Check a manifest and print every problem; exit status 1 when there are errors."""
-        from sarcomakit.cohort_runner import cohort_progress
+        from sarcomakit.core.cohort_runner import cohort_progress
+        from sarcomakit.core.io.atomic import write_json
         from sarcomakit.data.validation import validate_manifest
-        from sarcomakit.io.atomic import write_json
 
         manifest = Manifest.load(manifest_path, allow_duplicate_ids=True)  # reported with everything else
         console = Console()
         with cohort_progress("validating", len(manifest), transient=True) as progress:
 
-            def tracked(cases):
+            def tracked(cases: Iterator[Case]) -> Iterator[Case]:
                 for case in cases:
                     progress.working_on(case.case_id)
                     yield case

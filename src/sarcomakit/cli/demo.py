@@ -14,12 +14,16 @@ def demo_command(
     epochs: int = typer.Option(None, "--epochs", help="Training epochs (default: 20 on CPU, 100 on GPU)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the cohort and the training."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in --out; without it, a folder "
+                                                              "holding a demo of other --cases or --seed is "
+                                                              "refused."),
 ) -> None:
     """Synthesise a cohort, train the multi-task model, predict and evaluate held-out cases, write report.html."""
     from sarcomakit.demo import run_demo
 
     console = Console()
-    result = run_demo(out_dir, cases=cases, epochs=epochs, seed=seed, device=device, console=console)
+    result = run_demo(out_dir, cases=cases, epochs=epochs, seed=seed, device=device, overwrite=overwrite,
+                      console=console)
     parts = [f"{name} {v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for name, v in result.headline.items()]
     console.print(f"[bold]Held-out: {'; '.join(parts)}[/bold]")
     console.print(f"report: {result.report} ({result.seconds / 60:.1f} min)")

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    # typer ships its own copy of click; its groups take that Context
+    from typer._click import Context
 
 # kept in step with sarcomakit.experiments.multitask_comparison.ALL_METHODS (imported lazily: torch is slow to load)
 METHODS = ("multitask", "segmentation_only", "grade_only", "survival_only", "radiomics")
@@ -32,7 +38,7 @@ def experiment_command(
     from sarcomakit.data.manifest import Manifest
     from sarcomakit.experiments.multitask_comparison import run_experiment
     from sarcomakit.planning.plan import Plan
-    from sarcomakit.training.config import TrainConfig
+    from sarcomakit.runs.config import TrainConfig
 
     base = TrainConfig.load(config_file) if config_file else TrainConfig()
     config = base.updated(epochs=epochs, iterations_per_epoch=iterations, batch_size=batch_size, seed=seed,
@@ -53,6 +59,22 @@ def experiment_command(
     console.print(f"written: {out_dir / 'comparison.md'}, {out_dir / 'differences.csv'}")
 
 
+class _MultitaskByDefault(TyperGroup):
+    """``sarcomakit experiment MANIFEST ...`` runs the multi-task comparison as before; ``sarcomakit experiment ssl
+    MANIFEST ...`` runs the pretraining comparison."""
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["multitask", *args]
+        return super().parse_args(ctx, args)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``experiment``."""
-    app.command("experiment")(experiment_command)
+    """Add ``experiment`` (``multitask``, the default, and ``ssl``)."""
+    from sarcomakit.cli.pretrain import ssl_experiment_command
+
+    group = typer.Typer(cls=_MultitaskByDefault, no_args_is_help=True,
+                        help="Compare methods on the same folds: multi-task (default) or self-supervised pretraining.")
+    group.command("multitask")(experiment_command)
+    group.command("ssl")(ssl_experiment_command)
+    app.add_typer(group, name="experiment")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 
 
 def predict_command(

@@ -15,9 +15,13 @@ others are evaluated first and the failures listed), 2 for invalid input found b
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from sarcomakit.data.manifest import Case
 
 interactive_app = typer.Typer(help="Interactive segmentation: train the prompt-conditioned network, evaluate "
                                    "models under a simulated annotator.", no_args_is_help=True)
@@ -60,8 +64,8 @@ def train_command(
     from sarcomakit.cli.training import _folds, parse_task_options
     from sarcomakit.data.manifest import Manifest
     from sarcomakit.planning.plan import Plan
+    from sarcomakit.runs.config import TrainConfig
     from sarcomakit.training.api import train
-    from sarcomakit.training.config import TrainConfig
 
     base = TrainConfig.load(config_file) if config_file else TrainConfig(task="interactive")
     if base.task != "interactive":
@@ -111,9 +115,9 @@ def evaluate_command(
 
     Writes rounds.csv, cases.csv, curve.csv, summary.csv, summary.json and dice_vs_rounds.png into --out.
     """
-    from sarcomakit.cohort_runner import run_per_case
+    from sarcomakit.core.cohort_runner import run_per_case
+    from sarcomakit.core.errors import UserInputError
     from sarcomakit.data.manifest import Manifest
-    from sarcomakit.errors import UserInputError
     from sarcomakit.interactive.cases import interactive_case, labelled_cases, model_channels
     from sarcomakit.interactive.evaluate import InteractiveEvaluation, evaluate_interactive
     from sarcomakit.interactive.models import load_interactive_model
@@ -139,7 +143,7 @@ def evaluate_command(
     index = {case.case_id: i for i, case in enumerate(chosen)}
     console = Console(stderr=True)
 
-    def play(case):  # noqa: ANN001, ANN202 (a manifest Case -> its records)
+    def play(case: Case) -> Any:
         return evaluate_interactive(models, [interactive_case(case, channels)], n_rounds=rounds, robot=robot,
                                     seed=seed + index[case.case_id]).records
 
@@ -185,8 +189,9 @@ def campaign_command(
     """
     import dataclasses
 
+    from sarcomakit.core.errors import UserInputError
+    from sarcomakit.core.io.atomic import write_json, write_text
     from sarcomakit.data.manifest import Manifest
-    from sarcomakit.errors import UserInputError
     from sarcomakit.interactive.campaign import (
         CampaignConfig,
         campaign_cases,
@@ -197,7 +202,6 @@ def campaign_command(
     from sarcomakit.interactive.cases import model_channels
     from sarcomakit.interactive.models import load_interactive_model
     from sarcomakit.interactive.network_model import NetworkInteractiveModel
-    from sarcomakit.io.atomic import write_json, write_text
     from sarcomakit.reporting.interactive import campaign_figure
     from sarcomakit.tasks import build_task
 
@@ -253,7 +257,7 @@ def export_command(
     The folder is a run folder: give it to 'interactive evaluate', a session (NetworkInteractiveModel.from_run),
     or to training as --task-option initial_weights=FOLDER to fine-tune it.
     """
-    from sarcomakit.errors import UserInputError
+    from sarcomakit.core.errors import UserInputError
     from sarcomakit.interactive.models import export_interactive_model
 
     if notes is not None and not notes.is_file():

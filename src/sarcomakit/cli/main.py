@@ -5,14 +5,19 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from sarcomakit.cohort_runner import CohortFailed
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.cohort_runner import CohortFailed
+from sarcomakit.core.errors import UserInputError
+
+if TYPE_CHECKING:
+    # typer ships its own copy of click (no ``click`` distribution is installed); TyperGroup.invoke takes its Context
+    from typer._click import Context
 
 
 class _UserErrorGroup(TyperGroup):
@@ -26,7 +31,7 @@ class _UserErrorGroup(TyperGroup):
     invoked by the console script, ``python -m sarcomakit`` or a test's ``CliRunner``.
     """
 
-    def invoke(self, ctx):  # type: ignore[override]
+    def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
         except UserInputError as exc:
@@ -55,8 +60,8 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 
 
 # Each module holds one command group and exposes ``register(app)``.
-COMMAND_MODULES = ("synth", "data", "planning", "training", "inference", "evaluation", "experiment", "report",
-                   "demo", "wsi", "interactive")
+COMMAND_MODULES = ("synth", "data", "planning", "training", "pretrain", "inference", "evaluation", "experiment",
+                   "report", "demo", "wsi", "interactive")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"sarcomakit.cli.{_name}").register(app)

@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.manifest import Manifest
-from sarcomakit.errors import UserInputError
 from sarcomakit.planning.plan import DEFAULT_MEMORY_BUDGET_MB, Plan, plan_cohort
 from sarcomakit.planning.preprocess import preprocess_cohort
 

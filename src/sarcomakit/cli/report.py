@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported lazily at run time: the CLI starts without it
 
 
 def register(app: typer.Typer) -> None:
@@ -30,13 +34,9 @@ def register(app: typer.Typer) -> None:
 
         Also writes comparison.csv, comparison.md and differences.csv beside the report.
         """
-        from sarcomakit.evaluation.comparison import (
-            compare_methods,
-            display_differences,
-            display_table,
-            load_oof_source,
-            write_comparison,
-        )
+        from sarcomakit.evaluation.comparison import compare_methods
+        from sarcomakit.evaluation.comparison_tables import display_differences, display_table, write_comparison
+        from sarcomakit.evaluation.oof_source import load_oof_source
         from sarcomakit.reporting.multitask_report import REPORT_FILE, write_multitask_report
 
         source = load_oof_source(source_dir)
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"Wrote {', '.join(str(p) for p in tables.values())}", highlight=False, soft_wrap=True)
 
 
-def _rich_table(frame, title: str) -> Table:  # noqa: ANN001 (pandas imported lazily)
+def _rich_table(frame: pd.DataFrame, title: str) -> Table:
     table = Table(title=title)
     for k, column in enumerate(frame.columns):
         table.add_column(escape(str(column)), justify="left" if k == 0 or column in ("method", "metric") else "right")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 
 
 def register(app: typer.Typer) -> None:

@@ -84,6 +84,8 @@ def train_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     workers: int = typer.Option(None, "--workers", help="Data-loading processes (default: cores - 1, max 4)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from each fold's last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Remove an earlier run in --out (folds, splits, "
+                                                              "cache) and start fresh."),
     preprocessed: Path = typer.Option(None, "--preprocessed", help="Cache folder of preprocessed cases."),
     config_file: Path = typer.Option(None, "--config", help="TrainConfig JSON; options given here override it."),
     time_limit: float = typer.Option(None, "--time-limit", help="Stop after the epoch in which this many minutes "
@@ -92,14 +94,21 @@ def train_command(
                                                                       "improvement."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (DistributedDataParallel, "
                                                         "launched with torchrun; one per GPU)."),
+    init: str = typer.Option(None, "--init", help="Start from pretrained weights: a 'sarcomakit pretrain' run "
+                                                  "folder or checkpoint, or MONAI's model_swinvit.pt, "
+                                                  "ssl_pretrained_weights.pth or a ViTAutoEnc state dict."),
+    init_parts: str = typer.Option(None, "--init-parts", help="encoder (default) or encoder+decoder."),
+    freeze_epochs: int = typer.Option(None, "--freeze-epochs", help="Epochs with the loaded parts frozen."),
+    warmup_epochs: int = typer.Option(None, "--warmup-epochs", help="Epochs of linear learning-rate warm-up "
+                                                                    "(default with --init: a tenth of the epochs)."),
 ) -> None:
     """Train a 3D network for a task (segmentation by default) on one or more folds."""
     if nproc > 1 and "RANK" not in os.environ:
         _launch_distributed(nproc)
     from sarcomakit.data.manifest import Manifest
     from sarcomakit.planning.plan import Plan
+    from sarcomakit.runs.config import TrainConfig
     from sarcomakit.training.api import train
-    from sarcomakit.training.config import TrainConfig
 
     base = TrainConfig.load(config_file) if config_file else TrainConfig()
     options = {**base.task_options, **parse_task_options(task_option)} if task is None or task == base.task \
@@ -107,12 +116,14 @@ def train_command(
     config = base.updated(task=task, task_options=options or None, epochs=epochs,
                           iterations_per_epoch=iterations, network=network, optimizer=optimizer,
                           learning_rate=learning_rate, batch_size=batch_size, augmentation=augmentation,
-                          seed=seed, device=device, num_workers=workers, n_folds=folds)
+                          seed=seed, device=device, num_workers=workers, n_folds=folds,
+                          init_checkpoint=str(Path(init).resolve()) if init else None, init_parts=init_parts,
+                          freeze_epochs=freeze_epochs, warmup_epochs=warmup_epochs)
     console = Console(stderr=True)
     result = train(Manifest.load(manifest), Plan.load(plan), run_dir, folds=_folds(fold, config.n_folds),
                    config=config, resume=resume, preprocessed_dir=preprocessed,
                    time_limit_s=time_limit * 60 if time_limit is not None else None, early_stopping=early_stopping,
-                   console=console)
+                   overwrite=overwrite, console=console)
     from sarcomakit.core import distributed
 
     if distributed.is_main():

@@ -47,7 +47,7 @@ def _finish_pooled(manifest: Any, out: Path, kind: str) -> None:
 
 
 def _load(slides: Path, require_labels: bool = False, classes: str | None = None) -> Any:
-    from sarcomakit.pathology.slide_manifest import load_slides
+    from sarcomakit.pathology.wsi.slide_manifest import load_slides
 
     class_list = [c.strip() for c in classes.split(",")] if classes else None
     return load_slides(slides, classes=class_list, require_labels=require_labels)
@@ -157,9 +157,9 @@ def train_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Retrain folds that have a checkpoint."),
 ) -> None:
     """Cross-validate a slide-level MIL model on the feature bags (folds grouped by patient)."""
-    from sarcomakit.pathology.mil_training import MILTrainConfig, cross_validate
+    from sarcomakit.pathology.analysis.report import format_metrics
+    from sarcomakit.pathology.mil.training import MILTrainConfig, cross_validate
     from sarcomakit.pathology.pipeline import FEATURES, MIL
-    from sarcomakit.pathology.report import format_metrics
 
     manifest = _load(slides, require_labels=True, classes=classes)
     config = MILTrainConfig(model=model, epochs=epochs, lr=lr, patience=patience, balance=balance,
@@ -182,7 +182,7 @@ def predict_command(
     output: Path = typer.Option(None, "--output", help="Predictions CSV (default: OUT/predictions.csv)."),
 ) -> None:
     """Predict slide labels of embedded slides with a trained model (mean over the fold models)."""
-    from sarcomakit.pathology.mil_training import find_checkpoints, predict_slides
+    from sarcomakit.pathology.mil.training import find_checkpoints, predict_slides
     from sarcomakit.pathology.pipeline import FEATURES
 
     target = output or out / "predictions.csv"

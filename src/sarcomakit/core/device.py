@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 
 
 def select_device(name: str = "auto") -> torch.device:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 
 T = TypeVar("T")
 

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_text
-from sarcomakit.io.image import is_image_path
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_text
+from sarcomakit.core.io.image import is_image_path
 
 GRADES: tuple[str, ...] = ("low", "intermediate", "high")
 CLINICAL_FIELDS: tuple[str, ...] = ("grade", "survival_time", "event", "site", "fold")
@@ -293,7 +293,7 @@ def _case_from_row(row: dict[str, Any], channels: list[str], base: Path | None, 
             values["grade"] = g
         else:
             invalid["grade"] = str(grade)
-    survival = row.get("survival_time")
+    survival: Any = row.get("survival_time")  # a cell holds any JSON or CSV value: float() is guarded
     if not _blank(survival):
         try:
             values["survival_time"] = float(survival)
@@ -302,7 +302,7 @@ def _case_from_row(row: dict[str, Any], channels: list[str], base: Path | None, 
         except (TypeError, ValueError):
             values.pop("survival_time", None)
             invalid["survival_time"] = str(survival)
-    event = row.get("event")
+    event: Any = row.get("event")
     if not _blank(event):
         try:
             e = float(event)
@@ -314,7 +314,7 @@ def _case_from_row(row: dict[str, Any], channels: list[str], base: Path | None, 
     site = row.get("site")
     if not _blank(site):
         values["site"] = str(site).strip()
-    fold = row.get("fold")
+    fold: Any = row.get("fold")
     if not _blank(fold):
         try:
             f = float(fold)

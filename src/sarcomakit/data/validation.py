@@ -8,7 +8,7 @@ the others. Problems are :class:`ValidationIssue` records with a severity:
   recorded as partial, a cohort without any observed event, folds given for some cases only).
 
 Geometry is read from the image headers only; voxels are read, one image at a time, only for the
-NaN/Inf and label-value checks (through :func:`~sarcomakit.io.image.read_image`, which refuses
+NaN/Inf and label-value checks (through :func:`~sarcomakit.core.io.image.read_image`, which refuses
 truncated files and keeps NaN/Inf so that they can be counted here).
 
 Two checks also run outside ``validate``, in every command that reads a case, and live here so that
@@ -36,9 +36,9 @@ import SimpleITK as sitk
 from rich.console import Console
 from rich.table import Table
 
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import Geometry, ImageHeader, read_header, read_image
 from sarcomakit.data.manifest import GRADES, Case, Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.image import Geometry, ImageHeader, read_header, read_image
 
 Severity = Literal["error", "warning"]
 

@@ -1,4 +1,14 @@
-"""Evaluation: segmentation metrics in physical units, bootstrap intervals, cohort evaluation."""
+"""Evaluation: metrics, bootstrap intervals and method comparisons (no plotting: see :mod:`sarcomakit.reporting`).
+
+- metrics: ``metrics`` (segmentation, in mm), ``classification`` (AUC, confusion matrix, balanced
+  accuracy, calibration; shared by radiology and pathology), ``grade``, ``survival``;
+- ``bootstrap``: percentile intervals over cases or patients, paired differences; ``formatting``: how
+  figures are written;
+- ``segmentation``: evaluating predicted masks of a cohort;
+- comparisons of methods on out-of-fold predictions: ``oof`` (the table), ``oof_source`` (its folder),
+  ``task_data``, ``method_metrics``, ``paired_differences``, ``comparison_tables``, ``metric_catalogue``
+  and ``comparison`` (the entry point).
+"""
 
 from sarcomakit.evaluation.bootstrap import (
     bootstrap_ci,

@@ -1,64 +1,35 @@
-"""Histological grade metrics: discrimination, balanced accuracy, calibration, with bootstrap intervals.
+"""Classification metrics shared by every classifier of the toolkit (grade, slide subtype): ROC AUC
+(binary, one-vs-rest and macro), ROC points, confusion matrix, balanced accuracy and calibration.
 
-Grades are the three ordered classes of :data:`sarcomakit.data.manifest.GRADES` (low, intermediate,
-high), encoded 0, 1, 2; a case without a grade is encoded -1 and ignored. Predictions are class
-probabilities of shape (N, 3) whose rows sum to one.
+Labels are class indices ``0..K-1``; :data:`MISSING_LABEL` (-1) marks a case whose class is unknown,
+which every function here leaves out. Predictions are class probabilities of shape (N, K) (the
+predicted class is their arg-max) or predicted class indices.
 
-Metrics (``grade_metrics`` returns each with a bootstrap 95% interval):
+The metrics are written in vectorised numpy rather than by calling scikit-learn, because bootstraps
+evaluate them thousands of times and need NaN (not an exception) when a resample lacks a class; the
+tests check them against scikit-learn.
 
-- ``auc_high_vs_rest``: ROC AUC of ``p(high)`` for high vs low/intermediate, the clinically decisive
-  split (high-grade sarcomas get peri-operative chemotherapy).
-- ``auc_macro_ovr``: mean of the three one-vs-rest AUCs (scikit-learn's ``multi_class="ovr",
-  average="macro"``); ``auc_<class>`` each one-vs-rest AUC.
-- ``balanced_accuracy``: mean recall over the classes present, of the arg-max prediction.
-- ``ece_top_label``: expected calibration error of the top-label confidence ``max_k p_k`` against
-  whether the arg-max class is right; ``ece_high``: the same for ``p(high)`` against "is high".
-  Both use equal-width bins on [0, 1]:
+- ROC AUC of a score for a binary outcome: the Mann-Whitney statistic
+  ``AUC = (R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg)``, ``R_pos`` the sum of the (tie-averaged)
+  ranks of the positive scores, so a tie counts one half.
+- Macro one-vs-rest AUC: the unweighted mean of the AUCs of ``p_k`` for class k against the others, over
+  the classes whose AUC is defined (scikit-learn's ``multi_class="ovr", average="macro"``); with two
+  classes, the AUC of ``p_1`` (scikit-learn's binary convention).
+- Balanced accuracy: the mean recall over the classes present, ``mean_c TP_c / (TP_c + FN_c)``.
+- Expected calibration error over equal-width bins of [0, 1] (Naeini et al., 2015):
   ``ECE = sum_b (n_b / N) * |mean outcome in b - mean confidence in b|``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import numpy as np
 from scipy.stats import rankdata
 
-from sarcomakit.data.manifest import GRADES
-from sarcomakit.evaluation.bootstrap import bootstrap_indices
-
-MISSING_GRADE = -1
-HIGH = GRADES.index("high")
-
-
-def encode_grades(grades: Sequence[str | int | None] | np.ndarray) -> np.ndarray:
-    """Grade labels as class indices: names from :data:`GRADES` or integers 0-2; None/-1/NaN become -1.
-
-    Raises:
-        ValueError: for a name or integer that is not a grade.
-    """
-    encoded = np.empty(len(grades), dtype=np.int64)
-    for i, grade in enumerate(grades):
-        if grade is None or (isinstance(grade, float) and np.isnan(grade)):
-            encoded[i] = MISSING_GRADE
-        elif isinstance(grade, str):
-            name = grade.strip().lower()
-            if name not in GRADES:
-                raise ValueError(f"unknown grade {grade!r}; expected one of {GRADES}")
-            encoded[i] = GRADES.index(name)
-        else:
-            value = int(grade)
-            if value not in (MISSING_GRADE, *range(len(GRADES))):
-                raise ValueError(f"grade index {grade!r} is not in -1..{len(GRADES) - 1}")
-            encoded[i] = value
-    return encoded
+MISSING_LABEL = -1
 
 
 def binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC of ``score`` for a binary outcome, ties counted one half (Mann-Whitney U / (n1 n0)).
-
-    Written with ranks rather than calling ``sklearn.metrics.roc_auc_score`` because the bootstrap
-    evaluates it thousands of times and needs NaN (not an exception) when a resample has one class.
+    """ROC AUC of ``score`` for a binary outcome, ties counted one half (module docstring).
 
     Returns:
         The AUC, or NaN when either class is absent.
@@ -74,33 +45,69 @@ def binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
 
 
 def one_vs_rest_aucs(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
-    """AUC of ``proba[:, k]`` for class k vs the others, for each class (NaN for an absent class)."""
-    y, p = _labelled(y_true, proba)
+    """AUC of ``proba[:, k]`` for class k vs the others, for each class (NaN for a class absent or alone)."""
+    y, p = labelled(y_true, proba)
     return np.array([binary_auc(y == k, p[:, k]) for k in range(p.shape[1])])
 
 
-def macro_ovr_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
-    """Unweighted mean of the one-vs-rest AUCs over the classes present (and absent from no side)."""
-    aucs = one_vs_rest_aucs(y_true, proba)
+def mean_of_defined(aucs: np.ndarray) -> float:
+    """Unweighted mean of the finite AUCs (NaN when none is): the macro average of one-vs-rest AUCs."""
+    aucs = np.asarray(aucs, dtype=float)
     return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
 
 
-def high_vs_rest_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
-    """AUC of ``p(high)`` for high grade vs low or intermediate grade."""
-    y, p = _labelled(y_true, proba)
-    return binary_auc(y == HIGH, p[:, HIGH])
+def macro_ovr_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Macro one-vs-rest AUC (module docstring); the AUC of ``p_1`` for two classes.
+
+    With three or more classes, at least two AUCs are defined as soon as two classes are present, so
+    the macro AUC is NaN only when a single class is present.
+    """
+    y, p = labelled(y_true, proba)
+    if p.shape[1] == 2:
+        return binary_auc(y == 1, p[:, 1])
+    return mean_of_defined(np.array([binary_auc(y == k, p[:, k]) for k in range(p.shape[1])]))
 
 
-def confusion_matrix(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
-    """Counts ``C[i, j]`` of cases of true class i predicted (arg-max) as class j, shape (K, K)."""
-    y, p = _labelled(y_true, proba)
-    k = p.shape[1]
-    return np.bincount(y * k + p.argmax(axis=1), minlength=k * k).reshape(k, k)
+def roc_points(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates of the ROC curve, one point per distinct score, from (0, 0) to (1, 1)."""
+    positive = np.asarray(positive, dtype=bool)
+    score = np.asarray(score, dtype=float)
+    order = np.argsort(-score, kind="mergesort")
+    score, positive = score[order], positive[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(score)), score.size - 1]
+    tp = np.cumsum(positive)[last_of_tie]
+    fp = np.cumsum(~positive)[last_of_tie]
+    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
 
 
-def balanced_accuracy(y_true: np.ndarray, proba: np.ndarray) -> float:
-    """Mean recall of the arg-max prediction over the classes present in ``y_true``."""
-    matrix = confusion_matrix(y_true, proba)
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts ``C[i, j]`` of cases of true class i predicted as class j, shape (K, K).
+
+    Args:
+        y_true: true class indices (:data:`MISSING_LABEL` for unknown: left out).
+        y_pred: predicted class indices (e.g. ``proba.argmax(axis=1)``).
+        n_classes: K.
+    """
+    y, pred = _label_pairs(y_true, y_pred, n_classes)
+    return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int | None = None) -> float:
+    """Mean recall over the classes present in ``y_true``: ``mean_c TP_c / (TP_c + FN_c)``.
+
+    Args:
+        y_true: true class indices (:data:`MISSING_LABEL` for unknown: left out).
+        y_pred: predicted class indices.
+        n_classes: K (default: one more than the largest label seen).
+
+    Returns:
+        The balanced accuracy, or NaN when no case has a known label.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
+    if n_classes is None:
+        n_classes = int(max(y_true.max(initial=0), y_pred.max(initial=0))) + 1
+    matrix = confusion_matrix(y_true, y_pred, n_classes)
     support = matrix.sum(axis=1)
     if not support.any():
         return float("nan")
@@ -145,93 +152,35 @@ def expected_calibration_error(confidence: np.ndarray, outcome: np.ndarray, n_bi
 
 
 def top_label_ece(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> float:
-    """ECE of the top-label confidence ``max_k p_k`` against the arg-max being right."""
-    y, p = _labelled(y_true, proba)
+    """ECE of the top-label confidence ``max_k p_k`` against the arg-max class being right."""
+    y, p = labelled(y_true, proba)
     return expected_calibration_error(p.max(axis=1), p.argmax(axis=1) == y, n_bins)
 
 
-def high_grade_ece(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> float:
-    """ECE of ``p(high)`` against the case being high grade."""
-    y, p = _labelled(y_true, proba)
-    return expected_calibration_error(p[:, HIGH], y == HIGH, n_bins)
+def labelled(y_true: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities of the cases with a known label, checked against each other.
 
-
-GRADE_METRIC_NAMES: tuple[str, ...] = ("auc_high_vs_rest", "auc_macro_ovr", *(f"auc_{g}" for g in GRADES),
-                                        "balanced_accuracy", "ece_top_label", "ece_high")
-
-
-def _grade_values(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """Every metric of :data:`GRADE_METRIC_NAMES` on labelled cases (one-vs-rest AUCs computed once)."""
-    aucs = [binary_auc(y == k, p[:, k]) for k in range(p.shape[1])]
-    finite = [a for a in aucs if np.isfinite(a)]
-    values = {"auc_high_vs_rest": aucs[HIGH], "auc_macro_ovr": float(np.mean(finite)) if finite else float("nan")}
-    values.update({f"auc_{name}": aucs[k] for k, name in enumerate(GRADES)})
-    values["balanced_accuracy"] = balanced_accuracy(y, p)
-    values["ece_top_label"] = expected_calibration_error(p.max(axis=1), p.argmax(axis=1) == y)
-    values["ece_high"] = expected_calibration_error(p[:, HIGH], y == HIGH)
-    return values
-
-
-def grade_metrics(y_true: Sequence[str | int | None] | np.ndarray, proba: np.ndarray, n_bootstrap: int = 1000,
-                  seed: int = 0, confidence: float = 0.95) -> dict[str, dict[str, float]]:
-    """Every grade metric of :data:`GRADE_METRIC_NAMES` with a percentile bootstrap interval.
-
-    Cases are resampled jointly (label and probabilities together); resamples where a metric is
-    undefined (e.g. no high-grade case drawn) are left out of its interval.
-
-    Args:
-        y_true: grades as names or indices; None or -1 for unknown (those cases are dropped).
-        proba: class probabilities, shape (N, 3).
-        n_bootstrap: number of bootstrap resamples (0 for point estimates only).
-        seed: seed of the resampling.
-        confidence: coverage of the intervals.
-
-    Returns:
-        ``{metric: {"value", "ci_low", "ci_high"}}`` plus ``{"n": {"value": cases used, ...}}``.
+    Raises:
+        ValueError: ``proba`` is not (N, K) for N labels, or a label lies outside ``0..K-1`` and is not
+            :data:`MISSING_LABEL`.
     """
-    y, p = _labelled(encode_grades(y_true), proba)
-    results = resampled_intervals(_grade_values(y, p), lambda idx: _grade_values(y[idx], p[idx]),
-                                  n=len(y), n_bootstrap=n_bootstrap, seed=seed, confidence=confidence)
-    results["n"] = {"value": float(len(y)), "ci_low": float("nan"), "ci_high": float("nan")}
-    return results
-
-
-def resampled_intervals(values: dict[str, float], metrics_of: Callable[[np.ndarray], dict[str, float]], n: int,
-                        n_bootstrap: int, seed: int, confidence: float) -> dict[str, dict[str, float]]:
-    """Percentile bootstrap intervals of several metrics computed on the same case resamples.
-
-    Args:
-        values: the point estimates, by metric name.
-        metrics_of: computes every metric on the cases at the given indices.
-        n: number of cases.
-        n_bootstrap: number of resamples (0: intervals are NaN).
-        seed, confidence: resampling seed and interval coverage.
-
-    Returns:
-        ``{metric: {"value", "ci_low", "ci_high"}}``; NaN bounds when fewer than two resamples
-        gave a finite value.
-    """
-    draws: dict[str, list[float]] = {name: [] for name in values}
-    if n_bootstrap > 0 and n > 0:
-        for idx in bootstrap_indices(n, n_bootstrap, seed):
-            for name, value in metrics_of(idx).items():
-                draws[name].append(value)
-    alpha = 1.0 - confidence
-    results = {}
-    for name, value in values.items():
-        sample = np.asarray(draws[name], dtype=float)
-        sample = sample[np.isfinite(sample)]
-        low, high = np.quantile(sample, [alpha / 2, 1 - alpha / 2]) if sample.size >= 2 else (np.nan, np.nan)
-        results[name] = {"value": float(value), "ci_low": float(low), "ci_high": float(high)}
-    return results
-
-
-def _labelled(y_true: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true, dtype=np.int64).ravel()
     p = np.asarray(proba, dtype=float)
     if p.ndim != 2 or p.shape[0] != y.size:
         raise ValueError(f"probabilities must have shape (N, K) with N = {y.size}, got {p.shape}")
-    keep = y != MISSING_GRADE
+    keep = y != MISSING_LABEL
     if np.any((y[keep] < 0) | (y[keep] >= p.shape[1])):
-        raise ValueError(f"labels must lie in 0..{p.shape[1] - 1} (or -1 for unknown)")
+        raise ValueError(f"labels must lie in 0..{p.shape[1] - 1} (or {MISSING_LABEL} for unknown)")
     return y[keep], p[keep]
+
+
+def _label_pairs(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    pred = np.asarray(y_pred, dtype=np.int64).ravel()
+    if y.shape != pred.shape:
+        raise ValueError(f"true and predicted labels differ in length ({y.size} and {pred.size})")
+    keep = y != MISSING_LABEL
+    y, pred = y[keep], pred[keep]
+    if np.any((y < 0) | (y >= n_classes) | (pred < 0) | (pred >= n_classes)):
+        raise ValueError(f"labels must lie in 0..{n_classes - 1} (or {MISSING_LABEL} for an unknown true label)")
+    return y, pred

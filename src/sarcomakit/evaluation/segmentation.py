@@ -30,14 +30,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sarcomakit.cohort_runner import run_per_case
+from sarcomakit.core.cohort_runner import run_per_case
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import atomic_path, write_json
+from sarcomakit.core.io.image import Geometry, read_image
 from sarcomakit.data.manifest import Case, Manifest
 from sarcomakit.data.validation import check_case_headers
-from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.bootstrap import summarise
+from sarcomakit.evaluation.formatting import format_interval, format_number
 from sarcomakit.evaluation.metrics import METRIC_LABELS, METRIC_NAMES, segmentation_metrics
-from sarcomakit.io.atomic import atomic_path, write_json
-from sarcomakit.io.image import Geometry, read_image
 
 #: Suffixes tried for ``{case_id}{suffix}`` in a prediction folder, in this order.
 PREDICTION_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
@@ -108,8 +109,8 @@ class SegmentationEvaluation:
             table.add_column(name, justify="right")
         for row in summary.itertuples(index=False):
             cells = [escape(str(row.label))] if show_label else []
-            cells += [row.metric, str(row.n), _fmt(row.mean), _fmt(row.sd), _fmt(row.median),
-                      f"{_fmt(row.ci95_low)} to {_fmt(row.ci95_high)}"]
+            cells += [row.metric, str(row.n), format_number(row.mean), format_number(row.sd),
+                      format_number(row.median), format_interval(row.ci95_low, row.ci95_high)]
             table.add_row(*cells)
         console.print(table)
         if self.missing:
@@ -184,6 +185,7 @@ def evaluate_predictions(prediction_dir: str | Path, manifest: Manifest | str | 
         # voxels, so their headers are checked, and only for the files that are there
         check_case_headers(replace(case, images={ch: p for ch, p in case.images.items() if p.exists()}),
                            cohort.channels)
+        assert case.label is not None  # cases without a reference were left out above
         return evaluate_case(prediction, case.label, label_names, tolerance_mm=tolerance_mm)
 
     outcome = run_per_case(to_evaluate, evaluate, name=lambda item: item[0].case_id, description="evaluate",
@@ -335,12 +337,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, float | np.floating) and not math.isfinite(float(value)):
         return None
     return value
-
-
-def _fmt(value: float) -> str:
-    if value is None or not math.isfinite(value):
-        return "–"
-    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3f}"
 
 
 def _fmt_tuple(values: Sequence[float]) -> str:

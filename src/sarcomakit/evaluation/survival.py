@@ -27,9 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import chi2
 
-from sarcomakit.evaluation.classification import resampled_intervals
+from sarcomakit.evaluation.bootstrap import resampled_intervals
 
 ArrayLike = np.ndarray | list[float]
+TD_AUC_PREFIX = "td_auc@"
 
 
 # ---------------------------------------------------------------------- Kaplan-Meier
@@ -288,6 +289,46 @@ def default_evaluation_times(time: ArrayLike, event: ArrayLike) -> np.ndarray:
     return candidates[(candidates >= time.min()) & (candidates < time.max())]
 
 
+def brier_time_grid(time: ArrayLike, n_grid: int = 50) -> np.ndarray | None:
+    """``n_grid`` times evenly spaced from the 10th to the 90th percentile of ``time``, where the
+    integrated Brier score is taken; None when that range is empty (it would integrate over nothing)."""
+    low, high = np.percentile(np.asarray(time, dtype=float), [10, 90])
+    return np.linspace(low, high, n_grid) if high > low else None
+
+
+def survival_values(time: np.ndarray, event: np.ndarray, risk: np.ndarray, *, censoring: StepFunction, tau: float,
+                    times: np.ndarray, survival: np.ndarray | None = None,
+                    grid: np.ndarray | None = None) -> dict[str, float]:
+    """The resampled survival metrics of some cases against fixed references: what a bootstrap recomputes.
+
+    The references (censoring distribution ``G``, truncation ``tau``, evaluation times, Brier grid) stay
+    fixed while the cases change, so that the interval reflects the cases only.
+
+    Args:
+        time, event, risk: the cases (risk: higher = worse), as float arrays.
+        censoring: ``G`` (:func:`censoring_survival` of the reference set).
+        tau: truncation of Uno's C-index.
+        times: times of the time-dependent AUC (sorted, distinct; may be empty).
+        survival: each case's predicted survival at the ``grid`` times, shape (N, T); with ``grid``,
+            for the integrated Brier score.
+        grid: the Brier time grid.
+
+    Returns:
+        ``c_index_harrell``, ``c_index_uno``; with evaluation times ``td_auc@<t>`` per time and
+        ``td_auc_mean`` (the AUC itself for a single time); with ``survival`` and ``grid``
+        ``integrated_brier_score``. NaN where a metric is undefined on these cases.
+    """
+    values = {"c_index_harrell": harrell_c_index(time, event, risk),
+              "c_index_uno": uno_c_index(time, event, risk, tau=tau, censoring=censoring)}
+    if times.size:
+        aucs, mean_auc = cumulative_dynamic_auc(time, event, risk, times, censoring=censoring)
+        values.update({f"{TD_AUC_PREFIX}{t:g}": float(a) for t, a in zip(times, aucs, strict=True)})
+        values["td_auc_mean"] = mean_auc
+    if survival is not None and grid is not None:
+        values["integrated_brier_score"] = integrated_brier_score(time, event, survival, grid, censoring=censoring)
+    return values
+
+
 def survival_metrics(time: ArrayLike, event: ArrayLike, risk: ArrayLike, train_time: ArrayLike | None = None,
                      train_event: ArrayLike | None = None, train_risk: ArrayLike | None = None,
                      times: ArrayLike | None = None, tau: float | None = None, cutoff: float | None = None,
@@ -319,25 +360,20 @@ def survival_metrics(time: ArrayLike, event: ArrayLike, risk: ArrayLike, train_t
     reference = (train_time, train_event, train_risk)
     if any(r is None for r in reference) and any(r is not None for r in reference):
         raise ValueError("give train_time, train_event and train_risk together, or none of them")
-    ref_time, ref_event, ref_risk = (_as_arrays(*reference) if train_time is not None else (time, event, risk))
+    ref_time, ref_event, ref_risk = (_as_arrays(train_time, train_event, train_risk)  # type: ignore[arg-type]
+                                     if train_time is not None else (time, event, risk))
     eval_times = default_evaluation_times(time, event) if times is None else np.unique(np.asarray(times, float))
-    grid = np.linspace(*np.percentile(time, [10, 90]), n_grid)
-    baseline = breslow_survival_function(ref_time, ref_event, ref_risk)
+    grid = brier_time_grid(time, n_grid)
+    # S(t | x) from the reference's Breslow baseline, per case: a resample takes the rows of its cases
+    survival = None if grid is None else breslow_survival_function(ref_time, ref_event, ref_risk)(risk, grid)
     g = censoring_survival(ref_time, ref_event)
     uno_tau = float(ref_time.max()) if tau is None else float(tau)
     threshold = float(np.median(ref_risk)) if cutoff is None else float(cutoff)
 
     def metrics_of(idx: np.ndarray) -> dict[str, float]:
-        t, e, r = time[idx], event[idx], risk[idx]
-        values = {"c_index_harrell": harrell_c_index(t, e, r),
-                  "c_index_uno": uno_c_index(t, e, r, tau=uno_tau, censoring=g)}
-        if eval_times.size:
-            aucs, mean_auc = cumulative_dynamic_auc(t, e, r, eval_times, censoring=g)
-            values.update({f"td_auc@{tk:g}": float(a) for tk, a in zip(eval_times, aucs, strict=True)})
-            values["td_auc_mean"] = mean_auc
-        values["integrated_brier_score"] = (
-            integrated_brier_score(t, e, baseline(r, grid), grid, censoring=g)
-            if grid[-1] > grid[0] else float("nan"))
+        values = survival_values(time[idx], event[idx], risk[idx], censoring=g, tau=uno_tau, times=eval_times,
+                                 survival=None if survival is None else survival[idx], grid=grid)
+        values.setdefault("integrated_brier_score", float("nan"))
         return values
 
     everyone = np.arange(time.size)
@@ -381,6 +417,6 @@ def _censoring_reference(time: np.ndarray, event: np.ndarray, train_time: ArrayL
                          train_event: ArrayLike | None) -> StepFunction:
     if (train_time is None) != (train_event is None):
         raise ValueError("give train_time and train_event together")
-    if train_time is None:
+    if train_time is None or train_event is None:
         return censoring_survival(time, event)
     return censoring_survival(train_time, train_event)

@@ -25,15 +25,16 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json
+from sarcomakit.data.folds import make_folds, save_folds
 from sarcomakit.data.manifest import GRADES, Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.evaluation.comparison import ComparisonResult, compare_methods, write_comparison
-from sarcomakit.io.atomic import write_json, write_text
+from sarcomakit.evaluation.comparison import ComparisonResult, compare_methods
+from sarcomakit.evaluation.comparison_tables import write_comparison
+from sarcomakit.evaluation.oof import OOF_COLUMNS, OOF_FILE, write_oof
 from sarcomakit.planning.plan import Plan, plan_cohort
-from sarcomakit.tasks.multitask import OOF_COLUMNS
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.training.api import train
-from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.folds import make_folds, save_folds
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def radiomics_out_of_fold(manifest: Manifest, folds: list[dict[str, list[str]]],
                             "train_risk_cutoff": cutoff})
             rows.append(row)
     table = pd.DataFrame(rows, columns=list(OOF_COLUMNS))
-    write_text(out_dir / "oof_predictions.csv", table.to_csv(index=False))
+    write_oof(table, out_dir / OOF_FILE)
     return table
 
 
@@ -140,10 +141,10 @@ def run_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | None
                                                      "method": method})
         train(manifest, plan, run_dir, folds=range(len(folds)), config=method_config, resume=True,
               preprocessed_dir=out / "preprocessed", console=console)
-        tables.append(pd.read_csv(run_dir / "oof_predictions.csv"))
+        tables.append(pd.read_csv(run_dir / OOF_FILE))
 
     oof = pd.concat(tables, ignore_index=True)
-    write_text(out / "oof_predictions.csv", oof.to_csv(index=False))
+    write_oof(oof, out / OOF_FILE)
     chosen_reference = reference if reference in methods else methods[0]
     result = compare_methods(oof, reference=chosen_reference, n_bootstrap=n_bootstrap, seed=config.seed)
     write_comparison(result, out)

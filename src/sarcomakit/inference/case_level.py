@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from sarcomakit.inference.sliding_window import predict_volume
-from sarcomakit.training.multitask_losses import grade_probabilities
+from sarcomakit.losses.grade import grade_probabilities
 
 
 class SegmentationOutput(nn.Module):
@@ -38,7 +38,8 @@ class CaseOutputs:
 
 
 def tumour_centred_patch(volume: torch.Tensor, tumour: np.ndarray, patch_size: Sequence[int]) -> torch.Tensor:
-    """The (C, *patch) crop of ``volume`` centred on the tumour's centre of mass, zero-padded at the borders."""
+    """The (C, *patch) crop of ``volume`` centred on the tumour's centre of mass; near a border the crop is shifted to
+    stay inside the volume (as training patches are), and zero-padded only along an axis shorter than the patch."""
     shape = np.array(volume.shape[1:])
     patch = np.array(patch_size)
     centre = np.array(np.nonzero(tumour)).mean(axis=1).round().astype(int) if tumour.any() else shape // 2

@@ -13,9 +13,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import is_image_path
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.image import is_image_path
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})$")
 
@@ -33,12 +33,12 @@ def cases_from_input(source: str | Path, channels: list[str], *, allow_missing: 
     at least one of them)."""
     text = str(source)
     if "=" in text and not Path(text).exists():
-        images = {}
+        images: dict[str, Path] = {}
         for item in text.split(","):
             if "=" not in item:
                 raise UserInputError(f"'{item}' is not CHANNEL=path.", fix="write T1=a.nii.gz,T2FS=b.nii.gz.")
-            name, path = item.split("=", 1)
-            images[name.strip()] = Path(path.strip())
+            name, value = item.split("=", 1)
+            images[name.strip()] = Path(value.strip())
         return [_checked(Case(case_id=_stem(next(iter(images.values()))), images=images), channels, Path(text),
                          allow_missing)]
     path = Path(text)

@@ -16,20 +16,20 @@ import torch
 from rich.console import Console
 from scipy import ndimage
 
-from sarcomakit.cohort_runner import CohortResult, run_per_case
 from sarcomakit.core import distributed
+from sarcomakit.core.cohort_runner import CohortResult, run_per_case
 from sarcomakit.core.device import select_device
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_text
+from sarcomakit.core.io.image import array_to_image, read_image, write_image
 from sarcomakit.data.manifest import Case
-from sarcomakit.errors import UserInputError
 from sarcomakit.inference.inputs import cases_from_input
-from sarcomakit.io.atomic import write_text
-from sarcomakit.io.image import array_to_image, read_image, write_image
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import preprocess_case, restore_to_input_geometry
+from sarcomakit.runs.checkpoint import load_checkpoint
+from sarcomakit.runs.config import TrainConfig
+from sarcomakit.runs.folder import RunFolder
 from sarcomakit.tasks import Task, build_task
-from sarcomakit.training.checkpoint import load_checkpoint
-from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.run import RunFolder
 
 
 @dataclass
@@ -99,7 +99,7 @@ class Predictor:
                                        mirror_axes=self.mirror_axes) for model in self.models]
         combined = self.task.combine(outputs, self.fold_states)
         if combined.probabilities is None:
-            raise UserInputError(f"the run's task '{self.task.name}' does not segment.", path=case.images,
+            raise UserInputError(f"the run's task '{self.task.name}' does not segment.",
                                  fix="predict with a segmentation or multi-task run.")
         restored = restore_to_input_geometry(combined.probabilities.cpu().numpy(), pre)
         reference = next(iter(images.values()))

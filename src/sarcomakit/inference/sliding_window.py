@@ -33,16 +33,20 @@ def predict_volume(model: torch.nn.Module, volume: torch.Tensor, patch_size: Seq
     """
     x = volume.unsqueeze(0)
     combos = mirror_combinations(mirror_axes) if mirror_axes else [()]
-    total = None
+
+    def mirrored(combo: tuple[int, ...]) -> torch.Tensor:
+        dims = [d + 2 for d in combo]
+        inp = torch.flip(x, dims) if dims else x
+        logits = sliding_window_inference(inp, roi_size=tuple(patch_size), sw_batch_size=sw_batch_size,
+                                          predictor=model, overlap=overlap, mode="gaussian",
+                                          padding_mode="constant")
+        if not isinstance(logits, torch.Tensor):  # MONAI also passes on a tuple or dict from the model
+            raise TypeError(f"the model must return one logits tensor, not {type(logits).__name__}")
+        probs = torch.softmax(logits.float(), dim=1)
+        return torch.flip(probs, dims) if dims else probs
+
     with torch.autocast(device_type=x.device.type, enabled=amp and x.device.type == "cuda"):
-        for combo in combos:
-            dims = [d + 2 for d in combo]
-            inp = torch.flip(x, dims) if dims else x
-            logits = sliding_window_inference(inp, roi_size=tuple(patch_size), sw_batch_size=sw_batch_size,
-                                              predictor=model, overlap=overlap, mode="gaussian",
-                                              padding_mode="constant")
-            probs = torch.softmax(logits.float(), dim=1)
-            if dims:
-                probs = torch.flip(probs, dims)
-            total = probs if total is None else total + probs
+        total = mirrored(combos[0])
+        for combo in combos[1:]:
+            total = total + mirrored(combo)
     return (total / len(combos))[0]

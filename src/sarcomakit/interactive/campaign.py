@@ -36,8 +36,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.manifest import Manifest
-from sarcomakit.errors import UserInputError
 from sarcomakit.interactive.evaluate import InteractiveCase, evaluate_interactive
 from sarcomakit.interactive.metrics import mean_curve, rounds_to_reach
 from sarcomakit.interactive.network_model import PlanGridModel
@@ -46,8 +46,8 @@ from sarcomakit.interactive.robot import RobotConfig, RobotUser
 from sarcomakit.interactive.roi import Roi
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks.base import Task
-from sarcomakit.training.config import TrainConfig
 
 STRATEGIES: tuple[str, ...] = ("random", "entropy", "variance", "coreset")
 #: ``fine_tune(network, cases, steps, seed)``: trains ``network`` in place on the annotated cases.
@@ -347,8 +347,8 @@ def campaign_cases(manifest: Manifest, input_plan: Plan, channels: Sequence[str]
     Raises:
         UserInputError: no labelled case, or a case that cannot be read or preprocessed.
     """
+    from sarcomakit.core.io.image import read_image
     from sarcomakit.interactive.cases import labelled_cases
-    from sarcomakit.io.image import read_image
     from sarcomakit.planning.preprocess import preprocess_case
 
     out = []

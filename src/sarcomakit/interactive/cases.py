@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import SimpleITK as sitk
 
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import read_image
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.errors import UserInputError
 from sarcomakit.interactive.evaluate import InteractiveCase
-from sarcomakit.io.image import read_image
 from sarcomakit.planning.fingerprint import check_same_grid
 
 

@@ -21,12 +21,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json, write_text
 from sarcomakit.evaluation.bootstrap import bootstrap_ci
 from sarcomakit.interactive.metrics import (
     NOC_CAP,
@@ -40,7 +42,6 @@ from sarcomakit.interactive.metrics import (
 from sarcomakit.interactive.protocol import InteractiveModel
 from sarcomakit.interactive.robot import RobotConfig, RobotUser
 from sarcomakit.interactive.session import InteractiveSession
-from sarcomakit.io.atomic import write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def evaluate_interactive(models: InteractiveModel | Mapping[str, InteractiveMode
                          cases: Sequence[InteractiveCase | tuple[np.ndarray | sitk.Image, np.ndarray | sitk.Image]], *,
                          n_rounds: int = 10, robot: RobotConfig | None = None, seed: int = 0,
                          thresholds: Sequence[float] = (0.85, 0.90), noc_cap: int = NOC_CAP,
-                         tolerance_mm: float = 2.0, session_options: Mapping[str, object] | None = None,
+                         tolerance_mm: float = 2.0, session_options: Mapping[str, Any] | None = None,
                          ) -> InteractiveEvaluation:
     """Play the robot user for ``n_rounds`` on every case with every model.
 

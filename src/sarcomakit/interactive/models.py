@@ -12,7 +12,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.interactive.classical import GeodesicModel, RandomWalkerModel
 from sarcomakit.interactive.protocol import InteractiveModel
 
@@ -44,9 +44,9 @@ def export_interactive_model(run_dir: str | Path, out_dir: str | Path, *, fold: 
     Raises:
         UserInputError: not an interactive run, or no checkpoint for the fold.
     """
-    from sarcomakit.io.atomic import write_text
-    from sarcomakit.training.checkpoint import load_checkpoint, save_checkpoint
-    from sarcomakit.training.run import RunFolder
+    from sarcomakit.core.io.atomic import write_text
+    from sarcomakit.runs.checkpoint import load_checkpoint, save_checkpoint
+    from sarcomakit.runs.folder import RunFolder
 
     run = RunFolder.open(run_dir)
     config = run.config()

@@ -47,14 +47,14 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import Geometry
 from sarcomakit.interactive.prompts import Encoding, Prompt, encode_seeds, rasterize_prompts
 from sarcomakit.interactive.roi import Roi
-from sarcomakit.io.image import Geometry
 from sarcomakit.planning.normalize import ChannelNormalization
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.resample import cropped_geometry
-from sarcomakit.training.config import TrainConfig
+from sarcomakit.runs.config import TrainConfig
 
 #: Input channels after the image channels, in order.
 STATE_CHANNELS: tuple[str, ...] = ("previous_mask", "positive", "negative")
@@ -265,9 +265,9 @@ class NetworkInteractiveModel:
             UserInputError: not a run folder, not an interactive run, or no checkpoint for the fold.
         """
         from sarcomakit.core.device import select_device
+        from sarcomakit.runs.checkpoint import load_checkpoint
+        from sarcomakit.runs.folder import RunFolder
         from sarcomakit.tasks import build_task
-        from sarcomakit.training.checkpoint import load_checkpoint
-        from sarcomakit.training.run import RunFolder
 
         run = RunFolder.open(run_dir)
         plan, config = run.plan(), run.config()

@@ -45,7 +45,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.interactive.roi import Roi
 
 Encoding = Literal["binary", "edt", "gaussian"]
@@ -118,7 +118,7 @@ class Click:
         Raises:
             UserInputError: not three finite integer indices.
         """
-        points = _voxel_array([voxel] if np.ndim(voxel) == 1 else voxel, "click")
+        points = _voxel_array(np.atleast_2d(np.asarray(voxel, dtype=float)), "click")
         if points.shape[0] != 1:
             raise UserInputError(f"a click is one voxel (z, y, x), got {points.shape[0]} voxels.")
         z, y, x = (int(v) for v in points[0])

@@ -11,9 +11,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from sarcomakit.core.io.image import Geometry
 from sarcomakit.interactive.prompts import Prompt
 from sarcomakit.interactive.roi import Roi
-from sarcomakit.io.image import Geometry
 
 
 @runtime_checkable

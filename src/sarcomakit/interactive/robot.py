@@ -37,7 +37,7 @@ from scipy import ndimage
 from skimage.graph import MCP_Geometric
 from skimage.morphology import skeletonize
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.interactive.prompts import Click, Prompt, Scribble
 
 Plane = Literal["axial", "coronal", "sagittal", "random"]

@@ -180,7 +180,8 @@ def _move_faces(roi: Roi, faces: Sequence[tuple[int, int]], margins: Sequence[in
 
 
 def _per_axis(value: int | Sequence[int], ndim: int) -> tuple[int, ...]:
-    values = (value,) * ndim if np.isscalar(value) else tuple(value)  # type: ignore[arg-type]
-    if len(values) != ndim or any(int(v) < 0 for v in values):
+    values: tuple[int, ...] = (int(value),) * ndim if isinstance(value, int | np.integer) else \
+        tuple(int(v) for v in value)
+    if len(values) != ndim or any(v < 0 for v in values):
         raise ValueError(f"margin must be one non-negative integer or one per axis, got {value}")
     return tuple(int(v) for v in values)

@@ -16,7 +16,7 @@ special handling; a ``SimpleITK.Image`` input keeps its geometry for :meth:`mask
 with a ``prepare`` step (a network that resamples and normalises the image with its plan) prepares
 the image once, when the session starts, and the session keeps the result in memory. Every
 problem with the input, the prompts or the model's answer raises
-:class:`~sarcomakit.errors.UserInputError` and leaves the session as it was, so a server can
+:class:`~sarcomakit.core.errors.UserInputError` and leaves the session as it was, so a server can
 report it and carry on. A re-entrant lock serialises the calls on one session, so several
 threads (server workers) may share it; different sessions run in parallel.
 """
@@ -27,15 +27,16 @@ import math
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from sarcomakit.errors import SarcomakitError, UserInputError
+from sarcomakit.core.errors import SarcomakitError, UserInputError
+from sarcomakit.core.io.image import Geometry
 from sarcomakit.interactive.prompts import Box, Click, Prompt, Scribble, check_prompt_in_image
 from sarcomakit.interactive.protocol import InteractiveModel
 from sarcomakit.interactive.roi import Roi, RoiGrowth, grow_roi
-from sarcomakit.io.image import Geometry
 
 
 class InteractiveSession:
@@ -107,7 +108,8 @@ class InteractiveSession:
     @property
     def shape(self) -> tuple[int, int, int]:
         """Spatial shape ``(Z, Y, X)`` of the image."""
-        return self.image.shape[1:]  # type: ignore[return-value]
+        z, y, x = self.image.shape[1:]
+        return z, y, x
 
     @property
     def model_name(self) -> str:
@@ -213,7 +215,9 @@ class InteractiveSession:
     # ------------------------------------------------------------------ internals
     def _predict_in(self, roi: Roi, prompts: tuple[Prompt, ...], previous: np.ndarray) -> np.ndarray:
         try:
-            output = self.model.predict(self._model_image, prompts, previous, roi, spacing=self.spacing)
+            # the image, or what the model's own ``prepare`` made of it (which only that model reads)
+            image: Any = self._model_image
+            output = self.model.predict(image, prompts, previous, roi, spacing=self.spacing)
         except SarcomakitError:
             raise
         except Exception as error:  # a model's failure must not take the server down with it
@@ -277,4 +281,4 @@ def _checked_spacing(spacing: Sequence[float] | None) -> tuple[float, float, flo
     values = tuple(float(s) for s in spacing)
     if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
         raise UserInputError(f"spacing must be three positive numbers in mm (z, y, x), got {tuple(spacing)}.")
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]

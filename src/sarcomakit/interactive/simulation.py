@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -84,9 +85,9 @@ class SimulationConfig:
 
     def robot(self, rng: np.random.Generator) -> RobotUser:
         """A robot with a protocol drawn from the configured ones, seeded from ``rng``."""
-        config = RobotConfig(initial=self.initial_protocols[int(rng.integers(len(self.initial_protocols)))],
-                             corrective=self.corrective_kinds[int(rng.integers(len(self.corrective_kinds)))],
-                             plane="random", jitter=self.jitter)  # type: ignore[arg-type]
+        initial: Any = self.initial_protocols[int(rng.integers(len(self.initial_protocols)))]
+        corrective: Any = self.corrective_kinds[int(rng.integers(len(self.corrective_kinds)))]
+        config = RobotConfig(initial=initial, corrective=corrective, plane="random", jitter=self.jitter)
         return RobotUser(config, seed=int(rng.integers(2**31)))
 
 

@@ -26,7 +26,7 @@ from monai.networks.layers.simplelayers import SkipConnection
 from torch import nn
 from torch.nn import functional as F
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.models.registry import build_network
 
 
@@ -80,7 +80,8 @@ class MultiTaskNet(nn.Module):
         pooled = [features.mean(dim=(2, 3, 4))]
         if self.mask_pooling:
             tumour = torch.softmax(segmentation_logits.detach().float(), 1)[:, 1:].sum(1, keepdim=True)
-            weights = F.adaptive_avg_pool3d(tumour, features.shape[2:]).to(features.dtype)
+            grid = (features.shape[2], features.shape[3], features.shape[4])
+            weights = F.adaptive_avg_pool3d(tumour, grid).to(features.dtype)
             pooled.append((features * weights).sum(dim=(2, 3, 4)) / weights.sum(dim=(2, 3, 4)).clamp_min(1e-3))
             mass = tumour.sum(dim=(2, 3, 4)).clamp_min(1e-3)
             mean = (x.float() * tumour).sum(dim=(2, 3, 4)) / mass

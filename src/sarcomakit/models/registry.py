@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from monai.networks.nets import DynUNet, SegResNet, UNet
 
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.registry import Registry
 
 NetworkFactory = Callable[..., torch.nn.Module]
@@ -56,7 +57,9 @@ def residual_unet(*, in_channels: int, out_channels: int, patch_size: Sequence[i
                   dropout: float = 0.0) -> torch.nn.Module:
     """MONAI's residual U-Net (Kerfoot et al. 2018) with instance norm and leaky ReLU (the default)."""
     return UNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
-                strides=_strides_for(patch_size, len(channels) - 1), num_res_units=num_res_units,
+                # MONAI annotates strides as Sequence[int], but a (z, y, x) tuple per level is supported
+                strides=_strides_for(patch_size, len(channels) - 1),  # type: ignore[arg-type]
+                num_res_units=num_res_units,
                 norm=("instance", {"affine": True}), act=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
                 dropout=dropout)
 
@@ -79,3 +82,37 @@ def segmentation_resnet(*, in_channels: int, out_channels: int, patch_size: Sequ
     """MONAI's SegResNet (Myronenko 2018) with group norm; the patch must be divisible by 8."""
     return SegResNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
                      init_filters=init_filters, norm=("group", {"num_groups": 8}))
+
+
+def _check_divisible(name: str, patch_size: Sequence[int], divisor: int) -> None:
+    if any(int(p) % divisor for p in patch_size):
+        raise UserInputError(f"{name} needs every patch axis divisible by {divisor}; the patch is {list(patch_size)}.",
+                             fix=f"plan with --patch-size set to multiples of {divisor}, or train --patch-size.")
+
+
+@register_network("swinunetr")
+def swin_unetr(*, in_channels: int, out_channels: int, patch_size: Sequence[int], feature_size: int = 48,
+               depths: Sequence[int] = (2, 2, 2, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+               use_v2: bool = False) -> torch.nn.Module:
+    """MONAI's SwinUNETR (Hatamizadeh et al. 2022); loads MONAI's self-supervised Swin weights with ``--init``."""
+    from monai.networks.nets import SwinUNETR
+
+    _check_divisible("swinunetr", patch_size, 32)
+    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size,
+                     depths=tuple(depths), num_heads=tuple(num_heads), norm_name="instance", use_v2=use_v2)
+
+
+@register_network("unetr")
+def unet_transformer(*, in_channels: int, out_channels: int, patch_size: Sequence[int], feature_size: int = 16,
+                     hidden_size: int = 768, mlp_dim: int = 3072, num_heads: int = 12) -> torch.nn.Module:
+    """MONAI's UNETR (Hatamizadeh et al. 2022), a ViT-B/16 encoder on the whole patch; loads ViTAutoEnc weights."""
+    from monai.networks.nets import UNETR
+    from monai.utils import OptionalImportError
+
+    _check_divisible("unetr", patch_size, 16)
+    try:
+        return UNETR(in_channels=in_channels, out_channels=out_channels, img_size=tuple(patch_size),
+                     feature_size=feature_size, hidden_size=hidden_size, mlp_dim=mlp_dim, num_heads=num_heads,
+                     norm_name="instance")
+    except OptionalImportError as exc:
+        raise UserInputError("MONAI's transformers need the einops package.", fix="pip install einops") from exc

@@ -11,23 +11,27 @@ All steps read and write one work folder, so that they chain and resume::
     work/clusters/                   phenotype clusters from :func:`cluster_step`
 
 Each per-slide step skips a slide whose output exists unless ``overwrite``, and reports failures at the end
-instead of stopping.
+instead of stopping. Outputs made with trained models go further: a heatmap records the checkpoints and
+features it was computed from (``heatmaps/<slide_id>/source.json``) and is redone when they change, and a
+held-out slide's attention is only taken from a fold model that did not train on it.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from sarcomakit.cohort_runner import CohortResult, run_per_case
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_json
-from sarcomakit.pathology.slide_manifest import SlideManifest, SlideRecord
+from sarcomakit.core.cohort_runner import CohortResult, run_per_case
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json
+from sarcomakit.core.provenance import describe_value_change, file_digests, file_identity
+from sarcomakit.pathology.wsi.slide_manifest import SlideManifest, SlideRecord
 
 COORDS, THUMBNAILS, FEATURES, SSL, MIL, HEATMAPS, CLUSTERS = (
     "coords", "thumbnails", "features", "ssl", "mil", "heatmaps", "clusters")
@@ -51,10 +55,10 @@ def tile_slide_to_folder(slide: SlideRecord, work_dir: Path, options: TilingOpti
     Raises:
         UserInputError: the slide cannot be read, or no tile has enough tissue.
     """
-    from sarcomakit.pathology.h5io import save_coords
-    from sarcomakit.pathology.reader import open_slide
-    from sarcomakit.pathology.tiling import save_thumbnail_with_grid, tile_slide
-    from sarcomakit.pathology.tissue import detect_tissue
+    from sarcomakit.pathology.wsi.h5io import save_coords
+    from sarcomakit.pathology.wsi.reader import open_slide
+    from sarcomakit.pathology.wsi.tiling import save_thumbnail_with_grid, tile_slide
+    from sarcomakit.pathology.wsi.tissue import detect_tissue
 
     with open_slide(slide.path, mpp=options.mpp) as reader:
         tissue = detect_tissue(reader)
@@ -97,9 +101,9 @@ def pretrain_step(manifest: SlideManifest, work_dir: str | Path, encoder_name: s
                   batch_size: int = 64, lr: float = 1e-3, stain_augment: bool = True, seed: int = 0,
                   device: str = "cpu", mpp: float | None = None, overwrite: bool = False) -> Path:
     """SimCLR-pretrain an encoder on tiles sampled from the tiled slides; returns ``work/ssl/encoder.pt``."""
-    from sarcomakit.pathology.embed import load_grid
-    from sarcomakit.pathology.encoders import build_encoder
-    from sarcomakit.pathology.ssl import collect_tiles, pretrain_encoder
+    from sarcomakit.pathology.features.embed import load_grid
+    from sarcomakit.pathology.features.encoders import build_encoder
+    from sarcomakit.pathology.features.ssl import collect_tiles, pretrain_encoder
 
     work = Path(work_dir)
     out = work / SSL / "encoder.pt"
@@ -113,7 +117,7 @@ def pretrain_step(manifest: SlideManifest, work_dir: str | Path, encoder_name: s
     encoder = build_encoder(encoder_name, **(encoder_options or {}))
     stain = None
     if stain_augment:
-        from sarcomakit.pathology.stain import StainAugment
+        from sarcomakit.pathology.wsi.stain import StainAugment
 
         stain = StainAugment(seed=seed)
     result = pretrain_encoder(tiles, encoder, epochs=epochs, batch_size=batch_size, lr=lr, stain=stain,
@@ -127,8 +131,8 @@ def embed_step(manifest: SlideManifest, work_dir: str | Path, encoder_name: str 
                batch_size: int = 64, num_workers: int = 2, device: str = "cpu", mpp: float | None = None,
                overwrite: bool = False, show_progress: bool = True) -> CohortResult[Path]:
     """Embed the tiles of every tiled slide into ``work/features`` (resumable, failure-tolerant)."""
-    from sarcomakit.pathology.embed import EmbedOptions, embed_cohort
-    from sarcomakit.pathology.encoders import build_encoder
+    from sarcomakit.pathology.features.embed import EmbedOptions, embed_cohort
+    from sarcomakit.pathology.features.encoders import build_encoder
 
     work = Path(work_dir)
     encoder = build_encoder(encoder_name, weights=weights, **(encoder_options or {}))
@@ -148,31 +152,92 @@ def _slide_folds(model_dir: Path) -> dict[str, int]:
     return dict(zip(frame["slide_id"], frame["fold"].astype(int), strict=True))
 
 
+def attention_checkpoints(slide_id: str, model_dir: Path) -> list[Path]:
+    """The checkpoints whose attention :func:`slide_attention` averages for a slide.
+
+    For a slide of the cross-validation run in ``model_dir``: the model of the fold that held it out. For
+    any other slide: every checkpoint of the run.
+
+    Raises:
+        UserInputError: the slide's fold has no model, or the run folder has no checkpoint.
+    """
+    from sarcomakit.pathology.mil.training import find_checkpoints
+
+    fold = _slide_folds(model_dir).get(slide_id)
+    if fold is None:
+        return find_checkpoints(model_dir)
+    path = model_dir / f"fold_{fold}" / "model.pt"
+    if not path.is_file():
+        raise UserInputError(f"slide {slide_id!r} is held out by fold {fold}, which has no model.", path=path,
+                             fix="rerun `sarcomakit wsi train` for this cohort.")
+    return [path]
+
+
 def slide_attention(slide_id: str, work_dir: Path, model_dir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """Attention of a slide's tiles, with its coords and feature attributes.
 
     For a slide of the cross-validation run in ``model_dir`` the model of the fold that held it out is used
     (the map is then an honest held-out explanation); otherwise the mean over the run's checkpoints.
+
+    Raises:
+        UserInputError: a model to be used trained on this slide, or does not record what it trained on
+            when it should have held the slide out.
     """
-    from sarcomakit.pathology.h5io import load_features
-    from sarcomakit.pathology.mil_training import find_checkpoints, load_bag, load_mil_checkpoint, predict_bag
+    from sarcomakit.pathology.mil.training import load_bag, load_mil_checkpoint, predict_bag
+    from sarcomakit.pathology.wsi.h5io import load_features
 
     features_h5 = work_dir / FEATURES / f"{slide_id}.h5"
     bag, coords = load_bag(features_h5, slide_id)
     attrs = dict(load_features(features_h5)[2])
-    fold = _slide_folds(model_dir).get(slide_id)
-    fold_ckpt = model_dir / f"fold_{fold}" / "model.pt"
-    checkpoints = [fold_ckpt] if fold is not None and fold_ckpt.is_file() else find_checkpoints(model_dir)
-    attention = np.mean([predict_bag(load_mil_checkpoint(p).model, bag)[1] for p in checkpoints], axis=0)
+    held_out = slide_id in _slide_folds(model_dir)
+    models = [load_mil_checkpoint(p) for p in attention_checkpoints(slide_id, model_dir)]
+    for loaded in models:
+        trained_on = loaded.training_slides
+        if (trained_on is None and held_out) or slide_id in (trained_on or ()):
+            what = "does not record the slides it was trained on" if trained_on is None else \
+                f"was trained on slide {slide_id!r}"
+            raise UserInputError(f"the model {what}; its attention would not be a held-out explanation.",
+                                 path=loaded.path, fix="retrain with `sarcomakit wsi train --overwrite`.")
+    attention = np.mean([predict_bag(m.model, bag)[1] for m in models], axis=0)
     return attention, coords, attrs
+
+
+def heatmap_inputs(slide_id: str, work_dir: Path, model_dir: Path,
+                   known: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Identity of what a slide's heatmap is computed from: its features file and the checkpoints used.
+
+    Args:
+        known: the identities recorded last time (files unchanged since are not read again).
+    """
+    known = known or {}
+    checkpoints = {str(p.relative_to(model_dir)) if p.is_relative_to(model_dir) else str(p): p
+                   for p in attention_checkpoints(slide_id, model_dir)}
+    return {"features": file_identity(work_dir / FEATURES / f"{slide_id}.h5", known.get("features")),
+            "checkpoints": {name: file_identity(p, known.get("checkpoints", {}).get(name))
+                            for name, p in checkpoints.items()}}
+
+
+def _heatmap_is_current(slide_id: str, work_dir: Path, model_dir: Path) -> bool:
+    """True when the slide's heatmap exists and was computed from the current features and checkpoints."""
+    out = work_dir / HEATMAPS / slide_id
+    if not (out / "heatmap.png").is_file():
+        return False
+    try:
+        recorded = json.loads((out / "source.json").read_text(encoding="utf-8"))
+        current = heatmap_inputs(slide_id, work_dir, model_dir, recorded)
+    except (OSError, ValueError, AttributeError, UserInputError):
+        return False  # no record, or no model: the step itself runs and reports it
+    return (file_digests({"features": recorded.get("features")}) == file_digests({"features": current["features"]})
+            and file_digests(recorded.get("checkpoints", {})) == file_digests(current["checkpoints"]))
 
 
 def heatmap_slide(slide: SlideRecord, work_dir: Path, model_dir: Path, top_k: int = 8,
                   mpp: float | None = None, thumbnail_size: int = 1024) -> dict[str, Any]:
     """Write a slide's attention CSV, overlay PNG and top-tile grid under ``work/heatmaps/<slide_id>/``."""
-    from sarcomakit.pathology.heatmap import attention_table, render_heatmap, top_tiles_grid, write_table
-    from sarcomakit.pathology.reader import open_slide
+    from sarcomakit.pathology.analysis.heatmap import attention_table, render_heatmap, top_tiles_grid, write_table
+    from sarcomakit.pathology.wsi.reader import open_slide
 
+    source = heatmap_inputs(slide.slide_id, work_dir, model_dir)
     attention, coords, attrs = slide_attention(slide.slide_id, work_dir, model_dir)
     size_level0 = float(attrs["size_level0"])
     out = work_dir / HEATMAPS / slide.slide_id
@@ -184,6 +249,7 @@ def heatmap_slide(slide: SlideRecord, work_dir: Path, model_dir: Path, top_k: in
                        out / "heatmap.png", title=f"{slide.slide_id} ({slide.label or 'unlabelled'}): "
                                                   "attention percentile")
         top_tiles_grid(reader, table, out / "top_tiles.png", k=top_k)
+    write_json(out / "source.json", source)  # last: a heatmap without it is redone
     return {"csv": out / "attention.csv", "heatmap": out / "heatmap.png", "top_tiles": out / "top_tiles.png",
             "attention": attention, "coords": coords, "size_level0": size_level0}
 
@@ -191,13 +257,16 @@ def heatmap_slide(slide: SlideRecord, work_dir: Path, model_dir: Path, top_k: in
 def heatmap_cohort(manifest: SlideManifest, work_dir: str | Path, model_dir: str | Path, top_k: int = 8,
                    mpp: float | None = None, overwrite: bool = False,
                    show_progress: bool = True) -> CohortResult[dict[str, Any]]:
-    """Attention heatmaps of every embedded slide (resumable, failure-tolerant)."""
+    """Attention heatmaps of every embedded slide (resumable, failure-tolerant).
+
+    A slide's heatmap is kept only when it was computed from the current features and checkpoints.
+    """
     work, model_dir = Path(work_dir), Path(model_dir)
     embedded, missing = slides_with(manifest, work, FEATURES)
     outcome = run_per_case(embedded.slides, lambda s: heatmap_slide(s, work, model_dir, top_k, mpp),
                            name=lambda s: s.slide_id, description="heatmaps",
-                           is_done=lambda s: not overwrite and (work / HEATMAPS / s.slide_id / "heatmap.png")
-                           .is_file(), show_progress=show_progress)
+                           is_done=lambda s: not overwrite and _heatmap_is_current(s.slide_id, work, model_dir),
+                           show_progress=show_progress)
     outcome.failures.update(missing)
     return outcome
 
@@ -217,7 +286,7 @@ def cluster_step(manifest: SlideManifest, work_dir: str | Path, method: str = "k
                  per_slide: int = 200, map_method: str = "pca", min_cluster_size: int = 20, seed: int = 0,
                  mpp: float | None = None, examples_per_cluster: int = 6) -> ClusterOutputs:
     """Phenotype clusters of the cohort's patch embeddings, written to ``work/clusters``."""
-    from sarcomakit.pathology.clustering import (
+    from sarcomakit.pathology.analysis.clustering import (
         cluster_composition,
         cluster_example_tiles,
         embedding_map,
@@ -225,8 +294,8 @@ def cluster_step(manifest: SlideManifest, work_dir: str | Path, method: str = "k
         plot_embedding_map,
         sample_embeddings,
     )
-    from sarcomakit.pathology.h5io import load_features
-    from sarcomakit.pathology.heatmap import write_table
+    from sarcomakit.pathology.analysis.heatmap import write_table
+    from sarcomakit.pathology.wsi.h5io import load_features
 
     work = Path(work_dir)
     embedded, _ = slides_with(manifest, work, FEATURES)
@@ -288,7 +357,7 @@ class DemoSummary:
 
 def tumour_agreement(cohort_csv: Path, work_dir: Path) -> pd.DataFrame:
     """Per slide: attention inside the true tumour mask vs outside (synthetic cohorts carry the masks)."""
-    from sarcomakit.pathology.heatmap import attention_mask_agreement, tile_mask_fraction
+    from sarcomakit.pathology.analysis.heatmap import attention_mask_agreement, tile_mask_fraction
 
     cohort = pd.read_csv(cohort_csv, dtype={"slide_id": str})
     rows = []
@@ -305,25 +374,45 @@ def tumour_agreement(cohort_csv: Path, work_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _claim_demo_folder(work: Path, options: DemoOptions, overwrite: bool) -> None:
+    """Refuse a demo folder made with other options (its cohort, tiles and models would be reused), then record
+    these options. A folder from before the record existed is adopted: its fold models and heatmaps are checked
+    by their own records."""
+    record_path = work / "demo_options.json"
+    current = json.loads(json.dumps({k: v for k, v in asdict(options).items() if k != "workers"}))
+    if record_path.is_file() and not overwrite:
+        try:
+            recorded = json.loads(record_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = None
+        changes = describe_value_change(recorded, current) if isinstance(recorded, dict) else "unreadable record"
+        if changes:
+            raise UserInputError(f"holds a demo made with other options ({changes}).", path=work,
+                                 fix="use a new --out folder, or --overwrite to start fresh.")
+    write_json(record_path, current)
+
+
 def run_demo(out_dir: str | Path, options: DemoOptions | None = None, overwrite: bool = False) -> DemoSummary:
     """The whole pipeline on a synthetic cohort, ending in an HTML report.
 
     Steps: synthetic slides (three subtypes) -> tissue detection and tiling -> patch embeddings (small CNN;
     optional SimCLR pretraining first) -> patient-grouped cross-validation of each MIL model -> attention
     heatmaps from the held-out fold models, checked against the true tumour masks -> phenotype clusters ->
-    ``report.html``. Steps whose outputs exist are reused unless ``overwrite``.
+    ``report.html``. Steps whose outputs exist are reused unless ``overwrite``; a folder holding a demo made
+    with other options (``work/demo_options.json``; only ``workers`` may change) is refused unless ``overwrite``.
 
     Returns:
         The :class:`DemoSummary`; ``lines`` is the printed summary (held-out macro AUC with its interval,
         attention-tumour agreement, where the report is).
     """
-    from sarcomakit.pathology.mil_training import MILTrainConfig, cross_validate
-    from sarcomakit.pathology.report import format_metrics, write_demo_report
-    from sarcomakit.pathology.slide_manifest import load_slide_manifest
-    from sarcomakit.pathology.synthetic import make_synthetic_wsi_cohort
+    from sarcomakit.pathology.analysis.report import format_metrics, write_demo_report
+    from sarcomakit.pathology.mil.training import MILTrainConfig, cross_validate
+    from sarcomakit.pathology.wsi.slide_manifest import load_slide_manifest
+    from sarcomakit.pathology.wsi.synthetic import make_synthetic_wsi_cohort
 
     options = options or DemoOptions()
     work = Path(out_dir)
+    _claim_demo_folder(work, options, overwrite)
     timings: dict[str, float] = {}
     start = clock = time.perf_counter()
 

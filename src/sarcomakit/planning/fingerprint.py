@@ -21,12 +21,12 @@ import numpy as np
 import pydantic
 import SimpleITK as sitk
 
-from sarcomakit.cohort_runner import CohortFailed, run_per_case
+from sarcomakit.core.cohort_runner import CohortFailed, run_per_case
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_text
+from sarcomakit.core.io.image import Geometry, read_image
 from sarcomakit.data.manifest import Case, Manifest
 from sarcomakit.data.validation import check_case_grid
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_text
-from sarcomakit.io.image import Geometry, read_image
 from sarcomakit.planning.resample import nonzero_bbox, orientation_of, reorient
 
 PERCENTILES = (0.5, 50.0, 99.5)

@@ -57,6 +57,8 @@ def normalize_channel(image: np.ndarray, spec: ChannelNormalization,
     """
     out = image.astype(np.float32, copy=True)
     if spec.scheme == "ct":
+        if spec.std is None:  # the model's validator requires it for "ct"
+            raise ValueError(f"channel {spec.channel!r}: 'ct' needs clip_low, clip_high, mean and std")
         np.clip(out, spec.clip_low, spec.clip_high, out=out)
         out -= np.float32(spec.mean)
         out /= np.float32(max(float(spec.std), _EPS))

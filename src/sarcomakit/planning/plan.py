@@ -26,15 +26,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pydantic
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_text
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_text
 from sarcomakit.planning.fingerprint import Fingerprint, compute_fingerprint
 from sarcomakit.planning.normalize import ChannelNormalization
 from sarcomakit.planning.resample import ANISOTROPY_THRESHOLD, new_shape
+
+if TYPE_CHECKING:
+    from sarcomakit.data.manifest import Manifest
 
 DEFAULT_MEMORY_BUDGET_MB = 8192.0
 """Default budget: the 8 GB GPU that nnU-Net's default planner targets."""
@@ -178,7 +182,7 @@ def determine_normalization(fingerprint: Fingerprint,
                 channel=channel, scheme="ct", clip_low=stats.percentile_00_5, clip_high=stats.percentile_99_5,
                 mean=stats.mean, std=stats.std))
         else:
-            specs.append(ChannelNormalization(channel=channel, scheme=kind,  # type: ignore[arg-type]
+            specs.append(ChannelNormalization(channel=channel, scheme=kind,
                                               use_nonzero_mask=use_mask and kind == "zscore"))
     return specs
 
@@ -284,8 +288,8 @@ def _low_res_axis_of(spacing: list[float]) -> int | None:
     return worst if values[worst] > ANISOTROPY_THRESHOLD * others.max() else None
 
 
-def plan_cohort(manifest, out_path: str | Path, *, num_samples_per_case: int = 10000, seed: int = 0,
-                show_progress: bool = True, **kw) -> Plan:
+def plan_cohort(manifest: Manifest, out_path: str | Path, *, num_samples_per_case: int = 10000, seed: int = 0,
+                show_progress: bool = True, **kw: Any) -> Plan:
     """Fingerprint a cohort and plan it; writes ``out_path`` and ``fingerprint.json`` beside it.
 
     Args:

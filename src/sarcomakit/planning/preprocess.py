@@ -12,7 +12,10 @@ original grid; voxels outside the crop get background probability 1.
 
 On disk, a preprocessed case is ``{case_id}_data.npy`` (float32, C x Z x Y x X), ``{case_id}_seg.npy``
 (uint8, Z x Y x X, when labelled) and ``{case_id}.json`` (geometries, crop box, properties), the JSON
-written last so that its presence marks a complete case.
+written last so that its presence marks a complete case. :func:`preprocess_cohort` also records in
+``properties["inputs"]`` what the case was made from (the plan's digest and each input file's SHA-256,
+see :mod:`sarcomakit.core.provenance`), and reuses a cached case only when both still match: a cache keyed on
+the case id alone would serve a case preprocessed with another plan, or from other images, as current.
 """
 
 from __future__ import annotations
@@ -20,16 +23,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import SimpleITK as sitk
 
-from sarcomakit.cohort_runner import CohortResult, run_per_case
+from sarcomakit.core.cohort_runner import CohortResult, run_per_case
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import atomic_path, write_json
+from sarcomakit.core.io.image import Geometry
+from sarcomakit.core.provenance import case_files, file_digests, json_digest
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import atomic_path, write_json
-from sarcomakit.io.image import Geometry
 from sarcomakit.planning.fingerprint import check_same_grid, load_case_images, missing_channels
 from sarcomakit.planning.normalize import nonzero_mask, normalize
 from sarcomakit.planning.plan import Plan
@@ -98,7 +102,7 @@ class PreprocessedCase:
                                  fix="run 'sarcomakit preprocess' for this cohort and plan.")
         try:
             meta = json.loads(paths["meta"].read_text(encoding="utf-8"))
-            mode = "r" if mmap else None
+            mode: Literal["r"] | None = "r" if mmap else None
             data = np.load(paths["data"], mmap_mode=mode)
             label = np.load(paths["seg"], mmap_mode=mode) if meta.get("has_label") else None
         except (OSError, ValueError, KeyError) as exc:
@@ -212,8 +216,9 @@ def preprocess_cohort(manifest: Manifest, plan: Plan, out_dir: str | Path, *, ov
                       show_progress: bool = True) -> CohortResult[Path]:
     """Preprocess every case of ``manifest`` into ``out_dir`` (see :meth:`PreprocessedCase.save`).
 
-    Resumable: a case whose files are all present is skipped unless ``overwrite``. One failing case
-    is reported in the result and the others finish. The plan is copied to ``out_dir/plan.json``.
+    Resumable: a case whose files are all present and were made from the same plan and input files
+    (module docstring) is skipped unless ``overwrite``; any other is preprocessed again. One failing
+    case is reported in the result and the others finish. The plan is copied to ``out_dir/plan.json``.
 
     Raises:
         UserInputError: the manifest's channels differ from the plan's.
@@ -226,14 +231,40 @@ def preprocess_cohort(manifest: Manifest, plan: Plan, out_dir: str | Path, *, ov
     out.mkdir(parents=True, exist_ok=True)
     plan.save(out / "plan.json")
 
+    plan_digest = json_digest(plan.model_dump(mode="json"))
+    inputs: dict[str, dict[str, Any]] = {}
+
+    def inputs_of(case: Case, known: dict[str, Any] | None = None) -> dict[str, Any]:
+        if case.case_id not in inputs:
+            inputs[case.case_id] = {"plan_sha256": plan_digest, "files": case_files(case, plan.channels, known)}
+        return inputs[case.case_id]
+
     def done(case: Case) -> bool:
-        return not overwrite and PreprocessedCase.is_saved(out, case.case_id, case.label is not None)
+        if overwrite or not PreprocessedCase.is_saved(out, case.case_id, case.label is not None):
+            return False
+        recorded = _recorded_inputs(out, case.case_id)
+        if not recorded or recorded.get("plan_sha256") != plan_digest:
+            return False
+        current = inputs_of(case, recorded.get("files"))
+        return file_digests(recorded.get("files", {})) == file_digests(current["files"])
 
     def run(case: Case) -> Path:
-        return preprocess_case(case, plan, allow_missing_channels=allow_missing_channels).save(out)
+        record = inputs_of(case)  # before reading the images: a file changed meanwhile is redone next time
+        preprocessed = preprocess_case(case, plan, allow_missing_channels=allow_missing_channels)
+        preprocessed.properties["inputs"] = record
+        return preprocessed.save(out)
 
     return run_per_case(manifest.cases, run, name=lambda c: c.case_id, description="preprocess", is_done=done,
                         show_progress=show_progress)
+
+
+def _recorded_inputs(folder: Path, case_id: str) -> dict[str, Any] | None:
+    """``properties["inputs"]`` of a cached case (None when absent or unreadable: the case is redone)."""
+    try:
+        meta = json.loads(PreprocessedCase.files(folder, case_id)["meta"].read_text(encoding="utf-8"))
+        return meta.get("properties", {}).get("inputs")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 # ---------------------------------------------------------------------------- restore

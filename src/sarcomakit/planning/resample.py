@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
-from sarcomakit.io.image import Geometry
+from sarcomakit.core.io.image import Geometry
 
 ANISOTROPY_THRESHOLD = 3.0
 """Spacing ratio (largest / smallest) above which an axis counts as low-resolution (nnU-Net's value)."""
@@ -247,8 +247,8 @@ def resample_label(label: np.ndarray, geometry: Geometry, target_spacing_zyx: li
     grid = target_grid(geometry, target_spacing_zyx)
     if method == "nearest":
         image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(label)))
-        out = resample_onto(image, grid, in_plane="nearest", across_slices="nearest")
-        return sitk.GetArrayFromImage(out).astype(label.dtype, copy=False)
+        nearest = resample_onto(image, grid, in_plane="nearest", across_slices="nearest")
+        return sitk.GetArrayFromImage(nearest).astype(label.dtype, copy=False)
     background = label.dtype.type(0)
     out = np.full(grid.array_shape, background, dtype=label.dtype)
     box = nonzero_bbox(label[None])

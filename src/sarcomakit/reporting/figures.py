@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from sarcomakit.io.atomic import atomic_path
+from sarcomakit.core.io.atomic import atomic_path
 
 REFERENCE_COLOUR = "#00d000"
 PREDICTION_COLOUR = "#ff2020"
@@ -193,7 +193,7 @@ def _in_plane_window(union: np.ndarray, spacing_zyx: np.ndarray) -> tuple[slice,
     projection = union.any(axis=0)
     windows = []
     for axis, size_mm in ((0, spacing_zyx[1]), (1, spacing_zyx[2])):
-        occupied = np.flatnonzero(projection.any(axis=1 - axis))
+        occupied = np.flatnonzero(np.any(projection, axis=1 - axis))
         extent = occupied[-1] - occupied[0] + 1
         margin = max(int(np.ceil(extent / 2)), int(np.ceil(15.0 / size_mm)))
         windows.append(slice(max(int(occupied[0]) - margin, 0), int(occupied[-1]) + margin + 1))

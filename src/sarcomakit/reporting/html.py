@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import math
 import numbers
 import re
 from dataclasses import dataclass, field
@@ -27,8 +26,9 @@ from typing import Any
 
 import pandas as pd
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_text
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_text
+from sarcomakit.evaluation.formatting import MISSING, format_number
 
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml",
                 ".gif": "image/gif"}
@@ -97,25 +97,15 @@ def write_html_report(path: str | Path, title: str, sections: list[ReportSection
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """A DataFrame as an escaped HTML table: 3 decimals (1 from 100 up, exponent below 0.001), NaN "–"."""
+    """A DataFrame as an escaped HTML table, numbers as :func:`~sarcomakit.evaluation.formatting.format_number`."""
     show_index = not isinstance(table.index, pd.RangeIndex) or table.index.name is not None
-    return table.to_html(index=show_index, escape=True, border=0, na_rep="–", float_format=_format_number,
+    return table.to_html(index=show_index, escape=True, border=0, na_rep=MISSING, float_format=format_number,
                          classes="data")
 
 
 # ---------------------------------------------------------------------- internals
 def _escape(text: Any) -> str:
     return html.escape(str(text), quote=True)
-
-
-def _format_number(value: float) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if abs(value) >= 100:
-        return f"{value:,.1f}"
-    if 0 < abs(value) < 0.001:
-        return f"{value:.2e}"
-    return f"{value:.3f}"
 
 
 def _render_section(section: ReportSection, anchor: str) -> str:

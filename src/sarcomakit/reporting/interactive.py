@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from sarcomakit.io.atomic import atomic_path
+from sarcomakit.core.io.atomic import atomic_path
 
 DPI = 120
 

@@ -2,7 +2,7 @@
 survival and segmentation figures, and the per-case predictions, from out-of-fold prediction tables.
 
 It reads an experiment folder (several methods) or a multi-task run folder (one method) through
-:func:`~sarcomakit.evaluation.comparison.load_oof_source`; figures (PNG) go to ``<report>_figures/``
+:func:`~sarcomakit.evaluation.oof_source.load_oof_source`; figures (PNG) go to ``<report>_figures/``
 beside the report and are also embedded in it, so the HTML file stands alone.
 """
 
@@ -16,24 +16,20 @@ import pandas as pd
 import SimpleITK as sitk
 from matplotlib.figure import Figure
 
+from sarcomakit.core.errors import SarcomakitError
+from sarcomakit.core.io.image import Geometry, read_image
 from sarcomakit.data.manifest import GRADES, Manifest
-from sarcomakit.errors import SarcomakitError
-from sarcomakit.evaluation.classification import confusion_matrix, encode_grades
-from sarcomakit.evaluation.comparison import (
-    PROBABILITY_COLUMNS,
-    TD_AUC_PREFIX,
-    ComparisonResult,
-    OOFSource,
-    compare_methods,
-    display_differences,
-    display_table,
-    format_estimate,
-    load_oof_source,
-    predicted_high_risk,
-)
-from sarcomakit.evaluation.figures_clinical import plot_kaplan_meier, plot_reliability_diagram, plot_roc_curves
+from sarcomakit.evaluation.classification import confusion_matrix
+from sarcomakit.evaluation.comparison import ComparisonResult, compare_methods
+from sarcomakit.evaluation.comparison_tables import display_differences, display_table
+from sarcomakit.evaluation.formatting import format_estimate
+from sarcomakit.evaluation.grade import encode_grades
+from sarcomakit.evaluation.oof import PROBABILITY_COLUMNS
+from sarcomakit.evaluation.oof_source import OOFSource, load_oof_source
 from sarcomakit.evaluation.segmentation import find_prediction
-from sarcomakit.io.image import Geometry, read_image
+from sarcomakit.evaluation.survival import TD_AUC_PREFIX
+from sarcomakit.evaluation.task_data import predicted_high_risk
+from sarcomakit.reporting.clinical_figures import plot_kaplan_meier, plot_reliability_diagram, plot_roc_curves
 from sarcomakit.reporting.figures import metric_distribution_figure, overlay_figure, save_png
 from sarcomakit.reporting.html import ReportSection, write_html_report
 from sarcomakit.reporting.segmentation_report import choose_overlay_cases
@@ -135,7 +131,7 @@ def _grade_section(oof: pd.DataFrame, comparison: ComparisonResult, figure_dir: 
         ece = _with_interval(comparison, method, "ece_high", "ECE p(high)")
         figures.append(plot_reliability_diagram(y, proba, figure_dir / f"grade_reliability_{_safe(method)}.png",
                                                 title=f"{method}: grade calibration\n{ece}"))
-        counts = confusion_matrix(y, proba)
+        counts = confusion_matrix(y, proba.argmax(axis=1), len(GRADES))
         for k, grade in enumerate(GRADES):
             matrices.append({"method": method, "true grade": grade,
                              **{f"predicted {g}": int(counts[k, j]) for j, g in enumerate(GRADES)}})
@@ -288,7 +284,7 @@ def _case_overlay(cohort: Manifest, prediction_dir: Path | None, case_id: str, m
         raise ValueError(f"no predicted mask in {prediction_dir}")
     image = read_image(case.images[channel])
     foreground = _foreground_value(cohort)
-    masks = []
+    masks: list[np.ndarray | None] = []
     for mask_path in (case.label, prediction_path):
         if mask_path is None:
             masks.append(None)

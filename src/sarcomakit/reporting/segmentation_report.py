@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from sarcomakit.core.errors import SarcomakitError
+from sarcomakit.core.io.image import Geometry, read_image
 from sarcomakit.data.manifest import Manifest
-from sarcomakit.errors import SarcomakitError
 from sarcomakit.evaluation.metrics import METRIC_LABELS
 from sarcomakit.evaluation.segmentation import FIGURE_FILE, SegmentationEvaluation, find_prediction
-from sarcomakit.io.image import Geometry, read_image
 from sarcomakit.reporting.figures import overlay_figure
 from sarcomakit.reporting.html import ReportSection, write_html_report
 

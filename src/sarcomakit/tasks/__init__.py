@@ -12,21 +12,24 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.tasks.base import TASKS, CaseOutput, LossOutput, Objective, Task, TaskRequirements
 from sarcomakit.tasks.interactive import InteractiveTask
 from sarcomakit.tasks.multitask import MultiTaskTask
+from sarcomakit.tasks.pretraining import CrossModalMaskedAutoencoderTask, MaskedAutoencoderTask
 from sarcomakit.tasks.segmentation import SegmentationTask
 
 if TYPE_CHECKING:
     from sarcomakit.data.manifest import Manifest
-    from sarcomakit.training.config import TrainConfig
+    from sarcomakit.runs.config import TrainConfig
 
 __all__ = ["TASKS", "CaseOutput", "LossOutput", "Objective", "Task", "TaskRequirements", "build_task",
            "task_class", "task_options"]
 
 TASKS.add(SegmentationTask.name, SegmentationTask)
 TASKS.add(MultiTaskTask.name, MultiTaskTask)
+TASKS.add(MaskedAutoencoderTask.name, MaskedAutoencoderTask)
+TASKS.add(CrossModalMaskedAutoencoderTask.name, CrossModalMaskedAutoencoderTask)
 TASKS.add(InteractiveTask.name, InteractiveTask)
 
 

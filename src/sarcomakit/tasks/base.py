@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from sarcomakit.data.manifest import Manifest
     from sarcomakit.planning.plan import Plan
     from sarcomakit.planning.preprocess import PreprocessedCase
-    from sarcomakit.training.config import TrainConfig
+    from sarcomakit.runs.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,10 @@ class Task(ABC):
         values. ``fold_states`` are what :meth:`finish` returned for those folds."""
         probabilities = None
         if outputs and outputs[0].probabilities is not None:
-            probabilities = sum(o.probabilities for o in outputs) / len(outputs)  # type: ignore[misc]
+            members = [o.probabilities for o in outputs if o.probabilities is not None]
+            if len(members) != len(outputs):
+                raise ValueError("some ensemble members give class probabilities and some do not")
+            probabilities = sum(members[1:], members[0]) / len(members)
         values = {key: np.mean([np.asarray(o.values[key], dtype=float) for o in outputs], axis=0)
                   for key in (outputs[0].values if outputs else {})}
         return CaseOutput(probabilities=probabilities, values=values)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.interactive.augment import IntensityAugmentation, pick_channel
 from sarcomakit.interactive.evaluate import InteractiveCase, evaluate_interactive
 from sarcomakit.interactive.metrics import dice_curve_auc, mean_curve
@@ -51,10 +51,10 @@ from sarcomakit.interactive.simulation import (
 from sarcomakit.models import build_network
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks.base import CaseOutput, LossOutput, Objective, Task, TaskRequirements
+from sarcomakit.tasks.patches import CaseVolume, augmentation_pipeline, crop_patch
 from sarcomakit.tasks.segmentation import dice_ce_loss
-from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.patches import CaseVolume, augmentation_pipeline, crop_patch
 
 #: Fewest reference voxels a training patch must hold (a smaller piece gives the robot nothing to draw on).
 MIN_PATCH_FOREGROUND = 4
@@ -110,8 +110,9 @@ class InteractiveDataset(torch.utils.data.Dataset):
             image = (image - median) / scale
         reference = label[0] > 0
         state = simulate_state(reference, rng, self.simulation)
-        inputs = network_input(image, state.previous, state.positive, state.negative, encoding=self.encoding,
-                               scale_mm=self.scale_mm, spacing=self.spacing)  # type: ignore[arg-type]
+        encoding: Any = self.encoding  # checked against the encodings when the task is built
+        inputs = network_input(image, state.previous, state.positive, state.negative, encoding=encoding,
+                               scale_mm=self.scale_mm, spacing=self.spacing)
         return {"image": torch.from_numpy(inputs), "label": torch.from_numpy(label.astype(np.int64)),
                 "positive": torch.from_numpy(state.positive.astype(np.uint8)),
                 "negative": torch.from_numpy(state.negative.astype(np.uint8))}
@@ -358,8 +359,8 @@ def load_initial_weights(network: nn.Module, source: str) -> None:
     from pathlib import Path
 
     from sarcomakit.interactive.models import DEFAULT_MODEL, default_model_dir
-    from sarcomakit.training.checkpoint import load_checkpoint
-    from sarcomakit.training.run import RunFolder
+    from sarcomakit.runs.checkpoint import load_checkpoint
+    from sarcomakit.runs.folder import RunFolder
 
     folder = default_model_dir() if source == DEFAULT_MODEL else Path(source)
     checkpoints = RunFolder.open(folder).trained_folds("best")

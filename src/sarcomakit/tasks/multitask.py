@@ -1,7 +1,7 @@
 """The multi-task task: segmentation, histological grade and survival from the same scans.
 
 Each training patch carries its case's labels; a case lacking a label for a task contributes
-only to the tasks it has (see :mod:`sarcomakit.training.multitask_losses`). The Cox loss of a
+only to the tasks it has (see :mod:`sarcomakit.losses.multitask`). The Cox loss of a
 batch of one or two cases is computed against a memory of recent cases' risks. Modality dropout
 zero-fills one present channel of a patch with probability ``modality_dropout`` and clears its
 availability flag, so that the model copes with a missing modality at test time. Single-task
@@ -10,8 +10,6 @@ ablations are the same network trained on a subset of ``tasks``.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,16 +19,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.manifest import GRADES, Manifest
-from sarcomakit.errors import UserInputError
 from sarcomakit.evaluation.classification import macro_ovr_auc
 from sarcomakit.evaluation.metrics import segmentation_metrics
+from sarcomakit.evaluation.oof import write_oof
 from sarcomakit.evaluation.survival import harrell_c_index
 from sarcomakit.inference.case_level import predict_case_outputs
-from sarcomakit.io.atomic import write_text
+from sarcomakit.losses.cox import CoxRiskMemory
+from sarcomakit.losses.grade import balanced_class_weights
+from sarcomakit.losses.multitask import MultiTaskLoss
+from sarcomakit.losses.weighting import FixedWeighting, UncertaintyWeighting
 from sarcomakit.models.multitask import build_multitask_network
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks.base import (
     CaseOutput,
     LossOutput,
@@ -40,20 +43,11 @@ from sarcomakit.tasks.base import (
     case_tensor,
     channel_availability,
 )
+from sarcomakit.tasks.patches import PatchDataset
 from sarcomakit.tasks.segmentation import patch_dataset
-from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.multitask_losses import (
-    CoxRiskMemory,
-    FixedWeighting,
-    MultiTaskLoss,
-    UncertaintyWeighting,
-    balanced_class_weights,
-)
 
 log = logging.getLogger(__name__)
 ALL_TASKS = ("segmentation", "grade", "survival")
-OOF_COLUMNS = ("case_id", "method", "fold", "grade_true", "p_low", "p_intermediate", "p_high", "grade_pred", "time",
-               "event", "log_risk", "risk_group", "dice", "hd95", "train_risk_cutoff")
 #: what prediction writes per case (``clinical_predictions.csv``)
 CLINICAL_COLUMNS = ("case_id", "p_low", "p_intermediate", "p_high", "grade_pred", "log_risk", "risk_group")
 
@@ -78,7 +72,7 @@ class ClinicalTargets:
 class MultiTaskPatchDataset(torch.utils.data.Dataset):
     """Segmentation patches with their case's clinical targets, availability flags and modality dropout."""
 
-    def __init__(self, patches: torch.utils.data.Dataset, cases: Sequence[PreprocessedCase],
+    def __init__(self, patches: PatchDataset, cases: Sequence[PreprocessedCase],
                  targets: ClinicalTargets, channels: Sequence[str], modality_dropout: float) -> None:
         self.patches = patches
         self.case_ids = [c.case_id for c in cases]
@@ -217,7 +211,7 @@ class MultiTaskTask(Task):
     def case_rows(self, model: nn.Module, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig,
                   device: torch.device, fold: int | None = None,
                   risk_cutoff: float | None = None) -> list[dict[str, Any]]:
-        """One out-of-fold row per case (columns :data:`OOF_COLUMNS`)."""
+        """One out-of-fold row per case (columns :data:`~sarcomakit.evaluation.oof.OOF_COLUMNS`)."""
         rows = []
         for case in cases:
             out = self.infer(model, case, plan, config, device, overlap=config.sw_overlap)
@@ -308,14 +302,3 @@ def _summary_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
                                   [r["log_risk"] for r in surv])
     return {"val_dice": float(np.mean(dice)) if dice else float("nan"), "val_grade_auc": auc,
             "val_c_index": c_index}
-
-
-def write_oof(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write out-of-fold rows as CSV with the standard columns (empty where a task was not predicted)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(OOF_COLUMNS), lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in OOF_COLUMNS})
-    return write_text(path, buffer.getvalue())
-

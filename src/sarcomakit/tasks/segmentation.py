@@ -7,28 +7,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
 from torch import nn
 
 from sarcomakit.evaluation.metrics import dice
 from sarcomakit.inference.sliding_window import predict_volume
+from sarcomakit.losses.segmentation import dice_ce_loss
 from sarcomakit.models import build_network
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks.base import CaseOutput, LossOutput, Objective, Task, TaskRequirements, case_tensor
-from sarcomakit.training.config import TrainConfig
-from sarcomakit.training.patches import CaseVolume, PatchDataset
+from sarcomakit.tasks.patches import CaseVolume, PatchDataset
 
 
 def segmentation_dice(prediction: np.ndarray, reference: np.ndarray, n_classes: int) -> list[float]:
     """Dice per foreground class of two label maps (1.0 when a class is absent from both)."""
     return [dice(prediction == k, reference == k) for k in range(1, n_classes)]
-
-
-def dice_ce_loss() -> DiceCELoss:
-    """nnU-Net's loss: soft Dice over the batch (foreground classes) plus cross-entropy."""
-    return DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True,
-                      smooth_nr=1e-5, smooth_dr=1e-5)
 
 
 class SegmentationObjective(Objective):

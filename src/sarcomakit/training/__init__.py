@@ -1,1 +1,2 @@
-"""The training engine: configuration, folds, patch sampling, the loop, checkpoints, run folders."""
+"""The training engine: the loop (trainer), its callbacks, one fold (factories and callbacks), folds, patch sampling,
+and the library call behind `sarcomakit train`."""

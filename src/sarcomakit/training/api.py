@@ -9,15 +9,15 @@ from pathlib import Path
 from rich.console import Console
 
 from sarcomakit.core import distributed
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_text
 from sarcomakit.data.manifest import Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_text
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_cohort
+from sarcomakit.runs.config import TrainConfig
+from sarcomakit.runs.folder import RunFolder
 from sarcomakit.tasks import build_task
-from sarcomakit.training.config import TrainConfig
 from sarcomakit.training.fold import FoldResult, train_fold
-from sarcomakit.training.run import RunFolder
 
 
 @dataclass
@@ -40,18 +40,20 @@ def load_preprocessed(folder: Path, case_ids: Sequence[str]) -> list[Preprocesse
 def train(manifest: Manifest, plan: Plan, run_dir: str | Path, *, folds: Sequence[int] = (0,),
           config: TrainConfig | None = None, resume: bool = False, preprocessed_dir: str | Path | None = None,
           time_limit_s: float | None = None, early_stopping: int | None = None,
-          console: Console | None = None) -> TrainResult:
+          console: Console | None = None, overwrite: bool = False) -> TrainResult:
     """Preprocess (cached, resumable) and train the given folds of a run.
 
     Args:
         manifest: the training cohort (cases with labels, unless the task learns without them).
         plan: the conventional plan from :func:`sarcomakit.planning.plan_cohort`.
-        run_dir: the run folder (see :mod:`sarcomakit.training.run`).
+        run_dir: the run folder (see :mod:`sarcomakit.runs.folder`).
         folds: which cross-validation folds to train.
         config: training options; defaults to :class:`TrainConfig` ().
         resume: continue folds that have a last checkpoint.
         preprocessed_dir: where preprocessed arrays are cached (default ``run_dir/preprocessed``).
         time_limit_s, early_stopping: see :func:`sarcomakit.training.fold.train_fold`.
+        overwrite: remove an earlier run in ``run_dir`` (folds, splits, cache) and start fresh; without it,
+            a folder built from other inputs is refused (see :mod:`sarcomakit.runs.folder`).
 
     Returns:
         The result of each trained fold, and the cases that could not be preprocessed (left out).
@@ -62,13 +64,17 @@ def train(manifest: Manifest, plan: Plan, run_dir: str | Path, *, folds: Sequenc
     needs = task.requirements
     used = [c.case_id for c in manifest.cases if c.label is not None or not needs.needs_labels]
     if len(used) < 2:
+        if not needs.needs_labels:
+            raise UserInputError("the manifest has fewer than two cases; nothing to train on.",
+                                 path=manifest.source, fix="add cases to the manifest.")
         raise UserInputError("fewer than two cases have a label; nothing to train on.", path=manifest.source,
                              fix="add label paths to the manifest.")
     manifest = manifest.subset(used)
     distributed.init_from_environment(config.device)
     failures: dict[str, str] = {}
     if distributed.is_main():  # one process prepares the run folder and the cache; the others wait for it
-        run = RunFolder.prepare(run_dir, manifest, plan, config, stratify_clinical=needs.stratify_clinical)
+        run = RunFolder.prepare(run_dir, manifest, plan, config, stratify_clinical=needs.stratify_clinical,
+                                overwrite=overwrite)
         cache = Path(preprocessed_dir) if preprocessed_dir else run.root / "preprocessed"
         outcome = preprocess_cohort(manifest, plan, cache, allow_missing_channels=needs.allow_missing_channels)
         if outcome.failures:
@@ -101,7 +107,7 @@ def _collect_out_of_fold(run: RunFolder) -> None:
     parts = sorted(run.root.glob("fold_*/oof_predictions.csv"))
     if not parts:
         return
-    header, lines = None, []
+    header, lines = "", []
     for part in parts:
         rows = part.read_text().splitlines()
         header = header or rows[0]

@@ -22,8 +22,8 @@ import torch
 from rich.console import Console
 
 from sarcomakit.core import distributed
-from sarcomakit.io.atomic import write_text
-from sarcomakit.training.checkpoint import save_checkpoint
+from sarcomakit.core.io.atomic import write_text
+from sarcomakit.runs.checkpoint import save_checkpoint
 from sarcomakit.training.trainer import Callback, Trainer
 
 

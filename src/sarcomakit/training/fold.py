@@ -11,20 +11,22 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
 
 from sarcomakit.core import distributed
 from sarcomakit.core.device import cpu_threads_for_model, default_num_workers, select_device
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_json
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
+from sarcomakit.runs.checkpoint import load_checkpoint
+from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks import Task, build_task
 from sarcomakit.training.callbacks import Checkpoint, EarlyStopping, FoldLog, TimeLimit, Validation
-from sarcomakit.training.checkpoint import load_checkpoint
-from sarcomakit.training.config import TrainConfig
+from sarcomakit.training.finetuning import prepare_finetuning
 from sarcomakit.training.trainer import Callback, Trainer, unwrap
 
 
@@ -46,9 +48,12 @@ def poly_learning_rate(initial: float, epoch: int, epochs: int, exponent: float 
 
 
 # ---------------------------------------------------------------------- factories
-def make_optimizer(parameters: Iterable[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (nnU-Net) or AdamW, over the given trainable parameters."""
-    trainable = [p for p in parameters if p.requires_grad]
+def make_optimizer(parameters: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]],
+                   config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum (nnU-Net) or AdamW, over the given trainable parameters (or parameter groups)."""
+    given: list[Any] = list(parameters)
+    trainable: list[Any] = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in given] \
+        if given and isinstance(given[0], dict) else [p for p in given if p.requires_grad]
     if config.optimizer == "sgd":
         return torch.optim.SGD(trainable, lr=config.learning_rate, momentum=config.momentum,
                                nesterov=True, weight_decay=config.weight_decay)
@@ -69,7 +74,7 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int
                 device: torch.device) -> torch.utils.data.DataLoader:
     """The training loader, built once. Samples are drawn by index from the dataset (deterministic for seed, epoch
     and index); on several processes a distributed sampler gives each rank its own indices."""
-    sampler = None
+    sampler: torch.utils.data.Sampler[int] | None = None
     if distributed.active():
         sampler = torch.utils.data.DistributedSampler(dataset, shuffle=False, drop_last=True)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
@@ -115,11 +120,26 @@ def train_fold(train_cases: Sequence[PreprocessedCase], val_cases: Sequence[Prep
         fold_dir.mkdir(parents=True, exist_ok=True)
     console = console or Console(stderr=True)
     device = distributed.init_from_environment(config.device) or select_device(config.device)
-    batch_size = config.batch_size or plan.batch_size
+    # the same seed gives the same initial weights on every rank, and the same training (dropout and other torch
+    # randomness; rank-specific after initialisation), without touching the caller's generator
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        # the same seed gives the same initial weights (on every rank), without touching the caller's generator
-        torch.manual_seed(config.seed)
-        model = task.build_model(plan, config).to(device)
+        return _train_fold(train_cases, val_cases, plan, config, fold_dir, fold, task, device, resume, time_limit_s,
+                           early_stopping, callbacks, console)
+
+
+def _train_fold(train_cases: Sequence[PreprocessedCase], val_cases: Sequence[PreprocessedCase], plan: Plan,
+                config: TrainConfig, fold_dir: Path, fold: int, task: Task, device: torch.device, resume: bool,
+                time_limit_s: float | None, early_stopping: int | None, callbacks: Sequence[Callback],
+                console: Console) -> FoldResult:
+    """:func:`train_fold` inside its own random-number scope."""
+    last_path = fold_dir / "checkpoint_last.pt"
+    batch_size = config.batch_size or plan.batch_size
+    torch.manual_seed(config.seed)
+    model = task.build_model(plan, config).to(device)
+    torch.manual_seed(config.seed + 1000 * distributed.rank() + 1)
+    # fine-tuning: pretrained weights loaded now (not when resuming), parameter groups and schedule below
+    finetuning = prepare_finetuning(model, config, fold_dir, load=not (resume and last_path.exists()),
+                                    console=console)
     objective = task.objective(train_cases, plan, config).to(device)
     dataset = task.training_data(train_cases, plan, config, config.iterations_per_epoch * batch_size
                                  * distributed.world_size())
@@ -128,7 +148,8 @@ def train_fold(train_cases: Sequence[PreprocessedCase], val_cases: Sequence[Prep
     if distributed.active():
         network = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = make_optimizer([*model.parameters(), *objective.parameters()], config)
+    optimizer = make_optimizer(finetuning.parameter_groups(objective) if finetuning else
+                               [*model.parameters(), *objective.parameters()], config)
     checkpoint = Checkpoint(fold_dir, task.score_name, config.checkpoint_selection,
                             extra={"config": config.model_dump(), "plan": plan.model_dump(), "task": task.name})
     built_in: list[Callback] = [
@@ -143,6 +164,8 @@ def train_fold(train_cases: Sequence[PreprocessedCase], val_cases: Sequence[Prep
         built_in.append(TimeLimit(time_limit_s))
     if early_stopping is not None:
         built_in.append(EarlyStopping(task.score_name, early_stopping))
+    if finetuning is not None:
+        built_in.append(finetuning.schedule)
     trainer = Trainer(network, objective, optimizer, make_loader(dataset, batch_size, workers, device),
                       device=device, epochs=config.epochs, scheduler=make_scheduler(optimizer, config),
                       callbacks=[*built_in, *callbacks], grad_clip=config.grad_clip, amp=config.amp,

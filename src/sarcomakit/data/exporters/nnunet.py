@@ -15,10 +15,10 @@ import re
 import shutil
 from pathlib import Path
 
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import atomic_dir, write_json
+from sarcomakit.core.io.image import read_image, write_image
 from sarcomakit.data.manifest import Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import atomic_dir, write_json
-from sarcomakit.io.image import read_image, write_image
 
 FILE_ENDING = ".nii.gz"
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sarcomakit.errors import UserInputError
+from sarcomakit.core.errors import UserInputError
 
 MAX_LISTED = 8
 

@@ -60,13 +60,13 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
-from sarcomakit.cohort_runner import CohortResult, run_per_case
+from sarcomakit.core.cohort_runner import CohortResult, run_per_case
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json
+from sarcomakit.core.io.image import Geometry, write_image
 from sarcomakit.data.importers._common import sanitise_case_id
 from sarcomakit.data.importers.rtstruct import StructureSet, rasterise_structure, read_structure_set
 from sarcomakit.data.manifest import DEFAULT_LABELS, Case, Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_json
-from sarcomakit.io.image import Geometry, write_image
 
 log = logging.getLogger("sarcomakit")
 
@@ -577,13 +577,13 @@ def _import_patient(patient: _Patient, *, out_dir: Path, roi_name: str, channel_
     if contoured is not None:
         mask, notes = _rasterise(patient, contoured, roi_name, reference_image, allow_partial)
         extra.update(notes)
-    paths = {}
+    image_paths: dict[str, Path] = {}
     for channel, image in images.items():
-        paths[channel] = write_image(image, out_dir / "images" / f"{patient.case_id}_{channel}.nii.gz").resolve()
+        image_paths[channel] = write_image(image, out_dir / "images" / f"{patient.case_id}_{channel}.nii.gz").resolve()
     label_path = None
     if mask is not None:
         label_path = write_image(mask, out_dir / "labels" / f"{patient.case_id}.nii.gz").resolve()
-    return Case(case_id=patient.case_id, images=paths, label=label_path, extra=extra)
+    return Case(case_id=patient.case_id, images=image_paths, label=label_path, extra=extra)
 
 
 def _patients(index: DicomIndex) -> list[_Patient]:
@@ -706,8 +706,8 @@ def import_dicom_cohort(dicom_dir: str | Path, out_dir: str | Path, roi_name: st
         write_json(failures_file, result.failures)
     elif failures_file.exists():
         failures_file.unlink()  # from an earlier run whose failures are now fixed
-    cases = [result.results.get(p.case_id) or kept.get(p.case_id) for p in patients]
-    cases = [c for c in cases if c is not None]
+    found = [result.results.get(p.case_id) or kept.get(p.case_id) for p in patients]
+    cases = [c for c in found if c is not None]
     if not cases:
         raise UserInputError("no patient could be imported: " + " | ".join(list(result.failures.values())[:3]),
                              path=root, fix="fix the problems listed above.")

@@ -16,13 +16,13 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from sarcomakit.cohort_runner import run_per_case
+from sarcomakit.core.cohort_runner import run_per_case
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json
+from sarcomakit.core.io.image import write_image
 from sarcomakit.data.importers._common import raise_problems, read_json_object, sanitise_case_id
 from sarcomakit.data.importers.nnunet import parse_declarations
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_json
-from sarcomakit.io.image import write_image
 
 MANIFEST_NAME = "manifest.csv"
 

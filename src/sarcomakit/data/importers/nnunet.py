@@ -17,9 +17,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.importers._common import raise_problems, read_json_object, unique_names
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.errors import UserInputError
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 

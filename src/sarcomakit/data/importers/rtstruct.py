@@ -46,8 +46,8 @@ import SimpleITK as sitk
 from pydicom import uid as dicom_uid
 from skimage.draw import polygon as fill_polygon
 
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.image import Geometry, array_to_image
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.image import Geometry, array_to_image
 
 log = logging.getLogger("sarcomakit")
 

@@ -41,9 +41,9 @@ from typing import Any
 
 import pandas as pd
 
+from sarcomakit.core.errors import UserInputError
 from sarcomakit.data.importers._common import sanitise_case_id
 from sarcomakit.data.manifest import DEFAULT_LABELS, GRADES, IMAGE_PREFIX, Manifest
-from sarcomakit.errors import UserInputError
 
 log = logging.getLogger("sarcomakit")
 

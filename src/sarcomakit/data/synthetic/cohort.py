@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from sarcomakit.cohort_runner import run_per_case
+from sarcomakit.core.cohort_runner import run_per_case
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json
+from sarcomakit.core.io.image import Geometry, array_to_image, write_image
 from sarcomakit.data.manifest import DEFAULT_LABELS, Case, Manifest
 from sarcomakit.data.synthetic.acquisition import Acquisition, draw_acquisition
 from sarcomakit.data.synthetic.anatomy import draw_limb
@@ -25,9 +28,6 @@ from sarcomakit.data.synthetic.clinical import draw_grade, draw_survival, true_l
 from sarcomakit.data.synthetic.contrast import CHANNELS, render_channel
 from sarcomakit.data.synthetic.scene import Scene, draw_scene
 from sarcomakit.data.synthetic.tumour import draw_tumour
-from sarcomakit.errors import UserInputError
-from sarcomakit.io.atomic import write_json
-from sarcomakit.io.image import Geometry, array_to_image, write_image
 
 GENERATOR_VERSION = 1
 PARAMETERS_FILE = "synthetic.json"

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sarcomakit.core.io.image import Geometry
 from sarcomakit.data.synthetic.fields import Points
-from sarcomakit.io.image import Geometry
 
 # Direction matrices (columns: index axes i, j, k in LPS) of the acquisition orientations we simulate.
 ORIENTATIONS: dict[str, np.ndarray] = {
@@ -52,8 +52,9 @@ class Grid:
         size = tuple(max(2, int(np.ceil(extent_mm[a] / s))) for a, s in zip(physical_axis, spacing, strict=True))
         half_span = (np.asarray(size) - 1) / 2 * np.asarray(spacing)
         origin = np.asarray(centre, dtype=float) - direction @ half_span
-        return cls(size=size, spacing=tuple(float(s) for s in spacing),
-                   origin=tuple(float(o) for o in origin), direction=np.asarray(direction, dtype=float))
+        return cls(size=(size[0], size[1], size[2]), spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+                   origin=(float(origin[0]), float(origin[1]), float(origin[2])),
+                   direction=np.asarray(direction, dtype=float))
 
     @property
     def array_shape(self) -> tuple[int, int, int]:

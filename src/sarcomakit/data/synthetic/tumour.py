@@ -34,11 +34,9 @@ class Lobule:
     def level(self, points: Points) -> np.ndarray:
         """Normalised radius: 1 on the surface, < 1 inside."""
         offset = [p - np.float32(c) for p, c in zip(points, self.centre, strict=True)]
-        total = None
-        for k in range(3):
-            u = sum(np.float32(self.axes[a, k] / self.semi_axes[k]) * offset[a] for a in range(3))
-            total = u**2 if total is None else total + u**2
-        return np.sqrt(total)
+        scale = [[np.float32(self.axes[a, k] / self.semi_axes[k]) for a in range(3)] for k in range(3)]
+        u = [scale[k][0] * offset[0] + scale[k][1] * offset[1] + scale[k][2] * offset[2] for k in range(3)]
+        return np.sqrt(u[0] ** 2 + u[1] ** 2 + u[2] ** 2)
 
     def half_extent(self) -> np.ndarray:
         """Half size (mm) of the lobule's axis-aligned bounding box along x, y, z."""

@@ -1,6 +1,0 @@
-"""Reading and writing images with their geometry, and atomic file output."""
-
-from sarcomakit.io.atomic import atomic_dir, atomic_path, write_json, write_text
-from sarcomakit.io.image import Geometry, read_image, write_image
-
-__all__ = ["Geometry", "atomic_dir", "atomic_path", "read_image", "write_image", "write_json", "write_text"]

@@ -1,0 +1,1 @@
+"""What slide models show: attention heatmaps, phenotype clusters, slide-level metrics and reports."""

@@ -1,0 +1,1 @@
+"""Patch features: encoders (with local weights), embedding of tiles, SimCLR pretraining."""

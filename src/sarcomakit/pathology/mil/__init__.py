@@ -1,0 +1,1 @@
+"""Slide-level multiple-instance learning: ABMIL, CLAM-SB, TransMIL and their training."""

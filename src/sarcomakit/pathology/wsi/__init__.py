@@ -1,0 +1,3 @@
+"""Whole-slide images: readers, tissue detection, tiling, tiles, stain handling, CLAM-style HDF5, slide manifests and
+synthetic slides.
+"""

@@ -1,0 +1,57 @@
+"""`sarcomakit experiment ssl` end to end on a tiny cohort: folds shared, pretraining never sees validation cases,
+paired comparison against scratch; `sarcomakit experiment MANIFEST` still runs the multi-task comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from sarcomakit.cli.main import app
+from sarcomakit.experiments.ssl_comparison import labelled_subsets
+
+SMALL = ('{"epochs": 1, "iterations_per_epoch": 2, "patch_size": [16, 32, 32], "batch_size": 2, '
+         '"optimizer": "adamw", "learning_rate": 0.003, "augmentation": "light", "num_workers": 0, '
+         '"network_options": {"channels": [8, 16, 32], "num_res_units": 1}, "device": "cpu"}')
+
+
+def test_labelled_subsets_are_nested_and_seeded() -> None:
+    ids = [f"c{i}" for i in range(10)]
+    subsets = labelled_subsets(ids, [2, 4, "all"], seed=0, fold=1)
+    assert len(subsets["2"]) == 2 and set(subsets["2"]) <= set(subsets["4"]) and subsets["all"] == sorted(ids)
+    assert subsets == labelled_subsets(ids, [2, 4, "all"], seed=0, fold=1)
+    assert subsets["4"] != labelled_subsets(ids, [4], seed=0, fold=2)["4"]
+
+
+@pytest.mark.slow
+def test_ssl_experiment_end_to_end(tiny_cohort, tmp_path: Path) -> None:  # noqa: ANN001
+    config = tmp_path / "config.json"
+    config.write_text(SMALL)
+    out = tmp_path / "exp"
+    result = CliRunner().invoke(app, ["experiment", "ssl", str(tiny_cohort.source), "--out", str(out), "--folds", "3",
+                                      "--labelled", "2,all", "--methods", "scratch,mae", "--config", str(config),
+                                      "--bootstrap", "50"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    dice = pd.read_csv(out / "dice.csv")
+    splits = json.loads((out / "splits.json").read_text())
+    assert sorted(dice["method"].unique()) == ["mae", "scratch"]
+    for (_method, _count), rows in dice.groupby(["method", "labelled"]):  # every case validated once per setting
+        assert sorted(rows["case_id"]) == sorted(tiny_cohort.case_ids)
+    for k, fold in enumerate(splits):  # pretraining saw the fold's training cases only
+        pretrained_on = json.loads((out / "pretrain" / "mae" / f"fold_{k}" / "splits.json").read_text())[0]
+        assert set(pretrained_on["train"]) | set(pretrained_on["val"]) == set(fold["train"])
+        report = json.loads((out / "runs" / "mae" / "n2" / f"fold_{k}" / "fold_0" / "init_report.json").read_text())
+        assert report["expected"] == len(report["loaded"]) > 0
+        assert not (out / "runs" / "scratch" / "n2" / f"fold_{k}" / "fold_0" / "init_report.json").exists()
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert set(comparison["method"]) == {"scratch", "mae"} and set(comparison["labelled"].astype(str)) == {"2", "all"}
+    assert comparison.loc[comparison["method"] == "mae", "difference"].notna().all()
+    assert "difference vs scratch" in (out / "comparison.md").read_text()
+    assert (out / "dice_vs_labels.png").stat().st_size > 1000
+    again = CliRunner().invoke(app, ["experiment", "ssl", str(tiny_cohort.source), "--out", str(out), "--folds", "3",
+                                     "--labelled", "2,all", "--methods", "scratch,mae", "--config", str(config),
+                                     "--bootstrap", "50"], catch_exceptions=False)
+    assert again.exit_code == 0 and "pretraining" not in again.output  # everything reused
