@@ -41,3 +41,4 @@ def c_shape(shape: Sequence[int] = (12, 40, 40)) -> np.ndarray:
     mask = np.zeros(shape, bool)
     mask[3:-3] = ring[3:-3]
     return mask
+

@@ -16,13 +16,16 @@ from sarcomakit.cli.main import app
 from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.io.image import Geometry, read_image
 from sarcomakit.evaluation.metrics import dice
+from sarcomakit.interactive.evaluate import InteractiveCase, evaluate_interactive
+from sarcomakit.interactive.metrics import mean_curve
 from sarcomakit.interactive.network_model import NetworkInteractiveModel
 from sarcomakit.interactive.robot import RobotConfig, RobotUser
 from sarcomakit.interactive.roi import Roi
 from sarcomakit.interactive.session import InteractiveSession
 from sarcomakit.planning.plan import plan_cohort
-from sarcomakit.planning.preprocess import preprocess_case
+from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_case
 from sarcomakit.runs.config import TrainConfig
+from sarcomakit.runs.folder import RunFolder
 from sarcomakit.tasks import build_task, task_options
 from sarcomakit.tasks.interactive import InteractiveTask
 
@@ -84,6 +87,21 @@ def test_training_samples_of_a_single_channel_network(cohort_and_plan) -> None: 
     assert multi.build_model(plan, config).model[0].conv.unit0.conv.in_channels == len(plan.channels) + 3
 
 
+def test_zoomed_patches_show_the_tumour_smaller_or_larger(cohort_and_plan) -> None:  # noqa: ANN001
+    _, manifest, plan = cohort_and_plan
+    cases = [preprocess_case(case, plan) for case in manifest.cases[:3]]
+    sizes = {}
+    for zoom in (0.5, 1.0):
+        config = tiny_config(scale_range=[zoom, zoom], intensity_augmentation="none")
+        dataset = build_task(config).training_data(cases, plan, config.model_copy(update={"augmentation": "none"}),
+                                                   length=8)
+        sizes[zoom] = np.mean([float(dataset[i]["label"].sum()) for i in range(8)])
+        assert dataset[0]["image"].shape[1:] == (16, 32, 32)
+    assert sizes[0.5] < sizes[1.0] / 3  # half the size: an eighth of the volume when the tumour fits
+    with pytest.raises(UserInputError, match="scale_range"):
+        build_task(tiny_config(scale_range=[2.0, 1.0]))
+
+
 def test_model_in_the_loop_corrects_the_networks_own_answer(cohort_and_plan) -> None:  # noqa: ANN001
     _, manifest, plan = cohort_and_plan
     cases = [preprocess_case(case, plan) for case in manifest.cases[:2]]
@@ -113,33 +131,41 @@ def test_model_in_the_loop_corrects_the_networks_own_answer(cohort_and_plan) -> 
 
 @pytest.fixture(scope="module")
 def trained_run(cohort_and_plan):  # noqa: ANN001, ANN201
-    """A tiny interactive run trained through ``sarcomakit interactive train`` (90 steps, validated at the end).
-
-    Validation starts from the click protocol (one click inside, one outside), which leaves room for the
-    scribble corrections of the next rounds to show.
-    """
+    """A tiny interactive run trained through ``sarcomakit interactive train`` (90 steps, validated at the end)."""
     root, manifest, _ = cohort_and_plan
     run_dir = root / "run"
-    TrainConfig(task="interactive", validate_every=6).save(root / "config.json")
     result = CliRunner().invoke(app, [
         "interactive", "train", str(manifest.source), "--plan", str(root / "plan.json"), "--out", str(run_dir),
-        "--config", str(root / "config.json"), "--epochs", "6", "--iterations", "15", "--patch-size", "16,32,32",
+        "--epochs", "6", "--iterations", "15", "--validate-every", "6", "--patch-size", "16,32,32",
         "--batch-size", "2", "--optimizer", "adamw", "--lr", "3e-3", "--augmentation", "light", "--workers", "0",
         "--folds", "3", "--device", "cpu", "--seed", "0", "--network-option", "channels=[8,16,32]",
         "--network-option", "num_res_units=1", "--task-option", "validation_rounds=3",
-        "--task-option", "validation_protocol=clicks", "--task-option", "model_in_the_loop=0.5"])
+        "--task-option", "scale_range=[1,1]", "--task-option", "model_in_the_loop=0.5"])
     assert result.exit_code == 0, result.output
     return run_dir
 
 
 @pytest.mark.slow
-def test_a_short_training_run_learns_to_use_corrections(trained_run: Path) -> None:
+def test_a_short_training_run_learns_to_follow_prompts_and_corrections(trained_run: Path) -> None:
     history = pd.read_csv(trained_run / "fold_0" / "history.csv")
-    last = history.iloc[-1]
-    # Dice after three simulated rounds above the first round's: the network follows the corrections
-    assert last.val_dice > last.val_dice_round1 + 0.03, history
-    assert last.val_dice > 0.8
-    assert TrainConfig.load(trained_run / "config.json").task == "interactive"
+    assert {"val_dice", "val_dice_round1", "val_dice_auc"} <= set(history.columns)
+    assert history.val_dice.iloc[-1] > 0.8 and list(history.dropna(subset=["val_dice"]).epoch) == [0, 5]
+    config = TrainConfig.load(trained_run / "config.json")
+    assert config.task == "interactive" and config.validate_every == 6
+    task = build_task(config)
+    model = NetworkInteractiveModel.from_run(trained_run).grid_model
+    cases = task.validation_cases([PreprocessedCase.load(trained_run / "preprocessed", case_id)
+                                   for split in RunFolder.open(trained_run).splits()[:1] for part in split.values()
+                                   for case_id in part])
+    curves = {}
+    for name, playable in (("image", cases), ("prompts only", [
+            InteractiveCase(c.case_id, np.zeros_like(c.image), c.reference, c.spacing) for c in cases])):
+        evaluation = evaluate_interactive({"network": model}, playable, n_rounds=5, robot=RobotConfig(), seed=0)
+        curves[name] = mean_curve([record.dice for record in evaluation.records])
+    # on the images, five rounds end at least where the first began, and high
+    assert curves["image"][-1] >= curves["image"][0] - 1e-6 and curves["image"][-1] > 0.85, curves
+    # with the image blanked out, only the prompts tell where the tumour is: each round's corrections add to it
+    assert curves["prompts only"][-1] > curves["prompts only"][0] + 0.04, curves
 
 
 @pytest.mark.slow

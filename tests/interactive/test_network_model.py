@@ -43,10 +43,10 @@ class ThresholdGrid:
     def __init__(self) -> None:
         self.calls: list[dict] = []
 
-    def context_of(self, box, image_shape):  # noqa: ANN001, ANN201
+    def window(self, box, image_shape):  # noqa: ANN001, ANN201
         return tuple(slice(a, b) for a, b in box)
 
-    def foreground_probability(self, image, previous, positive, negative, spacing, context=None):  # noqa: ANN001, ANN201
+    def foreground_probability(self, image, previous, positive, negative, spacing):  # noqa: ANN001, ANN201
         self.calls.append({"image": image.copy(), "previous": None if previous is None else previous.copy(),
                            "positive": positive.copy(), "negative": negative.copy(), "spacing": spacing})
         return (image[0] > 0.5).astype(np.float32)
@@ -224,35 +224,39 @@ def test_on_the_real_brain_mri_grid_the_mask_comes_back_where_the_tumour_is() ->
     assert mask.shape == reference.shape and dice(mask, reference) > 0.9
 
 
-def test_local_normalisation_makes_the_input_independent_of_the_intensity_scale() -> None:
+def test_the_network_sees_a_patch_sized_window_normalised_by_its_own_statistics() -> None:
     seen: list[torch.Tensor] = []
 
     class Recorder(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             seen.append(x.clone())
-            return torch.zeros(x.shape[0], 2, *x.shape[2:])
+            logits = torch.full((x.shape[0], 2, *x.shape[2:]), 0.5)
+            logits[:, 1] = x[:, 1 + 1]  # foreground on the positive prompt
+            return logits
 
-    image = np.random.default_rng(0).normal(size=(1, 12, 24, 24)).astype(np.float32)
-    roi = Roi((2, 4, 4), (10, 20, 20))
-    prompt = Scribble.from_voxels([(6, 10, x) for x in range(8, 12)], positive=True)
+    image = np.random.default_rng(0).normal(size=(1, 16, 40, 40)).astype(np.float32)
+    roi = Roi((6, 14, 16), (10, 22, 24))
+    inside = Scribble.from_voxels([(8, 18, x) for x in range(18, 22)], positive=True)
+    outside = Scribble.from_voxels([(8, 28, x) for x in range(18, 22)], positive=True)  # in the window, not the ROI
     for local in (True, False):
         seen.clear()
-        model = PlanGridModel(Recorder(), n_channels=1, divisor=(1, 1, 1), local_normalisation=local,
-                              context_shape=(12, 24, 24))
-        model.predict(image, [prompt], None, roi)
-        model.predict(3.0 * image + 100.0, [prompt], None, roi)
-        same = torch.allclose(seen[0][:, 0], seen[1][:, 0], atol=1e-4)
-        assert same == local
-    # the statistics come from the patch-sized window around the region (here the whole image), not the region
+        model = PlanGridModel(Recorder(), n_channels=1, encoding="binary", divisor=(1, 1, 1),
+                              local_normalisation=local, context_shape=(8, 24, 24))
+        mask = model.predict(image, [inside, outside], None, roi)
+        model.predict(3.0 * image + 100.0, [inside, outside], None, roi)
+        assert seen[0].shape == (1, 4, 8, 24, 24)  # the ROI grown to the patch size about its centre
+        assert torch.allclose(seen[0][:, 0], seen[1][:, 0], atol=1e-4) == local
+        assert seen[0][0, 2].sum() == 8  # both strokes reach the network
+        assert mask.shape == roi.shape and mask.sum() == 4  # the answer is cut back to the ROI
     from sarcomakit.interactive.network_model import robust_statistics
 
-    median, scale = robust_statistics(image)
-    expected = (image[(slice(None), *roi.slices)] - median) / scale
+    window = image[:, 4:12, 6:30, 8:32]
+    median, scale = robust_statistics(window)
     model = PlanGridModel(Recorder(), n_channels=1, divisor=(1, 1, 1), local_normalisation=True,
-                          context_shape=(12, 24, 24))
+                          context_shape=(8, 24, 24))
     seen.clear()
-    model.predict(image, [prompt], None, roi)
-    np.testing.assert_allclose(seen[0][0, 0].numpy(), expected[0], atol=1e-5)
+    model.predict(image, [inside], None, roi)
+    np.testing.assert_allclose(seen[0][0, 0].numpy(), ((window - median) / scale)[0], atol=1e-5)
 
 
 def test_context_box_grows_a_region_to_the_patch_size_inside_the_image() -> None:

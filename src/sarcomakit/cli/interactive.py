@@ -1,6 +1,8 @@
 """``sarcomakit interactive``: train the interactive network and evaluate interactive models under the robot user.
 
 - ``train``: ``sarcomakit train`` with the ``interactive`` task (:mod:`sarcomakit.tasks.interactive`);
+- ``campaign MODEL MANIFEST``: a simulated annotation campaign (active learning): held-out Dice
+  against annotation effort for random, MC-dropout entropy and variance, and core-set selection;
 - ``export RUN OUT``: the run's network weights, plan and config as a small folder to ship or share;
 - ``evaluate MODEL MANIFEST``: plays the simulated annotator on every labelled case with each model
   (a run folder, ``default``, ``random_walker`` or ``geodesic``; several separated by commas) and writes
@@ -50,6 +52,10 @@ def train_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     workers: int = typer.Option(None, "--workers", help="Data-loading processes (default: cores - 1, max 4)."),
     config_file: Path = typer.Option(None, "--config", help="TrainConfig JSON; options given here override it."),
+    validate_every: int = typer.Option(None, "--validate-every", min=1, help="Validate every this many epochs "
+                                                                            "(and after the last)."),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="Which epoch checkpoint_best.pt keeps: validation "
+                                                              "(best score) or last."),
     resume: bool = typer.Option(False, "--resume", help="Continue from each fold's last checkpoint."),
     time_limit: float = typer.Option(None, "--time-limit", help="Stop after the epoch in which this many minutes "
                                                                 "have passed (resumable)."),
@@ -74,7 +80,8 @@ def train_command(
                           network_options={**base.network_options, **parse_task_options(network_option)} or None,
                           epochs=epochs, iterations_per_epoch=iterations, network=network, optimizer=optimizer,
                           learning_rate=learning_rate, batch_size=batch_size, augmentation=augmentation,
-                          patch_size=patch, seed=seed, device=device, num_workers=workers, n_folds=folds)
+                          patch_size=patch, seed=seed, device=device, num_workers=workers, n_folds=folds,
+                          validate_every=validate_every, checkpoint_selection=checkpoint)
     console = Console(stderr=True)
     result = train(Manifest.load(manifest), Plan.load(plan), run_dir, folds=_folds(fold, config.n_folds),
                    config=config, resume=resume, time_limit_s=time_limit * 60 if time_limit is not None else None,
@@ -153,6 +160,88 @@ def evaluate_command(
         console.print(f"wrote {', '.join(p.name for p in paths.values())} in {out}", highlight=False, soft_wrap=True)
     outcome.print_summary(console)
     raise typer.Exit(outcome.exit_code)
+
+
+@interactive_app.command("campaign")
+def campaign_command(
+    model: str = typer.Argument(..., help="The interactive network to start from: 'default' or a run folder."),
+    manifest: Path = typer.Argument(..., help="Cohort manifest (.csv or .json) with labels."),
+    out: Path = typer.Option(Path("interactive-campaign"), "--out", "-o", help="Output folder."),
+    strategies: str = typer.Option("random,entropy,variance,coreset", "--strategies",
+                                   help="Comma list among random, entropy, variance (MC dropout) and coreset."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma list of seeds (held-out split, first cases, robot)."),
+    initial: int = typer.Option(2, "--initial", min=1, help="Cases annotated before the first choice."),
+    per_round: int = typer.Option(2, "--per-round", min=1, help="Cases the strategy picks per round."),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="Campaign rounds."),
+    steps: int = typer.Option(20, "--steps", min=0, help="Fine-tuning steps after each round."),
+    lr: float = typer.Option(5e-4, "--lr", help="Fine-tuning learning rate."),
+    target_dice: float = typer.Option(0.90, "--target-dice", help="Dice at which the robot stops annotating a case."),
+    max_interactions: int = typer.Option(10, "--max-interactions", min=1, help="Most interactions per case."),
+    eval_rounds: int = typer.Option(1, "--eval-rounds", min=1, help="Robot rounds before the held-out Dice is read."),
+    test_fraction: float = typer.Option(0.3, "--test-fraction", help="Fraction of the cases held out."),
+    mc_samples: int = typer.Option(8, "--mc-samples", min=1, help="MC dropout samples per case."),
+    channel: str = typer.Option(None, "--channel", help="For a one-channel network: the manifest channel to use."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+) -> None:
+    """Simulate an annotation campaign: held-out Dice against annotation effort for each selection strategy.
+
+    Writes campaign.csv (per strategy, seed and round), campaign_summary.csv and campaign.png into --out.
+    """
+    import dataclasses
+
+    from sarcomakit.core.errors import UserInputError
+    from sarcomakit.core.io.atomic import write_json, write_text
+    from sarcomakit.data.manifest import Manifest
+    from sarcomakit.interactive.campaign import (
+        CampaignConfig,
+        campaign_cases,
+        campaign_summary,
+        run_campaign,
+        task_fine_tuner,
+    )
+    from sarcomakit.interactive.cases import model_channels
+    from sarcomakit.interactive.models import load_interactive_model
+    from sarcomakit.interactive.network_model import NetworkInteractiveModel
+    from sarcomakit.reporting.interactive import campaign_figure
+    from sarcomakit.tasks import build_task
+
+    try:
+        seed_list = tuple(int(v) for v in seeds.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter("give integers, e.g. 0,1,2.", param_hint="--seeds") from None
+    config = CampaignConfig(strategies=tuple(v.strip() for v in strategies.split(",") if v.strip()),
+                            initial_cases=initial, per_round=per_round, rounds=rounds, seeds=seed_list,
+                            test_fraction=test_fraction, target_dice=target_dice, max_interactions=max_interactions,
+                            eval_rounds=eval_rounds, fine_tune_steps=steps, learning_rate=lr, mc_samples=mc_samples)
+    network = load_interactive_model(model, device=device, channel=channel)
+    if not isinstance(network, NetworkInteractiveModel) or network.config is None:
+        raise UserInputError(f"'{model}' is not a trained network; a campaign fine-tunes one.",
+                             fix="give 'default' or a run folder of 'sarcomakit interactive train'.")
+    cohort = Manifest.load(manifest)
+    if channel is not None and channel not in cohort.channels:
+        raise UserInputError(f"the manifest has no channel {channel} (it has {', '.join(cohort.channels)}).",
+                             path=manifest)
+    channels = model_channels([network], cohort.channels, channel)
+    cases = campaign_cases(cohort, network.input_plan, channels)
+    train_config = network.config.model_copy(update={"task_options": {
+        k: v for k, v in network.config.task_options.items() if k != "initial_weights"}})
+    fine_tune = task_fine_tuner(build_task(train_config), network.input_plan, train_config,
+                                network.grid_model.device, learning_rate=lr, batch_size=config.batch_size)
+    console = Console(stderr=True)
+    frame = run_campaign(network.grid_model, cases, fine_tune, config,
+                         progress=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    summary = campaign_summary(frame)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "campaign.csv", frame.to_csv(index=False))
+    write_text(out / "campaign_summary.csv", summary.to_csv(index=False))
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "robot"}
+    write_json(out / "campaign.json", {"model": model, "manifest": str(manifest), "channels": channels, **settings})
+    campaign_figure(summary, out / "campaign.png", title=f"{len(cases)} cases, {len(seed_list)} seed(s)")
+    last = summary.sort_values("round").groupby("strategy", sort=False).tail(1)
+    for row in last.itertuples():
+        Console().print(f"{row.strategy}: held-out Dice {row.heldout_dice:.3f} (range {row.dice_min:.3f}-"
+                        f"{row.dice_max:.3f}) after {row.cumulative_interactions:.1f} interactions on "
+                        f"{row.n_labelled:.0f} cases", highlight=False, soft_wrap=True)
 
 
 @interactive_app.command("export")

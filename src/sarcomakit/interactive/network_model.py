@@ -5,20 +5,22 @@ plan's grid, the image channels, the previous mask and the positive and negative
 as input channels (early fusion, as nnInteractive), and answers two-class logits. Two models wrap it:
 
 - :class:`PlanGridModel` works on images that are already on the plan's grid and normalised (the
-  task's preprocessed cases, for validation): it crops the ROI, builds the input with
-  :func:`network_input`, pads it to a size the network accepts and runs one forward pass;
+  task's preprocessed cases, for validation): it takes a window around the ROI at least as large as
+  the training patches (the network sees the context it was trained with, as nnInteractive predicts
+  in a fixed-size patch), builds the input with :func:`network_input`, pads it to a size the network
+  accepts, runs one forward pass and keeps the ROI;
 - :class:`NetworkInteractiveModel` works on any image in its own geometry. Its :meth:`prepare` runs
   the plan's preprocessing once per image (reorientation, crop, normalisation, resampling: the
   session keeps the result), and each :meth:`predict` maps the ROI and the prompts from the
-  original voxel grid onto the plan's grid, runs :class:`PlanGridModel` on the corresponding box,
-  and resamples the foreground probability back onto the original ROI in physical space. So the
+  original voxel grid onto the plan's grid, runs :class:`PlanGridModel` on a window around the
+  corresponding box, and resamples the foreground probability back onto the original ROI in physical space. So the
   cost of an interaction is one forward pass on the ROI, and the mask lies on the original grid
   whatever the spacing, orientation or obliquity of the image.
 
-Local normalisation (the default of the ``interactive`` task): each image channel of the input is
-standardised by its median and interquartile range in a window of the training patch's size around
-the region (:func:`robust_statistics`), as each training patch was, so that the network sees a
-tumour's local contrast on one scale whatever the modality and the scan's intensity range.
+Local normalisation (the default of the ``interactive`` task): each image channel of the window is
+standardised by its median and interquartile range (:func:`robust_statistics`), as each training
+patch was, so that the network sees a tumour's local contrast on one scale whatever the modality and
+the scan's intensity range.
 
 Index mapping: reorientation permutes and flips axes and resampling scales them, so an original
 voxel index ``i`` (array order) maps to a continuous plan-grid index ``A @ i + b`` with ``A`` a
@@ -52,6 +54,7 @@ from sarcomakit.interactive.roi import Roi
 from sarcomakit.planning.normalize import ChannelNormalization
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.resample import cropped_geometry
+from sarcomakit.runs.config import TrainConfig
 
 #: Input channels after the image channels, in order.
 STATE_CHANNELS: tuple[str, ...] = ("previous_mask", "positive", "negative")
@@ -88,8 +91,8 @@ def robust_statistics(context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def context_box(box: Sequence[tuple[int, int]], size: Sequence[int] | None,
                 image_shape: Sequence[int]) -> tuple[slice, ...]:
-    """The box grown about its centre to at least ``size`` voxels per axis (within the image): the window whose
-    statistics normalise the box, of the size of the training patches. ``size`` None: the box itself."""
+    """The box grown about its centre to at least ``size`` voxels per axis (within the image), as slices: the
+    window a network trained on patches of ``size`` sees around the box. ``size`` None: the box itself."""
     slices = []
     for axis, (start, stop) in enumerate(box):
         need, n = (stop - start if size is None else int(size[axis])), int(image_shape[axis])
@@ -128,9 +131,9 @@ class PlanGridModel:
         divisor: per axis, the multiple an input side is padded to (:func:`input_divisor`).
         device: where the network runs.
         threshold: foreground probability above which a voxel is in the mask.
-        local_normalisation: standardise the image channels by :func:`robust_statistics` of a window of
-            ``context_shape`` voxels around the region (as the task did with its training patches).
-        context_shape: that window's size, the training patch size (None: the region itself).
+        local_normalisation: standardise the image channels by :func:`robust_statistics` of the window the
+            network sees (as the task did with its training patches).
+        context_shape: the least size of that window, the training patch size (None: the region itself).
     """
 
     name = "network"
@@ -152,27 +155,28 @@ class PlanGridModel:
     def predict(self, image: np.ndarray, prompts: Sequence[Prompt], previous_mask: np.ndarray | None,
                 roi: Roi, *, spacing: Sequence[float] | None = None) -> np.ndarray:
         """The mask in ``roi`` of an image already on the plan's grid (the InteractiveModel protocol)."""
-        positive, negative = rasterize_prompts(prompts, image.shape[1:], roi)
-        previous = None if previous_mask is None else previous_mask[roi.slices]
-        context = image[(slice(None), *self.context_of(list(zip(roi.start, roi.stop, strict=True)),
-                                                        image.shape[1:]))]
-        probability = self.foreground_probability(image[(slice(None), *roi.slices)], previous, positive, negative,
-                                                  spacing, context=context)
-        return probability >= self.threshold
+        window = self.window(list(zip(roi.start, roi.stop, strict=True)), image.shape[1:])
+        region = Roi(tuple(w.start for w in window), tuple(w.stop for w in window))
+        positive, negative = rasterize_prompts(prompts, image.shape[1:], region)
+        previous = None if previous_mask is None else previous_mask[window]
+        probability = self.foreground_probability(image[(slice(None), *window)], previous, positive, negative,
+                                                  spacing)
+        inside = tuple(slice(a - w.start, b - w.start) for a, b, w in zip(roi.start, roi.stop, window, strict=True))
+        return probability[inside] >= self.threshold
 
-    def context_of(self, box: Sequence[tuple[int, int]], image_shape: Sequence[int]) -> tuple[slice, ...]:
-        """The window (slices of the plan-grid image) whose statistics normalise the crop ``box``."""
+    def window(self, box: Sequence[tuple[int, int]], image_shape: Sequence[int]) -> tuple[slice, ...]:
+        """The window (slices of the plan-grid image) the network sees to predict the region ``box``: the box
+        grown to the training patch size, as nnInteractive predicts in a fixed-size patch around the prompts."""
         return context_box(box, self.context_shape, image_shape)
 
     def foreground_probability(self, image: np.ndarray, previous: np.ndarray | None, positive: np.ndarray,
-                               negative: np.ndarray, spacing: Sequence[float] | None,
-                               context: np.ndarray | None = None) -> np.ndarray:
-        """Foreground probability ``(Z, Y, X)`` of one crop, from one forward pass (input padded, output cropped).
-
-        ``context`` is the window whose statistics normalise the crop (local normalisation; default the crop).
-        """
+                               negative: np.ndarray, spacing: Sequence[float] | None, *,
+                               dropout: bool = False) -> np.ndarray:
+        """Foreground probability ``(Z, Y, X)`` of one window, from one forward pass (input padded, output cropped);
+        with local normalisation the window's own statistics standardise the image channels. ``dropout`` keeps
+        the dropout layers active (one Monte Carlo dropout sample)."""
         if self.local_normalisation:
-            median, scale = robust_statistics(image if context is None else context)
+            median, scale = robust_statistics(image)
             image = (np.asarray(image, dtype=np.float32) - median) / scale
         inputs = network_input(image, previous, positive, negative, encoding=self.encoding, scale_mm=self.scale_mm,
                                spacing=spacing)
@@ -180,14 +184,19 @@ class PlanGridModel:
         padding = [(0, 0)] + [(0, (-n) % d) for n, d in zip(shape, self.divisor, strict=True)]
         padded = np.concatenate([np.pad(inputs[:self.n_channels], padding, mode="edge"),
                                  np.pad(inputs[self.n_channels:], padding, mode="constant")])
-        was_training = self.network.training
+        modes = {module: module.training for module in self.network.modules()}
         self.network.eval()
+        if dropout:
+            for module in self.network.modules():
+                if isinstance(module, nn.Dropout):
+                    module.train(True)
         try:
             with torch.inference_mode():
                 logits = self.network(torch.from_numpy(padded[None]).to(self.device))
                 probability = torch.softmax(logits.float(), dim=1)[0, 1]
         finally:
-            self.network.train(was_training)
+            for module, mode in modes.items():
+                module.training = mode
         return probability[tuple(slice(0, n) for n in shape)].cpu().numpy()
 
 
@@ -231,13 +240,15 @@ class NetworkInteractiveModel:
         channel: for a network that takes one channel, the plan channel whose normalisation the input
             gets (None: the first); an unknown name gets a per-image z-score.
         name: the method name in tables.
+        config: the run's training configuration (what fine-tuning it needs), when loaded from a run.
     """
 
     def __init__(self, grid_model: PlanGridModel, plan: Plan, *, channel: str | None = None,
-                 name: str = "network") -> None:
+                 name: str = "network", config: TrainConfig | None = None) -> None:
         self.grid_model = grid_model
         self.plan = plan
         self.name = name
+        self.config = config
         self.input_plan = _input_plan(plan, grid_model.n_channels, channel)
 
     @property
@@ -277,7 +288,7 @@ class NetworkInteractiveModel:
         network.load_state_dict(load_checkpoint(available[chosen], map_location=torch_device)["model"])
         network.to(torch_device).eval()
         grid_model = task.grid_model(network, plan, config, torch_device)  # type: ignore[attr-defined]
-        return cls(grid_model, plan, channel=channel, name=name or Path(run_dir).name)
+        return cls(grid_model, plan, channel=channel, name=name or Path(run_dir).name, config=config)
 
     # ------------------------------------------------------------------ protocol
     def prepare(self, image: np.ndarray, *, spacing: Sequence[float] | None = None,
@@ -321,17 +332,15 @@ class NetworkInteractiveModel:
         box = _grid_box(prepared, roi)
         if box is None:  # the ROI lies outside the region the plan's crop kept
             return np.zeros(roi.shape, dtype=bool)
-        box_shape = tuple(b - a for a, b in box)
-        positive, negative = _splat_prompts(prompts, prepared, box)
+        window = [(w.start, w.stop) for w in self.grid_model.window(box, prepared.data.shape[1:])]
+        positive, negative = _splat_prompts(prompts, prepared, window)
         previous = None
         if previous_mask is not None and previous_mask.any():
-            previous = _previous_on_box(previous_mask, prepared, box)
-        grid_spacing = prepared.grid.array_spacing
-        context = prepared.data[(slice(None), *self.grid_model.context_of(box, prepared.data.shape[1:]))]
+            previous = _previous_on_box(previous_mask, prepared, window)
         probability = self.grid_model.foreground_probability(
-            prepared.data[(slice(None), *(slice(a, b) for a, b in box))], previous, positive, negative, grid_spacing,
-            context=context)
-        assert probability.shape == box_shape
+            prepared.data[(slice(None), *(slice(a, b) for a, b in window))], previous, positive, negative,
+            prepared.grid.array_spacing)
+        probability = probability[tuple(slice(a - w, b - w) for (a, b), (w, _) in zip(box, window, strict=True))]
         box_grid = cropped_geometry(prepared.grid, [list(b) for b in box])
         roi_grid = cropped_geometry(prepared.reference, [[a, b] for a, b in zip(roi.start, roi.stop, strict=True)])
         source = box_grid.apply(sitk.GetImageFromArray(probability.astype(np.float32)))

@@ -1,4 +1,4 @@
-"""Figures of interactive segmentation: Dice against interaction rounds per method, with bootstrap intervals.
+"""Figures of interactive segmentation: Dice against rounds per method, and annotation campaigns per strategy.
 
 Drawn on a ``matplotlib.figure.Figure`` with the Agg canvas (never ``pyplot``), like every figure of
 :mod:`sarcomakit.reporting`, and written atomically.
@@ -52,6 +52,42 @@ def dice_rounds_figure(curve: pd.DataFrame, path: str | Path, *, title: str = ""
     axes.set_ylim(0.0, 1.0)
     if len(curve):
         axes.set_xlim(1, max(int(curve["round"].max()), 2))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize="small")
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, format="png")
+    return out
+
+
+def campaign_figure(summary: pd.DataFrame, path: str | Path, *, title: str = "") -> Path:
+    """Held-out Dice against cumulative annotation interactions, one line per strategy, the band spanning the seeds.
+
+    Args:
+        summary: :func:`~sarcomakit.interactive.campaign.campaign_summary` (columns ``strategy``,
+            ``cumulative_interactions``, ``heldout_dice``, ``dice_min``, ``dice_max``, ``n_seeds``).
+        path: where to write the PNG.
+        title: the figure title.
+    """
+    missing = {"strategy", "cumulative_interactions", "heldout_dice", "dice_min", "dice_max"} - set(summary.columns)
+    if missing:
+        raise ValueError(f"the campaign summary lacks column(s) {sorted(missing)}")
+    figure = Figure(figsize=(6.0, 4.0), dpi=DPI)
+    axes = figure.subplots()
+    for strategy, rows in summary.groupby("strategy", sort=False):
+        rows = rows.sort_values("cumulative_interactions")
+        seeds = int(rows["n_seeds"].iloc[0]) if "n_seeds" in rows else None
+        label = f"{strategy} ({seeds} seeds)" if seeds else str(strategy)
+        line = axes.plot(rows["cumulative_interactions"], rows["heldout_dice"], marker="o", markersize=3,
+                         label=label)[0]
+        axes.fill_between(rows["cumulative_interactions"], rows["dice_min"], rows["dice_max"],
+                          color=line.get_color(), alpha=0.15, linewidth=0)
+    axes.set_xlabel("annotation effort (cumulative interactions)")
+    axes.set_ylabel("held-out Dice (mean, range over seeds)")
+    axes.set_ylim(0.0, 1.0)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize="small")
     if title:

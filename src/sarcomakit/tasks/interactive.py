@@ -5,8 +5,9 @@ maps stacked as channels (early fusion, as nnInteractive; see
 :func:`sarcomakit.interactive.network_model.network_input`); its output is two-class logits
 (background, object), trained with Dice + cross-entropy against the whole reference mask.
 
-Training samples are patches around the tumour (every patch holds some of it), augmented spatially
-(the run's ``augmentation``) and then strongly in intensity
+Training samples are patches around the tumour (every patch holds some of it), zoomed by a random
+factor (``scale_range``: the network meets tumours smaller and larger than the cohort's), augmented
+spatially (the run's ``augmentation``) and then strongly in intensity
 (:class:`~sarcomakit.interactive.augment.IntensityAugmentation`: random monotone remapping,
 inversion, gamma, bias field, noise, channel dropout), so that the network follows the prompts rather
 than one contrast; with ``local_normalisation`` (default) each patch's channels are then standardised
@@ -70,7 +71,7 @@ class InteractiveDataset(torch.utils.data.Dataset):
     def __init__(self, volumes: Sequence[CaseVolume], patch_size: Sequence[int], length: int, *,
                  spatial_augmentation: str, intensity: IntensityAugmentation | None, simulation: SimulationConfig,
                  single_channel: bool, encoding: str, scale_mm: float, spacing: Sequence[float], seed: int,
-                 local_normalisation: bool = True) -> None:
+                 local_normalisation: bool = True, scale_range: Sequence[float] = (1.0, 1.0)) -> None:
         self.volumes = [v for v in volumes if len(v.foreground)]
         if not self.volumes:
             raise UserInputError("no training case has foreground voxels: there is no object to prompt for.",
@@ -86,6 +87,9 @@ class InteractiveDataset(torch.utils.data.Dataset):
         self.spacing = tuple(float(s) for s in spacing)
         self.seed = seed
         self.local_normalisation = local_normalisation
+        if len(scale_range) != 2 or not 0 < float(scale_range[0]) <= float(scale_range[1]):
+            raise UserInputError(f"scale_range must be two numbers 0 < low <= high, got {list(scale_range)}.")
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -118,7 +122,7 @@ class InteractiveDataset(torch.utils.data.Dataset):
         best: tuple[np.ndarray, np.ndarray] | None = None
         for _ in range(10):
             volume = self.volumes[int(rng.integers(len(self.volumes)))]
-            image, label = crop_patch(volume, self.patch_size, rng, force_foreground=True)
+            image, label = self._zoomed_crop(volume, rng)
             if len(self.transform.transforms):
                 self.transform.set_random_state(seed=int(rng.integers(2**31)))
                 sample = self.transform({"image": torch.from_numpy(image), "label": torch.from_numpy(label)})
@@ -133,6 +137,23 @@ class InteractiveDataset(torch.utils.data.Dataset):
             volume = self.volumes[int(rng.integers(len(self.volumes)))]
             return crop_patch(volume, self.patch_size, rng, force_foreground=True)
         return best
+
+
+    def _zoomed_crop(self, volume: CaseVolume, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A crop around the tumour of ``patch / zoom`` voxels resized to the patch, ``zoom`` log-uniform in
+        :attr:`scale_range`: the tumour appears from ``scale_range[0]`` to ``scale_range[1]`` times its size."""
+        low, high = self.scale_range
+        zoom = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if high > low else float(low)
+        region = tuple(max(1, int(round(p / zoom))) for p in self.patch_size)
+        image, label = crop_patch(volume, region, rng, force_foreground=True)
+        if region == self.patch_size:
+            return image, label
+        size = list(self.patch_size)
+        image = torch.nn.functional.interpolate(torch.from_numpy(image)[None], size=size, mode="trilinear",
+                                                align_corners=False)[0].numpy()
+        fraction = torch.nn.functional.interpolate(torch.from_numpy((label > 0).astype(np.float32))[None],
+                                                   size=size, mode="trilinear", align_corners=False)[0].numpy()
+        return image, (fraction >= 0.5).astype(np.uint8)
 
 
 class InteractiveObjective(Objective):
@@ -207,6 +228,8 @@ class InteractiveTask(Task):
         local_normalisation: standardise the image channels of each input by their median and interquartile
             range in a patch-sized window (the training patch; around the region at prediction), so that the
             network sees local contrast on one scale whatever the modality.
+        scale_range: range of the zoom applied to training patches (log-uniform), so that the network meets
+            tumours from scale_range[0] to scale_range[1] times their size in the cohort.
         initial_weights: fine-tuning: start from the network of this interactive run folder (or 'default',
             the model shipped with the package) instead of random weights; the network and its options
             must be the same as that run's (see its config.json).
@@ -224,7 +247,7 @@ class InteractiveTask(Task):
                  perturbations: list[str] | str = "dilate,erode,shift,cut,blob,empty",
                  model_in_the_loop: float = 0.25, validation_rounds: int = 5,
                  validation_protocol: str = "scribble", local_normalisation: bool = True,
-                 initial_weights: str | None = None) -> None:
+                 scale_range: tuple[float, float] = (0.33, 1.5), initial_weights: str | None = None) -> None:
         super().__init__(manifest)
         if encoding not in ENCODINGS:
             raise UserInputError(f"unknown prompt encoding '{encoding}'.", fix=f"use {', '.join(ENCODINGS)}.")
@@ -251,6 +274,10 @@ class InteractiveTask(Task):
         self.validation_rounds = int(validation_rounds)
         self.local_normalisation = local_normalisation
         self.initial_weights = initial_weights
+        self.scale_range = tuple(float(v) for v in scale_range)
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise UserInputError(f"scale_range must be two numbers 0 < low <= high, got {scale_range}.",
+                                 fix="e.g. --task-option scale_range=[0.33,1.5].")
 
     def image_channels(self, plan: Plan) -> int:
         """Image channels of the network input: one, or the plan's."""
@@ -271,7 +298,8 @@ class InteractiveTask(Task):
                                   spatial_augmentation=config.augmentation, intensity=self.intensity,
                                   simulation=self.simulation, single_channel=self.single_channel,
                                   encoding=self.encoding, scale_mm=self.scale_mm, spacing=plan.target_spacing,
-                                  seed=config.seed, local_normalisation=self.local_normalisation)
+                                  seed=config.seed, local_normalisation=self.local_normalisation,
+                                  scale_range=self.scale_range)
 
     def objective(self, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig) -> Objective:
         return InteractiveObjective(n_channels=self.image_channels(plan), encoding=self.encoding,
