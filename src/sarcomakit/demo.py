@@ -48,6 +48,7 @@ from sarcomakit.evaluation.formatting import format_estimate
 from sarcomakit.evaluation.metrics import dice
 from sarcomakit.evaluation.oof import OOF_COLUMNS, OOF_FILE, write_oof
 from sarcomakit.evaluation.segmentation import evaluate_predictions
+from sarcomakit.inference.prediction_record import RECORD_DIR
 from sarcomakit.inference.predictor import predict
 from sarcomakit.planning.plan import Plan, plan_cohort
 from sarcomakit.reporting.multitask_report import write_multitask_report
@@ -216,7 +217,8 @@ def run_demo(out_dir: str | Path = "sarcomakit-demo", *, cases: int = 50, epochs
     console.rule("4/6 predict held-out cases")
     pred_dir = heldout / "predictions"
     model = {"checkpoint_sha256": file_identity(run_dir / "fold_0" / "checkpoint_best.pt")["sha256"]}
-    stale = _read_json(heldout / PREDICTED_WITH) != model  # predictions of an earlier checkpoint are redone
+    # the demo owns this folder: predictions of an earlier checkpoint (or unrecorded ones) are redone
+    stale = _read_json(heldout / PREDICTED_WITH) != model or not (pred_dir / RECORD_DIR).is_dir()
     predict(run_dir, heldout / "manifest.json", pred_dir, largest_component=True, overwrite=stale, device=device,
             console=console).print_summary(console)
     write_json(heldout / PREDICTED_WITH, model)

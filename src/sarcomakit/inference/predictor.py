@@ -24,6 +24,7 @@ from sarcomakit.core.io.atomic import write_text
 from sarcomakit.core.io.image import array_to_image, read_image, write_image
 from sarcomakit.data.manifest import Case
 from sarcomakit.inference.inputs import cases_from_input
+from sarcomakit.inference.prediction_record import PredictionRecord, model_key
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import preprocess_case, restore_to_input_geometry
 from sarcomakit.runs.checkpoint import load_checkpoint
@@ -60,6 +61,7 @@ class Predictor:
         self.device = device
         self.mirror_axes = (0, 1, 2) if mirror else ()
         self.overlap = config.sw_overlap if overlap is None else overlap
+        self.checkpoints: list[Path] = []  # the files the models were loaded from (set by from_run)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, folds: Sequence[int] | None = None, checkpoint: str = "best",
@@ -86,8 +88,15 @@ class Predictor:
             model.load_state_dict(state["model"])
             model.eval()
             models.append(model)
-        return cls(plan, config, task, models, torch_device, fold_states=states, mirror=mirror, overlap=overlap,
-                   largest_component=largest_component)
+        predictor = cls(plan, config, task, models, torch_device, fold_states=states, mirror=mirror,
+                        overlap=overlap, largest_component=largest_component)
+        predictor.checkpoints = [available[fold] for fold in chosen]
+        return predictor
+
+    def output_key(self) -> str:
+        """What identifies the masks this predictor makes: its checkpoints and the options that change them."""
+        return model_key(self.checkpoints, {"mirror_axes": list(self.mirror_axes), "overlap": self.overlap,
+                                            "largest_component": self.largest_component})
 
     def predict_case(self, case: Case) -> Prediction:
         """Preprocess with the plan, combine the ensemble's outputs, restore to the input geometry."""
@@ -141,17 +150,23 @@ def predict(run_dir: str | Path, source: str | Path, out_dir: str | Path, *, fol
     Writes ``{case_id}.nii.gz`` masks on each input's exact grid and, with ``save_probabilities``,
     ``{case_id}_probabilities.nii.gz`` (one component per class); a multi-task run also writes
     ``clinical_predictions.csv`` (grade probabilities, predicted grade, log-risk, risk group). Cases whose
-    mask exists are skipped unless ``overwrite``; a failing case is reported and the others are predicted.
+    mask exists are skipped unless ``overwrite``, if this model made it from the same input
+    (:mod:`~sarcomakit.inference.prediction_record`); a folder holding masks made otherwise is refused. A failing
+    case is reported and the others are predicted.
     """
     distributed.init_from_environment(device)
     predictor = Predictor.from_run(run_dir, folds=folds, checkpoint=checkpoint, device=device, mirror=mirror,
                                    largest_component=largest_component)
     task = predictor.task
     cases = cases_from_input(source, predictor.plan.channels, allow_missing=task.requirements.allow_missing_channels)
+    out = Path(out_dir)
+    record = PredictionRecord(out, predictor.output_key(), predictor.plan.channels,
+                              mask_name=lambda case_id: prediction_path(out, case_id).name)
+    if not overwrite:
+        record.check_folder(cases)
+    out.mkdir(parents=True, exist_ok=True)
     # under torchrun each process predicts every world_size-th case and writes its own part of the table
     cases = distributed.shard(cases)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
 
     final_table = out / task.case_table
     table_path = final_table if distributed.world_size() == 1 else \
@@ -168,11 +183,16 @@ def predict(run_dir: str | Path, source: str | Path, out_dir: str | Path, *, fol
             image = sitk.GetImageFromArray(np.ascontiguousarray(probs), isVector=True)
             image.CopyInformation(prediction.mask)
             write_image(image, out / f"{case.case_id}_probabilities.nii.gz")
-        return write_image(prediction.mask, prediction_path(out, case.case_id))
+        written = write_image(prediction.mask, prediction_path(out, case.case_id))
+        record.save(case)
+        return written
+
+    def done(case: Case) -> bool:
+        extra = [out / f"{case.case_id}_probabilities.nii.gz"] if save_probabilities else []
+        return record.is_current(case, also=extra)
 
     result = run_per_case(cases, one, name=lambda c: c.case_id, description="predicting",
-                          is_done=None if overwrite else (lambda c: prediction_path(out, c.case_id).exists()),
-                          console=console)
+                          is_done=None if overwrite else done, console=console)
     if task.case_columns and distributed.world_size() > 1:
         distributed.barrier()
         if distributed.is_main():
