@@ -40,6 +40,7 @@ from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.io.atomic import write_json
 from sarcomakit.core.io.image import read_image
 from sarcomakit.core.provenance import describe_value_change, examples, file_identity
+from sarcomakit.core.step_record import StepRecord
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.data.synthetic import case_id_of, make_synthetic_cohort
 from sarcomakit.evaluation.bootstrap import summarise
@@ -48,7 +49,7 @@ from sarcomakit.evaluation.formatting import format_estimate
 from sarcomakit.evaluation.metrics import dice
 from sarcomakit.evaluation.oof import OOF_COLUMNS, OOF_FILE, write_oof
 from sarcomakit.evaluation.segmentation import evaluate_predictions
-from sarcomakit.inference.prediction_record import RECORD_DIR
+from sarcomakit.inference.prediction_record import STEP as PREDICTIONS_STEP
 from sarcomakit.inference.predictor import predict
 from sarcomakit.planning.plan import Plan, plan_cohort
 from sarcomakit.reporting.multitask_report import write_multitask_report
@@ -218,7 +219,7 @@ def run_demo(out_dir: str | Path = "sarcomakit-demo", *, cases: int = 50, epochs
     pred_dir = heldout / "predictions"
     model = {"checkpoint_sha256": file_identity(run_dir / "fold_0" / "checkpoint_best.pt")["sha256"]}
     # the demo owns this folder: predictions of an earlier checkpoint (or unrecorded ones) are redone
-    stale = _read_json(heldout / PREDICTED_WITH) != model or not (pred_dir / RECORD_DIR).is_dir()
+    stale = _read_json(heldout / PREDICTED_WITH) != model or not StepRecord(pred_dir, PREDICTIONS_STEP).folder.is_dir()
     predict(run_dir, heldout / "manifest.json", pred_dir, largest_component=True, overwrite=stale, device=device,
             console=console).print_summary(console)
     write_json(heldout / PREDICTED_WITH, model)

@@ -11,8 +11,8 @@ import SimpleITK as sitk
 
 from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.io.image import read_image, write_image
+from sarcomakit.core.step_record import StepRecord
 from sarcomakit.data.manifest import Manifest
-from sarcomakit.inference.prediction_record import RECORD_DIR
 from sarcomakit.inference.predictor import predict
 from sarcomakit.planning.plan import plan_cohort
 from sarcomakit.runs.config import TrainConfig
@@ -38,7 +38,8 @@ def test_reruns_skip_only_their_own_masks_from_unchanged_inputs(tiny_cohort: Man
 
     first = predict(run_a, cohort.source, out, device="cpu")
     assert sorted(first.results) == cohort.case_ids
-    assert sorted(p.stem for p in (out / RECORD_DIR).glob("*.json")) == cohort.case_ids
+    records = StepRecord(out, "predictions").folder
+    assert sorted(p.stem for p in records.glob("*.json")) == cohort.case_ids
     again = predict(run_a, cohort.source, out, device="cpu")
     assert sorted(again.skipped) == cohort.case_ids and not again.results
 
@@ -61,7 +62,7 @@ def test_reruns_skip_only_their_own_masks_from_unchanged_inputs(tiny_cohort: Man
         predict(run_a, cohort.source, out, device="cpu", largest_component=True)  # the same model, other masks
     replaced = predict(run_b, cohort.source, out, device="cpu", overwrite=True)
     assert sorted(replaced.results) == cohort.case_ids
-    assert len({json.loads(p.read_text())["model"] for p in (out / RECORD_DIR).glob("*.json")}) == 1
+    assert len({json.loads(p.read_text())["options"] for p in records.glob("*.json")}) == 1
     assert sorted(predict(run_b, cohort.source, out, device="cpu").skipped) == cohort.case_ids
 
     # masks nobody recorded (a hand-drawn one, say) are not taken for predictions

@@ -39,7 +39,7 @@ def test_wsi_commands_end_to_end(tmp_path: Path) -> None:
                      "--min-tissue", "0.3")
     assert result.exit_code == 0, result.output
     assert len(list((work / "coords").glob("*.h5"))) == 6 and len(list((work / "thumbnails").glob("*.png"))) == 6
-    again = _invoke("tile", csv, "--out", str(work), "--target-mpp", "1.0", "--tile-size", "48")
+    again = _invoke("tile", csv, "--out", str(work), "--target-mpp", "1.0", "--tile-size", "48", "--min-tissue", "0.3")
     assert again.exit_code == 0 and "6 skipped" in again.output
 
     result = _invoke("pretrain", csv, "--out", str(work), "--encoder", "small_cnn", "--input-size", "48",

@@ -2,9 +2,9 @@
 
 ``predict`` skips cases whose mask already exists (an interrupted cohort run resumes). A mask is only
 "already done" when this model, with these options, made it from this very input. So each written mask
-gets a small record, ``.sarcomakit/predictions/{case_id}.json`` beside it, holding the model key (the
-SHA-256 of the checkpoints used and of the options that change the output) and the content digests of
-the case's input images (see :mod:`sarcomakit.core.provenance`). On a rerun:
+gets a :class:`~sarcomakit.core.step_record.StepRecord` (``.sarcomakit/predictions/{case_id}.json`` beside
+it) holding the model key (the SHA-256 of the checkpoints used and of the options that change the output)
+and the content digests of the case's input images. On a rerun:
 
 - same model and same input: the case is skipped;
 - same model, another input (an image re-exported in place): the case is predicted again;
@@ -12,23 +12,20 @@ the case's input images (see :mod:`sarcomakit.core.provenance`). On a rerun:
   else, perhaps by hand): the run stops before predicting anything, naming the cases, because going on
   would either mix two models' masks in one folder or overwrite files it did not make. ``--overwrite``
   (or another folder) is the user's explicit choice.
-
-One file per case keeps the record safe under torchrun, where each process writes its own cases.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sarcomakit.core.errors import UserInputError
-from sarcomakit.core.io.atomic import write_json
-from sarcomakit.core.provenance import case_files, examples, file_digests, file_identity, json_digest
+from sarcomakit.core.provenance import examples, file_identity, json_digest
+from sarcomakit.core.step_record import StepRecord
 from sarcomakit.data.manifest import Case
 
-RECORD_DIR = Path(".sarcomakit") / "predictions"
+STEP = "predictions"
 
 
 def model_key(checkpoints: Sequence[str | Path], options: Mapping[str, Any]) -> str:
@@ -52,18 +49,10 @@ class PredictionRecord:
         self.key = key
         self.channels = list(channels)
         self.mask_name = mask_name
+        self.records = StepRecord(self.out_dir, STEP)
 
-    def path(self, case_id: str) -> Path:
-        return self.out_dir / RECORD_DIR / f"{case_id}.json"
-
-    def _inputs(self, case: Case) -> dict[str, str | None]:
-        return {ch: digest for ch, digest in file_digests(case_files(case, self.channels)).items() if ch != "label"}
-
-    def _stored(self, case_id: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.path(case_id).read_text())
-        except (OSError, ValueError):
-            return None
+    def _inputs(self, case: Case) -> dict[str, Path]:
+        return {ch: case.images[ch] for ch in self.channels if ch in case.images}
 
     def check_folder(self, cases: Sequence[Case]) -> None:
         """Refuse a folder that holds masks, for these cases, that another model made or that have no record."""
@@ -71,27 +60,24 @@ class PredictionRecord:
         for case in cases:
             if not (self.out_dir / self.mask_name(case.case_id)).exists():
                 continue
-            stored = self._stored(case.case_id)
+            stored = self.records.stored(case.case_id)
             if stored is None:
                 foreign.append(case.case_id)
-            elif stored.get("model") != self.key:
+            elif stored.get("options") != json_digest(self.key):
                 other_model.append(case.case_id)
+        fix = "predict into another folder, or add --overwrite to replace them."
         if other_model:
             raise UserInputError(f"it holds masks made by another model or with other options "
-                                 f"({len(other_model)} case(s): {examples(other_model)}).", path=self.out_dir,
-                                 fix="predict into another folder, or add --overwrite to replace them.")
+                                 f"({len(other_model)} case(s): {examples(other_model)}).", path=self.out_dir, fix=fix)
         if foreign:
             raise UserInputError(f"it holds masks that sarcomakit did not record writing ({len(foreign)} case(s): "
-                                 f"{examples(foreign)}).", path=self.out_dir,
-                                 fix="predict into another folder, or add --overwrite to replace them.")
+                                 f"{examples(foreign)}).", path=self.out_dir, fix=fix)
 
     def is_current(self, case: Case, also: Sequence[Path] = ()) -> bool:
         """True when this model made the case's mask (and the ``also`` files exist) from the same input."""
-        if not (self.out_dir / self.mask_name(case.case_id)).exists() or not all(p.exists() for p in also):
-            return False
-        stored = self._stored(case.case_id)
-        return stored is not None and stored.get("model") == self.key and stored.get("inputs") == self._inputs(case)
+        return self.records.is_current(case.case_id, self._inputs(case), self.key,
+                                       outputs=[self.out_dir / self.mask_name(case.case_id), *also])
 
     def save(self, case: Case) -> None:
         """Record that this model has just written the case's mask from its current input."""
-        write_json(self.path(case.case_id), {"model": self.key, "inputs": self._inputs(case)})
+        self.records.save(case.case_id, self._inputs(case), self.key)

@@ -10,8 +10,10 @@ All steps read and write one work folder, so that they chain and resume::
     work/heatmaps/<slide_id>/        attention CSV, overlay PNG, top tiles PNG from :func:`heatmap_cohort`
     work/clusters/                   phenotype clusters from :func:`cluster_step`
 
-Each per-slide step skips a slide whose output exists unless ``overwrite``, and reports failures at the end
-instead of stopping. Outputs made with trained models go further: a heatmap records the checkpoints and
+Each per-slide step skips a slide whose output exists and was built from the same inputs (unless
+``overwrite``), and reports failures at the end instead of stopping. Tiles and features record the slide's
+content digest and their options (:class:`~sarcomakit.core.step_record.StepRecord`), so a slide replaced under
+its id, another tiling resolution or another encoder redoes them. A heatmap records the checkpoints and
 features it was computed from (``heatmaps/<slide_id>/source.json``) and is redone when they change, and a
 held-out slide's attention is only taken from a fold model that did not train on it.
 """
@@ -31,6 +33,7 @@ from sarcomakit.core.cohort_runner import CohortResult, run_per_case
 from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.io.atomic import write_json
 from sarcomakit.core.provenance import describe_value_change, file_digests, file_identity
+from sarcomakit.core.step_record import StepRecord
 from sarcomakit.pathology.wsi.slide_manifest import SlideManifest, SlideRecord
 
 COORDS, THUMBNAILS, FEATURES, SSL, MIL, HEATMAPS, CLUSTERS = (
@@ -71,6 +74,7 @@ def tile_slide_to_folder(slide: SlideRecord, work_dir: Path, options: TilingOpti
                              f"{options.min_tissue:.0%} tissue).", path=slide.path,
                              fix="check the thumbnail, or lower --min-tissue.")
     save_coords(work_dir / COORDS / f"{slide.slide_id}.h5", grid, slide_name=slide.slide_id)
+    StepRecord(work_dir / COORDS, "tiles").save(slide.slide_id, {"slide": slide.path}, asdict(options))
     return int(len(grid.coords))
 
 
@@ -79,10 +83,14 @@ def tile_cohort(manifest: SlideManifest, work_dir: str | Path, options: TilingOp
     """Tile every slide of the manifest into ``work_dir/coords`` (resumable, failure-tolerant)."""
     work = Path(work_dir)
     options = options or TilingOptions()
+    record = StepRecord(work / COORDS, "tiles")
+
+    def done(slide: SlideRecord) -> bool:
+        return not overwrite and record.is_current(slide.slide_id, {"slide": slide.path}, asdict(options),
+                                                   outputs=[work / COORDS / f"{slide.slide_id}.h5"])
+
     return run_per_case(manifest.slides, lambda s: tile_slide_to_folder(s, work, options),
-                        name=lambda s: s.slide_id, description="tile",
-                        is_done=lambda s: not overwrite and (work / COORDS / f"{s.slide_id}.h5").is_file(),
-                        show_progress=show_progress)
+                        name=lambda s: s.slide_id, description="tile", is_done=done, show_progress=show_progress)
 
 
 def slides_with(manifest: SlideManifest, work_dir: Path, kind: str) -> tuple[SlideManifest, dict[str, str]]:

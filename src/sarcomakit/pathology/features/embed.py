@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader
 
 from sarcomakit.core.cohort_runner import CohortResult, run_per_case
 from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.provenance import array_digest, json_digest
+from sarcomakit.core.step_record import StepRecord
 from sarcomakit.pathology.features.encoders import PatchEncoder
 from sarcomakit.pathology.wsi.slide_manifest import SlideManifest, SlideRecord
 
@@ -128,6 +130,13 @@ def embed_slide(slide_path: str | Path, tiles: Any, encoder: PatchEncoder, out_h
     return h5io.save_features(out_h5, features, coords, attrs)  # written atomically
 
 
+def encoder_digest(encoder: PatchEncoder) -> str:
+    """SHA-256 of what makes an encoder's embeddings: its architecture name, weights, input size and normalisation."""
+    weights = {name: array_digest(value) for name, value in encoder.module.state_dict().items()}
+    return json_digest({"name": encoder.name, "weights": weights, "input_size": encoder.input_size,
+                        "mean": list(encoder.mean), "std": list(encoder.std)})
+
+
 @dataclass
 class EmbedOptions:
     """Options of a cohort embedding run."""
@@ -143,8 +152,9 @@ def embed_cohort(manifest: SlideManifest, coords_dir: str | Path, out_dir: str |
                  options: EmbedOptions | None = None, show_progress: bool = True) -> CohortResult[Path]:
     """Embed every slide of the manifest; resumable and failure-tolerant.
 
-    A slide whose ``out_dir/<slide_id>.h5`` exists is skipped unless ``options.overwrite``; a failing slide is
-    recorded and the others go on.
+    A slide whose ``out_dir/<slide_id>.h5`` exists is skipped unless ``options.overwrite``, if it was made from
+    the same slide and coordinates by the same encoder (weights and input handling); otherwise it is redone.
+    A failing slide is recorded and the others go on.
 
     Args:
         manifest: the slides.
@@ -158,14 +168,23 @@ def embed_cohort(manifest: SlideManifest, coords_dir: str | Path, out_dir: str |
     """
     options = options or EmbedOptions()
     out_dir = Path(out_dir)
+    record = StepRecord(out_dir, "features")
+    # what changes the features: the encoder's weights and input handling, and the resolution read
+    settings = {"encoder": encoder_digest(encoder), "mpp": options.mpp}
+
+    def inputs(slide: SlideRecord) -> dict[str, Path]:
+        return {"slide": slide.path, "coords": Path(coords_dir) / f"{slide.slide_id}.h5"}
 
     def run(slide: SlideRecord) -> Path:
-        return embed_slide(slide.path, Path(coords_dir) / f"{slide.slide_id}.h5", encoder,
-                           out_dir / f"{slide.slide_id}.h5", options.batch_size, options.num_workers,
-                           options.device, options.mpp)
+        written = embed_slide(slide.path, Path(coords_dir) / f"{slide.slide_id}.h5", encoder,
+                              out_dir / f"{slide.slide_id}.h5", options.batch_size, options.num_workers,
+                              options.device, options.mpp)
+        record.save(slide.slide_id, inputs(slide), settings)
+        return written
 
     def done(slide: SlideRecord) -> bool:
-        return not options.overwrite and (out_dir / f"{slide.slide_id}.h5").is_file()
+        return not options.overwrite and record.is_current(slide.slide_id, inputs(slide), settings,
+                                                           outputs=[out_dir / f"{slide.slide_id}.h5"])
 
     return run_per_case(manifest.slides, run, name=lambda s: s.slide_id, description="embed", is_done=done,
                         show_progress=show_progress)
