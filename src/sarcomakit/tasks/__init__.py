@@ -17,6 +17,7 @@ from sarcomakit.tasks.base import TASKS, CaseOutput, LossOutput, Objective, Task
 from sarcomakit.tasks.interactive import InteractiveTask
 from sarcomakit.tasks.multitask import MultiTaskTask
 from sarcomakit.tasks.pretraining import CrossModalMaskedAutoencoderTask, MaskedAutoencoderTask
+from sarcomakit.tasks.scribbles import ScribbleSegmentationTask
 from sarcomakit.tasks.segmentation import SegmentationTask
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ TASKS.add(MultiTaskTask.name, MultiTaskTask)
 TASKS.add(MaskedAutoencoderTask.name, MaskedAutoencoderTask)
 TASKS.add(CrossModalMaskedAutoencoderTask.name, CrossModalMaskedAutoencoderTask)
 TASKS.add(InteractiveTask.name, InteractiveTask)
+TASKS.add(ScribbleSegmentationTask.name, ScribbleSegmentationTask)
 
 
 def task_class(name: str) -> type[Task]:
