@@ -8,13 +8,14 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-METHODS = ("mae", "crmae")
+METHODS = ("mae", "crmae", "vit_mae")
 
 
 def pretrain_command(
     manifest: Path = typer.Argument(..., help="Cohort manifest (.csv or .json); labels are not needed."),
     plan: Path = typer.Option(..., "--plan", help="Plan JSON from 'sarcomakit plan' (works without labels)."),
-    method: str = typer.Option("mae", "--method", help="mae (masked autoencoder) or crmae (cross-modal masking)."),
+    method: str = typer.Option("mae", "--method", help="mae (CNN masked autoencoder), crmae (cross-modal "
+                                                        "masking) or vit_mae (UNETR's vision transformer)."),
     network: str = typer.Option(None, "--network", help="Network to pretrain (resunet, dynunet, segresnet, ...); "
                                                         "fine-tune the same one."),
     run_dir: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="Run folder."),

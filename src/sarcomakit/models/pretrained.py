@@ -125,7 +125,9 @@ def _from_sarcomakit(checkpoint: Mapping[str, Any]) -> SourceWeights:
     config, state = checkpoint["config"], checkpoint["model"]
     network = str(config.get("network", "resunet"))
     task = str(checkpoint.get("task", config.get("task", "")))
-    if any(k.startswith("backbone.") for k in state):  # a multi-task (or composed) network: its backbone
+    if task == "vit_mae":  # MONAI's MaskedAutoEncoderViT: its encoder is UNETR's ViT
+        tensors, ignored = _vit_into_unetr(state)
+    elif any(k.startswith("backbone.") for k in state):  # a multi-task (or composed) network: its backbone
         tensors = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         ignored = [k for k in state if not k.startswith("backbone.")]
     else:
@@ -161,14 +163,23 @@ def _from_monai_ssl(checkpoint: Mapping[str, Any]) -> SourceWeights:
     return SourceWeights("monai-ssl", "swinunetr", tensors, ignored, "MONAI ssl_pretrained_weights.pth")
 
 
-def _from_vitautoenc(checkpoint: Mapping[str, Any]) -> SourceWeights:
-    state = checkpoint.get("state_dict", checkpoint)
+def _vit_into_unetr(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A MONAI ViT's encoder tensors (``patch_embedding``, ``blocks``, ``norm``) renamed into UNETR's ``vit``; the
+    other keys (decoders, mask and class tokens). ``MaskedAutoEncoderViT`` keeps its final LayerNorm as the last
+    entry of ``blocks`` (``blocks.12.weight``): that is UNETR's ``norm``."""
     tensors, ignored = {}, []
     for key, value in state.items():
+        if (final_norm := re.fullmatch(r"blocks\.\d+\.(weight|bias)", key)) is not None:
+            key = f"norm.{final_norm.group(1)}"
         if key.startswith(("patch_embedding.", "blocks.", "norm.")):
             tensors["vit." + key] = value
         else:
             ignored.append(key)
+    return tensors, ignored
+
+
+def _from_vitautoenc(checkpoint: Mapping[str, Any]) -> SourceWeights:
+    tensors, ignored = _vit_into_unetr(checkpoint.get("state_dict", checkpoint))
     return SourceWeights("monai-vitautoenc", "unetr", tensors, ignored, "MONAI ViTAutoEnc checkpoint")
 
 

@@ -16,7 +16,11 @@ from sarcomakit.core.errors import UserInputError
 from sarcomakit.tasks.base import TASKS, CaseOutput, LossOutput, Objective, Task, TaskRequirements
 from sarcomakit.tasks.interactive import InteractiveTask
 from sarcomakit.tasks.multitask import MultiTaskTask
-from sarcomakit.tasks.pretraining import CrossModalMaskedAutoencoderTask, MaskedAutoencoderTask
+from sarcomakit.tasks.pretraining import (
+    CrossModalMaskedAutoencoderTask,
+    MaskedAutoencoderTask,
+    ViTMaskedAutoencoderTask,
+)
 from sarcomakit.tasks.scribbles import ScribbleSegmentationTask
 from sarcomakit.tasks.segmentation import SegmentationTask
 
@@ -32,6 +36,7 @@ TASKS.add(MultiTaskTask.name, MultiTaskTask)
 TASKS.add(MaskedAutoencoderTask.name, MaskedAutoencoderTask)
 TASKS.add(CrossModalMaskedAutoencoderTask.name, CrossModalMaskedAutoencoderTask)
 TASKS.add(InteractiveTask.name, InteractiveTask)
+TASKS.add(ViTMaskedAutoencoderTask.name, ViTMaskedAutoencoderTask)
 TASKS.add(ScribbleSegmentationTask.name, ScribbleSegmentationTask)
 
 

@@ -1,4 +1,4 @@
-"""Self-supervised pretraining tasks for 3D encoders (masked autoencoders, cross-modal masking)."""
+"""Self-supervised pretraining tasks for 3D encoders (CNN and ViT masked autoencoders, cross-modal masking)."""
 
 from sarcomakit.tasks.pretraining.reconstruction import (
     CrossModalMaskedAutoencoderTask,
@@ -7,6 +7,7 @@ from sarcomakit.tasks.pretraining.reconstruction import (
     MaskedReconstructionTask,
     masked_mse,
 )
+from sarcomakit.tasks.pretraining.vit_mae import ViTMaskedAutoencoderTask
 
 __all__ = ["CrossModalMaskedAutoencoderTask", "MaskedAutoencoderTask", "MaskedReconstructionObjective",
-           "MaskedReconstructionTask", "masked_mse"]
+           "MaskedReconstructionTask", "ViTMaskedAutoencoderTask", "masked_mse"]

@@ -1,0 +1,173 @@
+"""Masked autoencoder of a vision transformer (He et al. 2022), with MONAI's ``MaskedAutoEncoderViT``.
+
+The patch is cut into 16³-voxel tokens; a random 75% of them are dropped before the encoder (which sees only
+the visible ones), and a light transformer decoder predicts every voxel of the dropped tokens from the
+encoded visible tokens and mask tokens. The loss is the mean squared error over the dropped tokens' voxels
+only. Targets are the preprocessed intensities (after the plan's per-channel normalisation).
+
+The encoder is built to the shape of the ``unetr`` network's ViT (MONAI's UNETR always has 12 layers; width,
+MLP size and heads come from ``network_options`` as for ``unetr``), so that ``sarcomakit train --network unetr
+--init RUN`` loads every encoder tensor (:mod:`sarcomakit.models.pretrained` renames ``patch_embedding``,
+``blocks`` and ``norm`` into UNETR's ``vit``). The patch must be the one fine-tuning will use: the learnt
+position embeddings have one entry per token of it.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.planning.plan import Plan
+from sarcomakit.planning.preprocess import PreprocessedCase
+from sarcomakit.runs.config import TrainConfig
+from sarcomakit.tasks.base import CaseOutput, LossOutput, Objective, Task, TaskRequirements
+from sarcomakit.tasks.pretraining.sampling import MaskedPatchDataset, crop, random_start
+
+if TYPE_CHECKING:
+    from sarcomakit.data.manifest import Manifest
+
+#: token edge in voxels (UNETR's ViT-B/16)
+TOKEN = 16
+#: MONAI's UNETR builds its ViT with this many transformer layers
+UNETR_LAYERS = 12
+#: keys of the MAE's encoder, which are UNETR's ``vit.`` tensors
+ENCODER_PREFIXES = ("patch_embedding.", "blocks.", "norm.")
+
+
+def patchify(image: torch.Tensor, token: int = TOKEN) -> torch.Tensor:
+    """``(B, C, Z, Y, X)`` into ``(B, N, C * token³)`` in the order of the ViT's tokens (z, then y, then x)."""
+    b, c, z, y, x = image.shape
+    grid = (z // token, y // token, x // token)
+    blocks = image.reshape(b, c, grid[0], token, grid[1], token, grid[2], token)
+    return blocks.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, math.prod(grid), c * token**3)
+
+
+def masked_token_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the voxels of the masked tokens (``mask`` (B, N), 1 = masked)."""
+    per_token = ((prediction.float() - target.float()) ** 2).mean(-1)
+    weight = mask.float()
+    return (per_token * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+class ViTMAEObjective(Objective):
+    """The MAE forward pass (random token masking inside the model) and :func:`masked_token_mse`."""
+
+    def forward(self, model: nn.Module, batch: Mapping[str, Any], device: torch.device) -> LossOutput:
+        image = batch["image"].to(device, non_blocking=True)
+        prediction, mask = model(image)
+        return LossOutput(masked_token_mse(prediction, patchify(image), mask))
+
+
+def _whole_patch(n_channels: int, patch_size: Sequence[int], rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """No voxel mask: the model masks tokens itself."""
+    return np.zeros((n_channels, *[int(p) for p in patch_size]), dtype=bool), -1
+
+
+class ViTMaskedAutoencoderTask(Task):
+    """Masked autoencoder of UNETR's vision transformer (MONAI MaskedAutoEncoderViT; MSE on masked tokens).
+
+    Args:
+        mask_ratio: fraction of the 16³ tokens dropped.
+        decoder_hidden_size: width of the light decoder.
+        decoder_layers: transformer layers of the decoder.
+        val_patches: fixed patches per validation case.
+    """
+
+    name = "vit_mae"
+    score_name = "val_score"
+    requirements = TaskRequirements(needs_labels=False, allow_missing_channels=False, stratify_clinical=False)
+    case_columns: ClassVar[tuple[str, ...]] = ("case_id", "masked_mse")
+    case_table = "reconstruction_errors.csv"
+
+    def __init__(self, manifest: Manifest | None = None, *, mask_ratio: float = 0.75, decoder_hidden_size: int = 384,
+                 decoder_layers: int = 4, val_patches: int = 2) -> None:
+        super().__init__(manifest)
+        if not 0.0 < mask_ratio < 1.0:
+            raise UserInputError(f"mask_ratio {mask_ratio} is not between 0 and 1.",
+                                 fix="use e.g. --task-option mask_ratio=0.75.")
+        if decoder_hidden_size < 6 or decoder_hidden_size % 6 or decoder_layers < 1 or val_patches < 1:
+            raise UserInputError("decoder_hidden_size must be a positive multiple of 6 (3D sine-cosine position "
+                                 "embeddings), decoder_layers and val_patches at least 1.",
+                                 fix="use e.g. --task-option decoder_hidden_size=384.")
+        self.mask_ratio = float(mask_ratio)
+        self.decoder_hidden_size = int(decoder_hidden_size)
+        self.decoder_layers = int(decoder_layers)
+        self.val_patches = int(val_patches)
+
+    def build_model(self, plan: Plan, config: TrainConfig) -> nn.Module:
+        from monai.networks.nets import MaskedAutoEncoderViT
+
+        if config.network != "unetr":
+            raise UserInputError(f"vit_mae pretrains UNETR's vision transformer, not a {config.network}.",
+                                 fix="use --network unetr (mae and crmae pretrain the other networks).")
+        patch = [int(p) for p in (config.patch_size or plan.patch_size)]
+        if any(p % TOKEN for p in patch):
+            raise UserInputError(f"the patch {patch} is not a multiple of the {TOKEN}-voxel tokens.",
+                                 fix=f"set patch_size to multiples of {TOKEN} (the one fine-tuning will use).")
+        options = {k: v for k, v in config.network_options.items() if k != "feature_size"}
+        unknown = sorted(set(options) - {"hidden_size", "mlp_dim", "num_heads"})
+        if unknown:
+            raise UserInputError(f"unetr has no option {', '.join(unknown)}.",
+                                 fix="use hidden_size, mlp_dim, num_heads (and feature_size, unused here).")
+        hidden, heads = int(options.get("hidden_size", 768)), int(options.get("num_heads", 12))
+        if hidden % 6:
+            raise UserInputError(f"hidden_size {hidden} is not a multiple of 6 (3D sine-cosine position embeddings).",
+                                 fix="use e.g. --network-option hidden_size=768.")
+        decoder_heads = math.gcd(self.decoder_hidden_size, heads) or 1
+        return MaskedAutoEncoderViT(in_channels=len(plan.channels), img_size=patch, patch_size=TOKEN,
+                                    hidden_size=hidden, mlp_dim=int(options.get("mlp_dim", 3072)),
+                                    num_layers=UNETR_LAYERS, num_heads=heads, masking_ratio=self.mask_ratio,
+                                    decoder_hidden_size=self.decoder_hidden_size,
+                                    decoder_mlp_dim=4 * self.decoder_hidden_size,
+                                    decoder_num_layers=self.decoder_layers, decoder_num_heads=decoder_heads)
+
+    def training_data(self, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig,
+                      length: int) -> torch.utils.data.Dataset:
+        return MaskedPatchDataset(cases, config.patch_size or plan.patch_size, length, _whole_patch,
+                                  flips=config.augmentation != "none", seed=config.seed)
+
+    def objective(self, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig) -> Objective:
+        return ViTMAEObjective()
+
+    @torch.no_grad()
+    def case_error(self, model: nn.Module, case: PreprocessedCase, plan: Plan, config: TrainConfig,
+                   device: torch.device) -> float:
+        """Masked-token MSE on fixed patches of the case with fixed token masks (the same every epoch)."""
+        patch = config.patch_size or plan.patch_size
+        key = zlib.crc32(case.case_id.encode())
+        rng = np.random.default_rng((config.seed, key, 1))
+        images = np.stack([crop(case.data, random_start(case.data.shape[1:], patch, rng), patch)
+                           for _ in range(self.val_patches)])
+        model.eval()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(config.seed + key)
+            image = torch.from_numpy(images).to(device)
+            prediction, mask = model(image)
+        return float(masked_token_mse(prediction, patchify(image), mask))
+
+    def validate(self, model: nn.Module, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig,
+                 device: torch.device) -> dict[str, float]:
+        errors = [self.case_error(model, case, plan, config, device) for case in cases]
+        error = float(np.mean(errors)) if errors else float("nan")
+        return {"val_masked_mse": error, "val_score": -error}
+
+    def finish(self, model: nn.Module, train_cases: Sequence[PreprocessedCase],
+               val_cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig, device: torch.device,
+               fold: int, fold_dir: Path) -> dict[str, Any]:
+        return {"method": self.name, "channels": list(plan.channels), "network": config.network}
+
+    def infer(self, model: nn.Module, case: PreprocessedCase, plan: Plan, config: TrainConfig,
+              device: torch.device, *, overlap: float, mirror_axes: Sequence[int] = ()) -> CaseOutput:
+        """No segmentation: the case's masked-token reconstruction error."""
+        return CaseOutput(probabilities=None, values={"masked_mse": self.case_error(model, case, plan, config, device)})
+
+    def case_row(self, case_id: str, output: CaseOutput) -> dict[str, Any]:
+        return {"case_id": case_id, **{k: float(v) for k, v in output.values.items()}}
