@@ -139,3 +139,25 @@ def test_pretrain_then_finetune_from_the_command_line(tiny_cohort: Manifest, tmp
     wrong = runner.invoke(app, ["train", str(tiny_cohort.source), "--out", str(tmp_path / "wrong"), "--epochs", "1",
                                 "--init", str(tmp_path / "pre"), *common])
     assert wrong.exit_code == 2 and "does not fit" in wrong.output
+
+
+def test_pretrain_reads_a_folder_of_images_named_by_channel_index(tiny_cohort: Manifest, tmp_path: Path) -> None:
+    runner = CliRunner()
+    plan = plan_cohort(tiny_cohort, tmp_path / "plan.json")
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for case in tiny_cohort.cases:  # nnU-Net naming: one file per channel, indexed in the plan's channel order
+        for index, channel in enumerate(plan.channels):
+            (folder / f"{case.case_id}_{index:04d}.nii.gz").write_bytes(case.images[channel].read_bytes())
+    config = tmp_path / "tiny.json"
+    TrainConfig(network_options=TINY, augmentation="none").save(config)
+    result = runner.invoke(app, ["pretrain", str(folder), "--plan", str(tmp_path / "plan.json"), "--out",
+                                 str(tmp_path / "pre"), "--epochs", "1", "--iterations", "2", "--batch-size", "2",
+                                 "--folds", "3", "--device", "cpu", "--workers", "0", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "pre" / "provenance.json").read_text())
+    assert sorted(record["case_ids"]) == sorted(tiny_cohort.case_ids)
+    assert (tmp_path / "pre" / "fold_0" / "checkpoint_best.pt").is_file()
+    missing = runner.invoke(app, ["pretrain", str(tmp_path / "nothing-here"), "--plan", str(tmp_path / "plan.json"),
+                                  "--out", str(tmp_path / "pre2")])
+    assert missing.exit_code == 2 and "input not found" in missing.output

@@ -12,7 +12,8 @@ METHODS = ("mae", "crmae", "vit_mae")
 
 
 def pretrain_command(
-    manifest: Path = typer.Argument(..., help="Cohort manifest (.csv or .json); labels are not needed."),
+    manifest: Path = typer.Argument(..., help="Cohort manifest (.csv or .json; labels are not needed), or a folder "
+                                              "of images named {case}_{XXXX}.nii.gz (channels in the plan's order)."),
     plan: Path = typer.Option(..., "--plan", help="Plan JSON from 'sarcomakit plan' (works without labels)."),
     method: str = typer.Option("mae", "--method", help="mae (CNN masked autoencoder), crmae (cross-modal "
                                                         "masking) or vit_mae (UNETR's vision transformer)."),
@@ -47,7 +48,7 @@ def pretrain_command(
     if nproc > 1 and "RANK" not in os.environ:
         _launch_distributed(nproc)
     from sarcomakit.core import distributed
-    from sarcomakit.data.manifest import Manifest
+    from sarcomakit.inference.inputs import manifest_from_input
     from sarcomakit.planning.plan import Plan
     from sarcomakit.runs.config import TrainConfig
     from sarcomakit.training.api import train
@@ -58,7 +59,9 @@ def pretrain_command(
                           iterations_per_epoch=iterations, optimizer=optimizer, learning_rate=learning_rate,
                           batch_size=batch_size, seed=seed, device=device, num_workers=workers, n_folds=folds)
     console = Console(stderr=True)
-    result = train(Manifest.load(manifest), Plan.load(plan), run_dir, folds=(0,), config=config, resume=resume,
+    loaded_plan = Plan.load(plan)
+    cohort = manifest_from_input(manifest, list(loaded_plan.channels))
+    result = train(cohort, loaded_plan, run_dir, folds=(0,), config=config, resume=resume,
                    preprocessed_dir=preprocessed, time_limit_s=time_limit * 60 if time_limit is not None else None,
                    console=console)
     if distributed.is_main():

@@ -69,6 +69,16 @@ def cases_from_input(source: str | Path, channels: list[str], *, allow_missing: 
             for cid, imgs in sorted(grouped.items())]
 
 
+def manifest_from_input(source: str | Path, channels: list[str], *, allow_missing: bool = False) -> Manifest:
+    """A manifest as given, or the cases of a folder or of one case (:func:`cases_from_input`) as an unlabelled
+    cohort with ``channels``: what ``sarcomakit pretrain`` reads."""
+    path = Path(str(source))
+    if path.is_file() and path.suffix.lower() in (".csv", ".json"):
+        return Manifest.load(path)
+    cases = cases_from_input(source, channels, allow_missing=allow_missing)
+    return Manifest(channels=list(channels), cases=cases, source=path if path.exists() else None)
+
+
 def _checked(case: Case, channels: list[str], where: Path, allow_missing: bool) -> Case:
     missing = [ch for ch in channels if ch not in case.images]
     if missing and (not allow_missing or len(missing) == len(channels)):
