@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-METHODS = ("mae", "crmae", "vit_mae")
+METHODS = ("mae", "crmae", "vit_mae", "simmim")
 
 
 def pretrain_command(
@@ -16,7 +16,7 @@ def pretrain_command(
                                               "of images named {case}_{XXXX}.nii.gz (channels in the plan's order)."),
     plan: Path = typer.Option(..., "--plan", help="Plan JSON from 'sarcomakit plan' (works without labels)."),
     method: str = typer.Option("mae", "--method", help="mae (CNN masked autoencoder), crmae (cross-modal "
-                                                        "masking) or vit_mae (UNETR's vision transformer)."),
+                                                        "masking), or vit_mae or simmim (UNETR's vision transformer)."),
     network: str = typer.Option(None, "--network", help="Network to pretrain (resunet, dynunet, segresnet, ...); "
                                                         "fine-tune the same one."),
     run_dir: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="Run folder."),
@@ -69,8 +69,9 @@ def pretrain_command(
         record = fold.history[fold.best_epoch] if 0 <= fold.best_epoch < len(fold.history) else {}
         baselines = ", ".join(f"{key[4:]} {value:.4f}" for key, value in record.items()
                               if key.startswith("val_") and key.endswith("_mse") and key != "val_masked_mse")
-        if "val_masked_mse" in record:
-            console.print(f"masked-voxel reconstruction error {record['val_masked_mse']:.4f} at epoch "
+        error = next((record[k] for k in ("val_masked_mse", "val_masked_error") if k in record), None)
+        if error is not None:
+            console.print(f"masked-voxel reconstruction error {error:.4f} at epoch "
                           f"{fold.best_epoch} (baselines on the same voxels: {baselines})", highlight=False)
         console.print(f"pretrained weights: {fold.fold_dir / 'checkpoint_best.pt'}; fine-tune with "
                       f"'sarcomakit train ... --network {config.network} --init {run_dir}'", highlight=False)

@@ -19,6 +19,7 @@ from sarcomakit.tasks.multitask import MultiTaskTask
 from sarcomakit.tasks.pretraining import (
     CrossModalMaskedAutoencoderTask,
     MaskedAutoencoderTask,
+    SimMIMTask,
     ViTMaskedAutoencoderTask,
 )
 from sarcomakit.tasks.scribbles import ScribbleSegmentationTask
@@ -37,6 +38,7 @@ TASKS.add(MaskedAutoencoderTask.name, MaskedAutoencoderTask)
 TASKS.add(CrossModalMaskedAutoencoderTask.name, CrossModalMaskedAutoencoderTask)
 TASKS.add(InteractiveTask.name, InteractiveTask)
 TASKS.add(ViTMaskedAutoencoderTask.name, ViTMaskedAutoencoderTask)
+TASKS.add(SimMIMTask.name, SimMIMTask)
 TASKS.add(ScribbleSegmentationTask.name, ScribbleSegmentationTask)
 
 

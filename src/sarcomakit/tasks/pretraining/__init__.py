@@ -1,4 +1,5 @@
-"""Self-supervised pretraining tasks for 3D encoders (CNN and ViT masked autoencoders, cross-modal masking)."""
+"""Self-supervised pretraining tasks for 3D encoders (CNN and ViT masked autoencoders, SimMIM,
+cross-modal masking)."""
 
 from sarcomakit.tasks.pretraining.reconstruction import (
     CrossModalMaskedAutoencoderTask,
@@ -7,7 +8,7 @@ from sarcomakit.tasks.pretraining.reconstruction import (
     MaskedReconstructionTask,
     masked_mse,
 )
-from sarcomakit.tasks.pretraining.vit_mae import ViTMaskedAutoencoderTask
+from sarcomakit.tasks.pretraining.vit_mae import SimMIMTask, ViTMaskedAutoencoderTask
 
 __all__ = ["CrossModalMaskedAutoencoderTask", "MaskedAutoencoderTask", "MaskedReconstructionObjective",
-           "MaskedReconstructionTask", "ViTMaskedAutoencoderTask", "masked_mse"]
+           "MaskedReconstructionTask", "SimMIMTask", "ViTMaskedAutoencoderTask", "masked_mse"]

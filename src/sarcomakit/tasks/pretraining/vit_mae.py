@@ -1,15 +1,19 @@
-"""Masked autoencoder of a vision transformer (He et al. 2022), with MONAI's ``MaskedAutoEncoderViT``.
+"""Token-masking pretraining of UNETR's vision transformer: a masked autoencoder (``vit_mae``) and SimMIM.
 
-The patch is cut into 16³-voxel tokens; a random 75% of them are dropped before the encoder (which sees only
-the visible ones), and a light transformer decoder predicts every voxel of the dropped tokens from the
-encoded visible tokens and mask tokens. The loss is the mean squared error over the dropped tokens' voxels
-only. Targets are the preprocessed intensities (after the plan's per-channel normalisation).
+The patch is cut into 16³-voxel tokens and a random fraction of them is masked; the loss is computed on the
+masked tokens' voxels only. Targets are the preprocessed intensities (after the plan's normalisation).
 
-The encoder is built to the shape of the ``unetr`` network's ViT (MONAI's UNETR always has 12 layers; width,
-MLP size and heads come from ``network_options`` as for ``unetr``), so that ``sarcomakit train --network unetr
---init RUN`` loads every encoder tensor (:mod:`sarcomakit.models.pretrained` renames ``patch_embedding``,
-``blocks`` and ``norm`` into UNETR's ``vit``). The patch must be the one fine-tuning will use: the learnt
-position embeddings have one entry per token of it.
+- ``vit_mae`` (He et al. 2022), with MONAI's ``MaskedAutoEncoderViT``: 75% of the tokens are dropped before
+  the encoder, which sees only the visible ones; a light transformer decoder predicts the dropped ones;
+  mean squared error.
+- ``simmim`` (Xie et al. 2022, :class:`~sarcomakit.models.simmim.SimMIMViT`): 60% of the tokens are replaced by
+  a learnt mask token, the encoder sees all of them, a linear layer predicts the voxels; mean absolute error.
+
+Both encoders have the shape of the ``unetr`` network's ViT (MONAI's UNETR always has 12 layers; width, MLP size
+and heads come from ``network_options`` as for ``unetr``), so that ``sarcomakit train --network unetr --init RUN``
+loads every encoder tensor (:mod:`sarcomakit.models.pretrained` renames the MAE's ``patch_embedding``,
+``blocks`` and ``norm`` into UNETR's ``vit``; SimMIM's are already ``vit.*``). The patch must be the one
+fine-tuning will use: the position embeddings have one entry per token of it.
 """
 
 from __future__ import annotations
@@ -50,20 +54,31 @@ def patchify(image: torch.Tensor, token: int = TOKEN) -> torch.Tensor:
     return blocks.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, math.prod(grid), c * token**3)
 
 
-def masked_token_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the voxels of the masked tokens (``mask`` (B, N), 1 = masked)."""
-    per_token = ((prediction.float() - target.float()) ** 2).mean(-1)
+def masked_token_error(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                       power: int = 2) -> torch.Tensor:
+    """Mean squared (``power`` 2) or absolute (1) error over the voxels of the masked tokens (``mask`` (B, N),
+    1 = masked)."""
+    per_token = ((prediction.float() - target.float()).abs() ** power).mean(-1)
     weight = mask.float()
     return (per_token * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-class ViTMAEObjective(Objective):
-    """The MAE forward pass (random token masking inside the model) and :func:`masked_token_mse`."""
+def masked_token_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`masked_token_error` with squared errors."""
+    return masked_token_error(prediction, target, mask, power=2)
+
+
+class TokenMaskingObjective(Objective):
+    """The model masks tokens itself and returns ``(prediction, mask)``; the error is taken on masked tokens."""
+
+    def __init__(self, power: int = 2) -> None:
+        super().__init__()
+        self.power = power
 
     def forward(self, model: nn.Module, batch: Mapping[str, Any], device: torch.device) -> LossOutput:
         image = batch["image"].to(device, non_blocking=True)
         prediction, mask = model(image)
-        return LossOutput(masked_token_mse(prediction, patchify(image), mask))
+        return LossOutput(masked_token_error(prediction, patchify(image), mask, self.power))
 
 
 def _whole_patch(n_channels: int, patch_size: Sequence[int], rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -71,42 +86,30 @@ def _whole_patch(n_channels: int, patch_size: Sequence[int], rng: np.random.Gene
     return np.zeros((n_channels, *[int(p) for p in patch_size]), dtype=bool), -1
 
 
-class ViTMaskedAutoencoderTask(Task):
-    """Masked autoencoder of UNETR's vision transformer (MONAI MaskedAutoEncoderViT; MSE on masked tokens).
+class TokenMaskingTask(Task):
+    """Shared parts of the token-masking tasks: UNETR-shaped encoder options, patches, validation, prediction."""
 
-    Args:
-        mask_ratio: fraction of the 16³ tokens dropped.
-        decoder_hidden_size: width of the light decoder.
-        decoder_layers: transformer layers of the decoder.
-        val_patches: fixed patches per validation case.
-    """
-
-    name = "vit_mae"
     score_name = "val_score"
     requirements = TaskRequirements(needs_labels=False, allow_missing_channels=False, stratify_clinical=False)
-    case_columns: ClassVar[tuple[str, ...]] = ("case_id", "masked_mse")
+    case_columns: ClassVar[tuple[str, ...]] = ("case_id", "masked_error")
     case_table = "reconstruction_errors.csv"
+    #: 2: mean squared error, 1: mean absolute error
+    power: ClassVar[int] = 2
 
-    def __init__(self, manifest: Manifest | None = None, *, mask_ratio: float = 0.75, decoder_hidden_size: int = 384,
-                 decoder_layers: int = 4, val_patches: int = 2) -> None:
+    def __init__(self, manifest: Manifest | None = None, *, mask_ratio: float, val_patches: int) -> None:
         super().__init__(manifest)
         if not 0.0 < mask_ratio < 1.0:
             raise UserInputError(f"mask_ratio {mask_ratio} is not between 0 and 1.",
-                                 fix="use e.g. --task-option mask_ratio=0.75.")
-        if decoder_hidden_size < 6 or decoder_hidden_size % 6 or decoder_layers < 1 or val_patches < 1:
-            raise UserInputError("decoder_hidden_size must be a positive multiple of 6 (3D sine-cosine position "
-                                 "embeddings), decoder_layers and val_patches at least 1.",
-                                 fix="use e.g. --task-option decoder_hidden_size=384.")
+                                 fix="use e.g. --task-option mask_ratio=0.6.")
+        if val_patches < 1:
+            raise UserInputError("val_patches must be at least 1.", fix="use --task-option val_patches=2.")
         self.mask_ratio = float(mask_ratio)
-        self.decoder_hidden_size = int(decoder_hidden_size)
-        self.decoder_layers = int(decoder_layers)
         self.val_patches = int(val_patches)
 
-    def build_model(self, plan: Plan, config: TrainConfig) -> nn.Module:
-        from monai.networks.nets import MaskedAutoEncoderViT
-
+    def vit_options(self, plan: Plan, config: TrainConfig) -> tuple[list[int], dict[str, int]]:
+        """The patch and UNETR's ViT options (``hidden_size``, ``mlp_dim``, ``num_heads``), checked."""
         if config.network != "unetr":
-            raise UserInputError(f"vit_mae pretrains UNETR's vision transformer, not a {config.network}.",
+            raise UserInputError(f"{self.name} pretrains UNETR's vision transformer, not a {config.network}.",
                                  fix="use --network unetr (mae and crmae pretrain the other networks).")
         patch = [int(p) for p in (config.patch_size or plan.patch_size)]
         if any(p % TOKEN for p in patch):
@@ -117,17 +120,9 @@ class ViTMaskedAutoencoderTask(Task):
         if unknown:
             raise UserInputError(f"unetr has no option {', '.join(unknown)}.",
                                  fix="use hidden_size, mlp_dim, num_heads (and feature_size, unused here).")
-        hidden, heads = int(options.get("hidden_size", 768)), int(options.get("num_heads", 12))
-        if hidden % 6:
-            raise UserInputError(f"hidden_size {hidden} is not a multiple of 6 (3D sine-cosine position embeddings).",
-                                 fix="use e.g. --network-option hidden_size=768.")
-        decoder_heads = math.gcd(self.decoder_hidden_size, heads) or 1
-        return MaskedAutoEncoderViT(in_channels=len(plan.channels), img_size=patch, patch_size=TOKEN,
-                                    hidden_size=hidden, mlp_dim=int(options.get("mlp_dim", 3072)),
-                                    num_layers=UNETR_LAYERS, num_heads=heads, masking_ratio=self.mask_ratio,
-                                    decoder_hidden_size=self.decoder_hidden_size,
-                                    decoder_mlp_dim=4 * self.decoder_hidden_size,
-                                    decoder_num_layers=self.decoder_layers, decoder_num_heads=decoder_heads)
+        vit = {"hidden_size": int(options.get("hidden_size", 768)), "mlp_dim": int(options.get("mlp_dim", 3072)),
+               "num_heads": int(options.get("num_heads", 12))}
+        return patch, vit
 
     def training_data(self, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig,
                       length: int) -> torch.utils.data.Dataset:
@@ -135,12 +130,12 @@ class ViTMaskedAutoencoderTask(Task):
                                   flips=config.augmentation != "none", seed=config.seed)
 
     def objective(self, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig) -> Objective:
-        return ViTMAEObjective()
+        return TokenMaskingObjective(self.power)
 
     @torch.no_grad()
     def case_error(self, model: nn.Module, case: PreprocessedCase, plan: Plan, config: TrainConfig,
                    device: torch.device) -> float:
-        """Masked-token MSE on fixed patches of the case with fixed token masks (the same every epoch)."""
+        """Masked-token error on fixed patches of the case with fixed token masks (the same every epoch)."""
         patch = config.patch_size or plan.patch_size
         key = zlib.crc32(case.case_id.encode())
         rng = np.random.default_rng((config.seed, key, 1))
@@ -151,13 +146,13 @@ class ViTMaskedAutoencoderTask(Task):
             torch.manual_seed(config.seed + key)
             image = torch.from_numpy(images).to(device)
             prediction, mask = model(image)
-        return float(masked_token_mse(prediction, patchify(image), mask))
+        return float(masked_token_error(prediction, patchify(image), mask, self.power))
 
     def validate(self, model: nn.Module, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig,
                  device: torch.device) -> dict[str, float]:
         errors = [self.case_error(model, case, plan, config, device) for case in cases]
         error = float(np.mean(errors)) if errors else float("nan")
-        return {"val_masked_mse": error, "val_score": -error}
+        return {"val_masked_error": error, "val_score": -error}
 
     def finish(self, model: nn.Module, train_cases: Sequence[PreprocessedCase],
                val_cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig, device: torch.device,
@@ -167,7 +162,69 @@ class ViTMaskedAutoencoderTask(Task):
     def infer(self, model: nn.Module, case: PreprocessedCase, plan: Plan, config: TrainConfig,
               device: torch.device, *, overlap: float, mirror_axes: Sequence[int] = ()) -> CaseOutput:
         """No segmentation: the case's masked-token reconstruction error."""
-        return CaseOutput(probabilities=None, values={"masked_mse": self.case_error(model, case, plan, config, device)})
+        return CaseOutput(probabilities=None,
+                          values={"masked_error": self.case_error(model, case, plan, config, device)})
 
     def case_row(self, case_id: str, output: CaseOutput) -> dict[str, Any]:
         return {"case_id": case_id, **{k: float(v) for k, v in output.values.items()}}
+
+
+class ViTMaskedAutoencoderTask(TokenMaskingTask):
+    """Masked autoencoder of UNETR's vision transformer (MONAI MaskedAutoEncoderViT; MSE on masked tokens).
+
+    Args:
+        mask_ratio: fraction of the 16³ tokens dropped.
+        decoder_hidden_size: width of the light decoder (a multiple of 6).
+        decoder_layers: transformer layers of the decoder.
+        val_patches: fixed patches per validation case.
+    """
+
+    name = "vit_mae"
+
+    def __init__(self, manifest: Manifest | None = None, *, mask_ratio: float = 0.75, decoder_hidden_size: int = 384,
+                 decoder_layers: int = 4, val_patches: int = 2) -> None:
+        super().__init__(manifest, mask_ratio=mask_ratio, val_patches=val_patches)
+        if decoder_hidden_size < 6 or decoder_hidden_size % 6 or decoder_layers < 1:
+            raise UserInputError("decoder_hidden_size must be a positive multiple of 6 (3D sine-cosine position "
+                                 "embeddings) and decoder_layers at least 1.",
+                                 fix="use e.g. --task-option decoder_hidden_size=384.")
+        self.decoder_hidden_size = int(decoder_hidden_size)
+        self.decoder_layers = int(decoder_layers)
+
+    def build_model(self, plan: Plan, config: TrainConfig) -> nn.Module:
+        from monai.networks.nets import MaskedAutoEncoderViT
+
+        patch, vit = self.vit_options(plan, config)
+        if vit["hidden_size"] % 6:
+            raise UserInputError(f"hidden_size {vit['hidden_size']} is not a multiple of 6 (3D sine-cosine "
+                                 "position embeddings).", fix="use e.g. hidden_size 768 in network_options.")
+        decoder_heads = math.gcd(self.decoder_hidden_size, vit["num_heads"]) or 1
+        return MaskedAutoEncoderViT(in_channels=len(plan.channels), img_size=patch, patch_size=TOKEN,
+                                    num_layers=UNETR_LAYERS, masking_ratio=self.mask_ratio,
+                                    decoder_hidden_size=self.decoder_hidden_size,
+                                    decoder_mlp_dim=4 * self.decoder_hidden_size,
+                                    decoder_num_layers=self.decoder_layers, decoder_num_heads=decoder_heads,
+                                    hidden_size=vit["hidden_size"], mlp_dim=vit["mlp_dim"], num_heads=vit["num_heads"])
+
+
+class SimMIMTask(TokenMaskingTask):
+    """SimMIM on UNETR's vision transformer: a learnt mask token, a linear decoder, L1 on masked tokens.
+
+    Args:
+        mask_ratio: fraction of the 16³ tokens replaced by the mask token.
+        val_patches: fixed patches per validation case.
+    """
+
+    name = "simmim"
+    power = 1
+
+    def __init__(self, manifest: Manifest | None = None, *, mask_ratio: float = 0.6, val_patches: int = 2) -> None:
+        super().__init__(manifest, mask_ratio=mask_ratio, val_patches=val_patches)
+
+    def build_model(self, plan: Plan, config: TrainConfig) -> nn.Module:
+        from sarcomakit.models import build_network
+        from sarcomakit.models.simmim import SimMIMViT
+
+        patch, vit = self.vit_options(plan, config)
+        unetr = build_network("unetr", in_channels=len(plan.channels), out_channels=1, patch_size=patch, **vit)
+        return SimMIMViT(unetr.vit, len(plan.channels), token=TOKEN, mask_ratio=self.mask_ratio)
