@@ -12,7 +12,7 @@ LOCK      ?= requirements/lock.txt
 TORCH_PIN  = $(VENV)/torch-pin.txt
 PIP       := $(PY) -m pip install -q -c $(LOCK)
 
-.PHONY: venv demo test test-latest lint typecheck lock lock-upgrade bench wsi-demo clean
+.PHONY: web venv demo test test-latest lint typecheck lock lock-upgrade bench wsi-demo clean
 
 $(VENV)/.stamp-base: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ $(VENV)/.stamp-dev: $(VENV)/.stamp-base
 	touch $@
 
 venv: $(VENV)/.stamp-base
+
+# The browser app's NiiVue bundle, src/sarcomakit/server/static/niivue.js, built from the npm packages locked
+# in web/package-lock.json. The built file is committed (users need no Node.js); rebuild after changing
+# web/package.json.
+web:
+	cd web && npm ci --no-audit --no-fund && npm run build
 
 demo: $(VENV)/.stamp-base
 	$(VENV)/bin/sarcomakit demo $(DEMO_ARGS)
