@@ -82,3 +82,29 @@ def running_server(app: Any, timeout: float = 20.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout)
+
+
+def write_dicom_zip(image: sitk.Image, path: Path) -> Path:
+    """``image`` (int16 voxels) as a zipped series of single-slice DICOM files, as a scanner export would be."""
+    import zipfile
+
+    int_image = sitk.Cast(image, sitk.sitkInt16)
+    series_uid = "1.2.826.0.1.3680043.2.1125.1." + str(abs(hash(path.name)) % 10**12)
+    direction = int_image.GetDirection()
+    orientation = "\\".join(str(v) for v in (*direction[0:7:3], *direction[1:8:3]))
+    with zipfile.ZipFile(path, "w") as archive:
+        for k in range(int_image.GetDepth()):
+            plane = int_image[:, :, k]
+            for tag, value in (("0008|0060", "CT"), ("0020|000e", series_uid), ("0020|0037", orientation),
+                               ("0020|0013", str(k + 1)), ("0028|0030", "\\".join(map(str, image.GetSpacing()[1::-1]))),
+                               ("0018|0050", str(image.GetSpacing()[2])),
+                               ("0020|0032", "\\".join(map(str, int_image.TransformIndexToPhysicalPoint((0, 0, k)))))):
+                plane.SetMetaData(tag, value)
+            slice_path = path.parent / f"slice{k:03d}.dcm"
+            writer = sitk.ImageFileWriter()
+            writer.KeepOriginalImageUIDOn()
+            writer.SetFileName(str(slice_path))
+            writer.Execute(plane)
+            archive.write(slice_path, f"series/slice{k:03d}.dcm")
+            slice_path.unlink()
+    return path

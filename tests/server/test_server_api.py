@@ -18,7 +18,7 @@ import SimpleITK as sitk
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 from fastapi.testclient import TestClient  # noqa: E402
-from server_helpers import dice, scribble_points, study, write_study  # noqa: E402
+from server_helpers import dice, scribble_points, study, write_dicom_zip, write_study  # noqa: E402
 
 from sarcomakit.core.io.image import write_image  # noqa: E402
 from sarcomakit.server import create_app  # noqa: E402
@@ -348,3 +348,36 @@ def test_browser_app_is_served(client: TestClient) -> None:
 def test_study_geometry_helper_is_oblique() -> None:
     image, reference = study()
     assert image.GetDirection()[0] == -1 and reference.any()
+
+
+def test_nrrd_and_zipped_dicom_uploads_keep_their_geometry(client: TestClient, tmp_path: Path,
+                                                           studies: Path) -> None:
+    image, reference = study()
+    nrrd = write_image(image, tmp_path / "scan.nrrd")
+    with nrrd.open("rb") as handle:
+        assert client.put("/datastore/?image=nrrd", files={"file": ("scan.nrrd", handle)},
+                          data={"params": "{}"}).status_code == 200
+    assert (studies / "nrrd.nrrd").is_file()
+    image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, 1))  # DICOM frames are right-handed; the study's x flip is not
+    dicom = write_dicom_zip(image, tmp_path / "series.zip")
+    with dicom.open("rb") as handle:
+        answer = client.put("/datastore/?image=dicom", files={"file": ("series.zip", handle)}, data={"params": "{}"})
+    assert answer.status_code == 200, answer.text
+    stored = sitk.ReadImage(str(studies / "dicom.nii.gz"))
+    assert stored.GetSize() == image.GetSize()
+    assert np.allclose(stored.GetSpacing(), image.GetSpacing(), atol=1e-3)
+    assert np.allclose(stored.GetOrigin(), image.GetOrigin(), atol=1e-3)
+    assert np.allclose(stored.GetDirection(), image.GetDirection(), atol=1e-4)
+    foreground, background = scribble_points(reference)
+    for image_id in ("nrrd", "dicom"):
+        response = client.post(f"/infer/sarcomakit?image={image_id}&output=image",
+                               data={"params": json.dumps({"foreground": foreground, "background": background})})
+        assert response.status_code == 200, response.text
+        assert dice(read_mask(response.content), reference) > 0.8
+    with (tmp_path / "empty.zip").open("wb") as handle:
+        import zipfile
+
+        zipfile.ZipFile(handle, "w").close()
+    with (tmp_path / "empty.zip").open("rb") as handle:
+        empty = client.put("/datastore/?image=empty", files={"file": ("empty.zip", handle)}, data={"params": "{}"})
+    assert empty.status_code == 400 and "empty" in empty.json()["detail"]
