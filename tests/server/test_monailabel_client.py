@@ -23,6 +23,7 @@ from sarcomakit.core.io.image import write_image  # noqa: E402
 from sarcomakit.server import create_app  # noqa: E402
 
 
+@pytest.mark.timeout(300)
 def test_monailabel_client_runs_the_annotation_loop(tmp_path: Path) -> None:
     studies, work = tmp_path / "studies", tmp_path / "client"
     work.mkdir()

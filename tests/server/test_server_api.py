@@ -146,10 +146,14 @@ def test_labels_are_versioned_and_survive_a_restart(studies: Path, tmp_path: Pat
             assert saved.status_code == 200, saved.text
             masks.append(np.roll(reference, shift, axis=2))
         assert saved.json()["version"] == 2
+    # a server killed mid-write leaves only temporary files (dot names) beside the complete ones: they are ignored
+    (studies / ".case02.k3j2.nii.gz").write_bytes(b"half an image")
+    (studies / "labels/final/versions/case01/.0003.x9.nii.gz").write_bytes(b"half a label")
     # a new server on the same folder (a restart) finds the image, the current label and both versions
     with TestClient(create_app(studies, "random_walker")) as client:
         objects = client.get("/datastore/?output=all").json()["objects"]
-        assert objects["case01"]["labels"]["final"]["info"]["version"] == 2
+        assert list(objects) == ["case01"] and objects["case01"]["labels"]["final"]["info"]["version"] == 2
+        assert client.head("/datastore/image?image=case01").status_code == 200
         assert objects["case01"]["status"] == "final"
         current = client.get("/datastore/label?label=case01&tag=final")
         assert current.status_code == 200 and np.array_equal(read_mask(current.content), masks[1])

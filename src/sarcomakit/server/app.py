@@ -218,7 +218,7 @@ def create_app(studies_dir: str | Path, model: str | Path | InteractiveModel = "
             raise HTTPException(404, f"no image '{id}'.") from None
         return {}
 
-    @app.get("/datastore/image")
+    @app.api_route("/datastore/image", methods=["GET", "HEAD"])
     def download_image(image: str, _user: User = annotator) -> FileResponse:
         try:
             path = store.image_path(check_id(image))
@@ -240,7 +240,7 @@ def create_app(studies_dir: str | Path, model: str | Path | InteractiveModel = "
         saved = store.save_label(image, mask, tag, user=user.name, params=extra)
         return {"image": image, "label": image, "tag": tag, "version": saved.version}
 
-    @app.get("/datastore/label")
+    @app.api_route("/datastore/label", methods=["GET", "HEAD"])
     def download_label(label: str, tag: str = FINAL_TAG, _user: User = annotator) -> FileResponse:
         try:
             path = store.label_path(check_id(label), check_id(tag, "tag"))
