@@ -12,7 +12,7 @@ LOCK      ?= requirements/lock.txt
 TORCH_PIN  = $(VENV)/torch-pin.txt
 PIP       := $(PY) -m pip install -q -c $(LOCK)
 
-.PHONY: venv demo test test-latest lint typecheck lock lock-upgrade bench wsi-demo clean
+.PHONY: web venv demo test test-latest lint typecheck lock lock-upgrade bench wsi-demo clean
 
 $(VENV)/.stamp-base: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,12 +22,27 @@ $(VENV)/.stamp-base: pyproject.toml $(LOCK)
 	$(PIP) -c $(TORCH_PIN) -e .
 	touch $@
 
+# MONAI Label's Python client, for the server's compatibility test: installed without its dependencies (they
+# include torch, MONAI and a server stack; its client needs only requests, a dev dependency). Not in the lock,
+# which would resolve those dependencies. The browser test needs Debian's chromium: installed here when missing
+# and when apt is usable (as root); without it that test skips.
+MONAILABEL_SPEC ?= monailabel==0.8.5
 $(VENV)/.stamp-dev: $(VENV)/.stamp-base
 	$(PIP) -c $(TORCH_PIN) -e ".[dev]" numpy setuptools wheel
 	$(PIP) -c $(TORCH_PIN) --no-build-isolation "pyradiomics==3.0.1"
+	$(PIP) -c $(TORCH_PIN) --no-deps "$(MONAILABEL_SPEC)"
+	-command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } || \
+		echo "chromium is not installed: the browser test will skip"
 	touch $@
 
 venv: $(VENV)/.stamp-base
+
+# The browser app's NiiVue bundle, src/sarcomakit/server/static/niivue.js, built from the npm packages locked
+# in web/package-lock.json. The built file is committed (users need no Node.js); rebuild after changing
+# web/package.json.
+web:
+	cd web && npm ci --no-audit --no-fund && npm run build
 
 demo: $(VENV)/.stamp-base
 	$(VENV)/bin/sarcomakit demo $(DEMO_ARGS)
@@ -51,6 +66,7 @@ test-latest:
 	$(LATEST_PY) -m pip install -q -c $(LATEST_VENV)/torch-pin.txt --upgrade --upgrade-strategy eager \
 		-e ".[dev]" numpy setuptools wheel
 	$(LATEST_PY) -m pip install -q -c $(LATEST_VENV)/torch-pin.txt --no-build-isolation "pyradiomics==3.0.1"
+	$(LATEST_PY) -m pip install -q --no-deps --upgrade monailabel
 	$(LATEST_PY) -m pip list --format=freeze --exclude-editable > $(LATEST_VENV)/versions.txt
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(LATEST_PY) -m pytest -n 2 --dist loadfile
 

@@ -166,6 +166,24 @@ class InteractiveSession:
             self._mask = np.unpackbits(packed, count=math.prod(self.shape)).reshape(self.shape).astype(bool)
             return True
 
+    def replace(self, prompts: Sequence[Prompt], mask: np.ndarray | None = None) -> None:
+        """Replace the prompts and the mask at once (undoable), checking every prompt first.
+
+        A client that resends its whole interaction with each request (MONAI Label's clients do) gets the same
+        answer whatever was asked before: ``replace(all_prompts, previous_mask)`` then :meth:`predict`.
+        """
+        for prompt in prompts:
+            if not isinstance(prompt, Scribble | Click | Box):
+                raise UserInputError(f"{type(prompt).__name__} is not a prompt (Scribble, Click or Box).")
+            check_prompt_in_image(prompt, self.shape)
+        new_mask = np.zeros(self.shape, dtype=bool) if mask is None else np.asarray(mask).astype(bool)
+        if new_mask.shape != self.shape:
+            raise UserInputError(f"the mask has shape {new_mask.shape}, the image {self.shape}.")
+        with self._lock:
+            self._push_state()
+            self._prompts = list(prompts)
+            self._mask = new_mask
+
     def reset(self) -> None:
         """Clear prompts and mask (undoable)."""
         with self._lock:
