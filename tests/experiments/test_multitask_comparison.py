@@ -50,7 +50,7 @@ def test_experiment_writes_comparison_on_shared_folds(tiny_cohort, tmp_path: Pat
     comparison = pd.read_csv(out / "comparison.csv", keep_default_na=False)
     assert set(methods) <= set(comparison.columns)
     # the Markdown table holds the same cells as comparison.csv, one column per method, reference first
-    header, rows = markdown_tables((out / "comparison.md").read_text())[0]
+    header, rows = markdown_tables((out / "comparison.md").read_text(encoding="utf-8"))[0]
     assert header[:2] == ["metric", "multitask"] and sorted(header[1:]) == sorted(methods)
     assert [row[0] for row in rows] == list(comparison["metric"])
     for row in rows:
