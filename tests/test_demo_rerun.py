@@ -36,7 +36,7 @@ def test_other_cases_or_seed_are_refused_naming_what_differs(tmp_path: Path) -> 
         demo.claim_demo_folder(tmp_path, demo.demo_inputs(50, 1, 0.4))
     with pytest.raises(UserInputError, match=r"test_fraction: 0.4 then, 0.2 now"):
         demo.claim_demo_folder(tmp_path, demo.demo_inputs(50, 0, 0.2))
-    assert json.loads((tmp_path / demo.PROVENANCE).read_text())["cases"] == 50  # the refusals changed nothing
+    assert json.loads((tmp_path / demo.PROVENANCE).read_text("utf-8"))["cases"] == 50  # the refusals changed nothing
 
 
 def test_results_without_a_record_are_refused(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_overwrite_removes_what_was_built_from_other_inputs(tmp_path: Path) -> N
     demo.claim_demo_folder(tmp_path, demo.demo_inputs(30, 0, 0.4), overwrite=True)
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["cohort/manifest.json", "notes.txt", demo.PROVENANCE]  # the cohort is the synthesiser's
-    assert json.loads((tmp_path / demo.PROVENANCE).read_text())["cases"] == 30
+    assert json.loads((tmp_path / demo.PROVENANCE).read_text(encoding="utf-8"))["cases"] == 30
 
 
 def test_run_demo_refuses_before_touching_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,7 +67,7 @@ def test_run_demo_refuses_before_touching_the_folder(tmp_path: Path, monkeypatch
     monkeypatch.setattr(demo, "make_synthetic_cohort", unreachable)
     with pytest.raises(UserInputError, match="cases: 8 then, 6 now"):
         demo.run_demo(tmp_path, cases=6, epochs=1, device="cpu")
-    assert (tmp_path / "plan.json").read_text() == "the old plan"
+    assert (tmp_path / "plan.json").read_text(encoding="utf-8") == "the old plan"
 
 
 def _tiny_config(plan: Plan, device: str, epochs: int | None, seed: int) -> TrainConfig:
@@ -88,13 +88,14 @@ def test_demo_resumes_with_the_same_arguments_and_starts_afresh_with_overwrite(
     demo.run_demo(out, cases=6, epochs=1, device="cpu")
     prediction = out / "heldout" / "predictions" / "STS_005.nii.gz"
     history = out / "run" / "fold_0" / "history.csv"
-    first_epoch = history.read_text().splitlines()[1]
+    first_epoch = history.read_text(encoding="utf-8").splitlines()[1]
     stamps = {p: p.stat().st_mtime_ns for p in (out / "plan.json", out / "cohort" / "images" / "STS_000_T1.nii.gz")}
     predicted_at = prediction.stat().st_mtime_ns
 
     demo.run_demo(out, cases=6, epochs=2, device="cpu")  # the same inputs, one more epoch
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # cohort and plan reused
-    assert history.read_text().splitlines()[1:] == [first_epoch, history.read_text().splitlines()[2]]  # resumed
+    epochs = history.read_text("utf-8").splitlines()
+    assert epochs[1:] == [first_epoch, epochs[2]]  # resumed
     assert prediction.stat().st_mtime_ns != predicted_at  # predicted again with the new checkpoint
     redone_at = prediction.stat().st_mtime_ns
 
@@ -107,10 +108,10 @@ def test_demo_resumes_with_the_same_arguments_and_starts_afresh_with_overwrite(
     demo.run_demo(out, cases=5, epochs=1, device="cpu", overwrite=True)
     train_ids = Manifest.load(out / "train_manifest.csv").case_ids
     assert train_ids == ["STS_000", "STS_001", "STS_002"]
-    splits = json.loads((out / "run" / "splits.json").read_text())
+    splits = json.loads((out / "run" / "splits.json").read_text(encoding="utf-8"))
     assert sorted(cid for split in splits for cid in split["val"]) == train_ids
-    assert len(history.read_text().splitlines()) == 2  # a fresh run of one epoch
-    fingerprint = json.loads((out / Plan.load(out / "plan.json").fingerprint_file).read_text())
+    assert len(history.read_text(encoding="utf-8").splitlines()) == 2  # a fresh run of one epoch
+    fingerprint = json.loads((out / Plan.load(out / "plan.json").fingerprint_file).read_text(encoding="utf-8"))
     assert sorted(case["case_id"] for case in fingerprint["cases"]) == train_ids  # planned on training cases only
     assert sorted(p.name for p in (out / "heldout" / "predictions").glob("*.nii.gz")) == \
         ["STS_003.nii.gz", "STS_004.nii.gz"]

@@ -169,7 +169,7 @@ def threshold_dice(manifest: Manifest) -> pd.Series:
 def held_out_table(test_set: Manifest, pred_dir: Path, per_case: pd.DataFrame,
                    risk_cutoff: float | None) -> pd.DataFrame:
     """The held-out predictions in the out-of-fold table format (method ``multitask``)."""
-    with open(pred_dir / "clinical_predictions.csv", newline="") as handle:
+    with open(pred_dir / "clinical_predictions.csv", newline="", encoding="utf-8") as handle:
         clinical = {row["case_id"]: row for row in csv.DictReader(handle)}
     metrics = per_case.set_index("case_id")
     rows = []
@@ -226,7 +226,7 @@ def run_demo(out_dir: str | Path = "sarcomakit-demo", *, cases: int = 50, epochs
 
     console.rule("5/6 evaluate")
     evaluation = evaluate_predictions(pred_dir, test_set, heldout / "evaluation", show_progress=False)
-    cutoff = json.loads((run_dir / "fold_0" / "task_state.json").read_text()).get("risk_cutoff")
+    cutoff = json.loads((run_dir / "fold_0" / "task_state.json").read_text(encoding="utf-8")).get("risk_cutoff")
     table = held_out_table(test_set, pred_dir, evaluation.per_case, cutoff)
     write_oof(table, heldout / OOF_FILE)
     comparison = compare_methods(table, reference="multitask", seed=seed)

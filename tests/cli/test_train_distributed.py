@@ -31,8 +31,8 @@ def test_train_with_two_processes_writes_one_resumable_run_and_predicts(tiny_coh
     assert done.returncode == 0, done.stderr[-3000:]
     # one progress line per epoch, printed by rank 0 only; the run folder is written once
     assert done.stderr.count("fold_0 epoch 2/2") == 1, done.stderr[-2000:]
-    assert "2 process(es)" in (run / "fold_0" / "train.log").read_text()
-    history = (run / "fold_0" / "history.csv").read_text().splitlines()
+    assert "2 process(es)" in (run / "fold_0" / "train.log").read_text(encoding="utf-8")
+    history = (run / "fold_0" / "history.csv").read_text(encoding="utf-8").splitlines()
     assert len(history) == 3 and "val_dice" in history[0]
     state = load_checkpoint(run / "fold_0" / "checkpoint_last.pt")
     assert state["epoch"] == 1 and not any(k.startswith("module.") for k in state["model"])

@@ -180,7 +180,7 @@ def test_one_bad_patient_does_not_stop_the_others(tmp_path, dicom):
 
     assert manifest.case_ids == ["A_01"]
     assert manifest.cases[0].extra["patient_id"] == "A 01"
-    failures = json.loads((tmp_path / "out" / "import_failures.json").read_text())
+    failures = json.loads((tmp_path / "out" / "import_failures.json").read_text(encoding="utf-8"))
     assert list(failures) == ["B02"] and "PTV" in failures["B02"]
 
 

@@ -52,7 +52,7 @@ def _good_patient(dicom, root: Path, roi: str = "GTV_Mass") -> None:
 
 def _failure(out: Path, patient_id: str) -> str:
     """The reason ``import_failures.json`` gives for a patient, from where the message names the patient."""
-    message = json.loads((out / "import_failures.json").read_text())[patient_id]
+    message = json.loads((out / "import_failures.json").read_text(encoding="utf-8"))[patient_id]
     assert f"patient {patient_id}: " in message
     return message.split(f"patient {patient_id}: ", 1)[1]
 
@@ -236,7 +236,8 @@ def test_partial_masks_allowed_are_recorded_and_flagged_by_validate(tmp_path, di
                                                                  if i.check == "partial_label")
     validated = CliRunner().invoke(app, ["validate", str(manifest.source), "--json", str(tmp_path / "report.json")])
     assert validated.exit_code == 0
-    assert any(i["check"] == "partial_label" for i in json.loads((tmp_path / "report.json").read_text())["issues"])
+    issues = json.loads((tmp_path / "report.json").read_text("utf-8"))["issues"]
+    assert any(i["check"] == "partial_label" for i in issues)
 
 
 def test_contour_past_the_field_of_view_is_a_partial_mask(tmp_path, dicom):
@@ -282,7 +283,7 @@ def test_structure_set_without_images_is_reported(tmp_path, dicom):
     result = _cli(str(tmp_path / "dicom"), str(tmp_path / "out"))
 
     assert result.exit_code == 1, result.output
-    assert list(json.loads((tmp_path / "out" / "import_failures.json").read_text())) == ["ORPHAN"]
+    assert list(json.loads((tmp_path / "out" / "import_failures.json").read_text(encoding="utf-8"))) == ["ORPHAN"]
     failure = _failure(tmp_path / "out", "ORPHAN")
     assert failure.startswith("has a structure set") and "but no image series in the folder" in failure
 

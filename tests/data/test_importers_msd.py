@@ -98,12 +98,12 @@ def test_errors_are_clear(tmp_path):
 
 def test_channel_count_mismatch_reported_per_case(tmp_path):
     dataset_json = _write_task(tmp_path / "Task96", {"0": "T1", "1": "T2FS"})
-    data = json.loads(dataset_json.read_text())
+    data = json.loads(dataset_json.read_text(encoding="utf-8"))
     data["modality"]["2"] = "PET"  # declares a channel the images lack
     dataset_json.write_text(json.dumps(data))
     with pytest.raises(UserInputError, match="expected 3 channel"):
         import_msd(dataset_json, tmp_path / "out", show_progress=False)
-    assert "sarc_000" in (tmp_path / "out" / "import_failures.json").read_text()
+    assert "sarc_000" in (tmp_path / "out" / "import_failures.json").read_text(encoding="utf-8")
 
 
 def test_cli_import_msd(tmp_path):

@@ -93,11 +93,11 @@ def test_export_then_import_round_trip(nifti_cohort, tmp_path):
     target = export_nnunet_raw(manifest, tmp_path / "nnUNet_raw", dataset_id=7, name="Sarcoma")
 
     assert target.name == "Dataset007_Sarcoma"
-    data = json.loads((target / "dataset.json").read_text())
+    data = json.loads((target / "dataset.json").read_text(encoding="utf-8"))
     assert data["channel_names"] == {"0": "T1", "1": "T2FS", "2": "CT"}
     assert data["numTraining"] == 2 and data["file_ending"] == ".nii.gz"
     assert sorted(p.name for p in (target / "imagesTs").iterdir())[0] == "case002_0000.nii.gz"
-    splits = json.loads((target / "splits_final.json").read_text())  # folds 0, 1 of the labelled cases
+    splits = json.loads((target / "splits_final.json").read_text(encoding="utf-8"))  # folds 0, 1 of the labelled cases
     assert splits == [{"train": ["case001"], "val": ["case000"]}, {"train": ["case000"], "val": ["case001"]}]
 
     back = import_nnunet_raw(target, include_test=True)

@@ -34,7 +34,7 @@ def test_round_trip(tmp_path: Path, suffix: str) -> None:
 
 def test_paths_are_written_relative_so_the_folder_can_move(tmp_path: Path) -> None:
     path = _manifest(tmp_path).save(tmp_path / "manifest.csv")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     assert "img/A_T1.nii.gz" in text and str(tmp_path) not in text
     moved = tmp_path.parent / (tmp_path.name + "_moved")
     tmp_path.rename(moved)

@@ -135,7 +135,7 @@ def test_four_dimensional_image(nifti_cohort, volume_writer):
 def _clinical_manifest(nifti_cohort, tmp_path, rows: dict[str, dict[str, str]]) -> Manifest:
     """Rewrite the cohort's clinical columns as a user would in a spreadsheet, then reload."""
     manifest = nifti_cohort()
-    text = manifest.source.read_text().splitlines()
+    text = manifest.source.read_text(encoding="utf-8").splitlines()
     header = text[1].split(",")
     lines = [text[0], text[1]]
     for line in text[2:]:
@@ -238,7 +238,7 @@ def test_cli_exit_codes_and_json_report(nifti_cohort, volume_writer, tmp_path):
     result = runner.invoke(app, ["validate", str(manifest.source), "--json", str(report_path)], env=WIDE)
     assert result.exit_code == 1
     assert "case001_T1.nii.gz" in result.output and "case002" in result.output
-    data = json.loads(report_path.read_text())
+    data = json.loads(report_path.read_text(encoding="utf-8"))
     assert data["n_errors"] == 2 and data["n_warnings"] == 1 and not data["ok"]
 
     result = runner.invoke(app, ["validate", str(manifest.source), "--no-images"])

@@ -348,7 +348,7 @@ def test_write_comparison_writes_csv_markdown_and_differences(tmp_path, comparis
     assert "[" in table.loc["c_index_harrell", "multitask"]
     differences = pd.read_csv(paths["differences.csv"])
     assert len(differences) == len(comparison.differences)
-    markdown = paths["comparison.md"].read_text()
+    markdown = paths["comparison.md"].read_text(encoding="utf-8")
     assert markdown == comparison_markdown(comparison)
     assert "| metric | multitask | segmentation | radiomics |" in markdown
     assert "Paired differences against multitask" in markdown

@@ -17,7 +17,7 @@ def test_rows_are_written_with_the_standard_columns_and_read_back(tmp_path):
             {"case_id": "b", "method": "multitask", "fold": 1, "grade_true": None, "time": None, "event": None,
              "dice": 0.7}]
     path = write_oof(rows, tmp_path / "fold_0" / "oof_predictions.csv")
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0] == ",".join(OOF_COLUMNS)
     assert lines[2].startswith("b,multitask,1,,,,,,,,")  # None and missing keys are empty cells
     table = load_oof(path)

@@ -42,7 +42,7 @@ def test_evaluate_predictions_end_to_end(cohort):
     # Outputs.
     table = pd.read_csv(out / "metrics_per_case.csv")
     assert len(table) == 3 and {"case_id", "site", "dice", "hd95", "surface_dice"} <= set(table.columns)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     dice_summary = summary["metrics"]["tumour"]["dice"]
     dices = [cohort["expected"][c]["dice"] for c in cohort["expected"]]
     assert dice_summary["n"] == 3
@@ -69,7 +69,7 @@ def test_case_selection_and_json_nan_as_null(cohort, make_image):
                                   case_ids=["case_02"], show_progress=False, n_resamples=200)
     assert list(result.per_case.case_id) == ["case_02"]
     assert result.per_case.dice.item() == 0.0 and math.isnan(result.per_case.hd95.item())
-    summary = json.loads((out / "summary.json").read_text())  # strict JSON: no NaN tokens
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))  # strict JSON: no NaN tokens
     assert summary["metrics"]["tumour"]["hd95"]["mean"] is None
     assert summary["metrics"]["tumour"]["hd95"]["n_missing"] == 1
 
@@ -118,7 +118,7 @@ def test_cli_evaluate_prints_the_summary_and_writes_outputs(cohort):
         assert text in result.output
     table = pd.read_csv(out / "metrics_per_case.csv")
     assert sorted(table["case_id"]) == sorted(cohort["expected"])  # case_03 failed, case_04 has no prediction
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["tolerance_mm"] == 1.5 and summary["n_evaluated"] == 3
     assert summary["metrics"]["tumour"]["dice"]["mean"] == pytest.approx(table["dice"].mean())
 
@@ -129,7 +129,7 @@ def test_cli_evaluate_selected_cases_succeeds_and_bad_path_is_one_line(cohort):
                              "--cases", "case_00,case_01", "--bootstrap", "200"])
     assert ok.exit_code == 0, ok.output
     default_out = cohort["predictions"] / "evaluation"  # without --out, next to the predictions
-    assert json.loads((default_out / "summary.json").read_text())["n_evaluated"] == 2
+    assert json.loads((default_out / "summary.json").read_text(encoding="utf-8"))["n_evaluated"] == 2
     assert sorted(pd.read_csv(default_out / "metrics_per_case.csv")["case_id"]) == ["case_00", "case_01"]
     bad = runner.invoke(app, ["evaluate", str(cohort["root"] / "missing"), str(cohort["manifest"])])
     assert bad.exit_code == 2

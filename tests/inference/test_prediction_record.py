@@ -62,7 +62,7 @@ def test_reruns_skip_only_their_own_masks_from_unchanged_inputs(tiny_cohort: Man
         predict(run_a, cohort.source, out, device="cpu", largest_component=True)  # the same model, other masks
     replaced = predict(run_b, cohort.source, out, device="cpu", overwrite=True)
     assert sorted(replaced.results) == cohort.case_ids
-    assert len({json.loads(p.read_text())["options"] for p in records.glob("*.json")}) == 1
+    assert len({json.loads(p.read_text(encoding="utf-8"))["options"] for p in records.glob("*.json")}) == 1
     assert sorted(predict(run_b, cohort.source, out, device="cpu").skipped) == cohort.case_ids
 
     # masks nobody recorded (a hand-drawn one, say) are not taken for predictions

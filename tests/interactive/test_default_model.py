@@ -19,7 +19,7 @@ def test_the_default_model_ships_small_with_its_recipe() -> None:
     assert size <= 20 * 2**20
     config = TrainConfig.load(folder / "config.json")
     assert config.task == "interactive" and config.task_options["single_channel"] is True
-    recipe = (folder / "RECIPE.md").read_text()
+    recipe = (folder / "RECIPE.md").read_text(encoding="utf-8")
     assert "sarcomakit interactive train" in recipe and f"--seed {config.seed}" in recipe
     model = load_interactive_model("default")
     assert isinstance(model, NetworkInteractiveModel) and model.n_channels == 1 and model.name == "default"

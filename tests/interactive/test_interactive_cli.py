@@ -31,7 +31,7 @@ def test_evaluate_a_classical_baseline_on_a_synthetic_cohort(cohort: Path, tmp_p
     rounds = pd.read_csv(out / "rounds.csv")
     assert len(rounds) == 3 * 3 and set(rounds.method) == {"geodesic"}
     assert rounds.groupby("case_id")["round"].apply(list).map(lambda r: r == [1, 2, 3]).all()
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["robot"]["initial"] == "clicks" and summary["channels"] == ["T1", "T2"]
     method = summary["methods"][0]
     assert method["n_cases"] == 3 and 0 < method["mean_final_dice"] <= 1
@@ -69,4 +69,4 @@ def test_a_single_channel_choice_reaches_the_models(cohort: Path, tmp_path: Path
     result = CliRunner().invoke(app, ["interactive", "evaluate", "random_walker", str(cohort), "--rounds", "1",
                                       "--channel", "T2", "--cases", "case00", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "summary.json").read_text())["channels"] == ["T2"]
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["channels"] == ["T2"]

@@ -216,7 +216,7 @@ def test_an_exported_run_predicts_the_same_and_seeds_fine_tuning(trained_run: Pa
     assert result.exit_code == 0, result.output
     weights = shipped / "fold_0" / "checkpoint_best.pt"
     assert weights.stat().st_size < (trained_run / "fold_0" / "checkpoint_best.pt").stat().st_size / 2
-    assert (shipped / "RECIPE.md").read_text() == "# how it was made\n"
+    assert (shipped / "RECIPE.md").read_text(encoding="utf-8") == "# how it was made\n"
     case = preprocess_case(manifest.cases[0], plan)
     image, reference = np.asarray(case.data), np.asarray(case.label) > 0
     prompts = RobotUser(RobotConfig(plane="axial"), seed=1).initial_prompts(reference)

@@ -64,7 +64,7 @@ def test_atomic_path_leaves_target_untouched_on_failure(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic_path(target) as tmp:
         tmp.write_text("partial")
         raise RuntimeError("crash mid-write")
-    assert target.read_text().strip().startswith("{")
+    assert target.read_text(encoding="utf-8").strip().startswith("{")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 

@@ -121,7 +121,7 @@ def test_cross_validation_outputs_resume_and_predict(tmp_path: Path, model: str)
     np.testing.assert_allclose(oof[["prob_a", "prob_b", "prob_c"]].sum(axis=1), 1.0, atol=1e-5)
     assert result.metrics["macro_auc"].value >= 0.85
     assert result.metrics["macro_auc"].low <= result.metrics["macro_auc"].value
-    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
     assert saved["model"] == model and saved["n_folds"] == 3 and set(saved["failures"]) == {"s05"}
     assert saved["macro_auc"]["value"] == pytest.approx(result.metrics["macro_auc"].value)
     assert saved["macro_auc"]["value"] == pytest.approx(  # the out-of-fold predictions' AUC, by scikit-learn

@@ -24,7 +24,7 @@ def test_plan_then_preprocess(tmp_path):
         assert text in result.output
     plan = Plan.load(plan_path)
     assert plan.memory_budget_mb == 500 and [n.scheme for n in plan.normalization] == ["zscore", "zscore"]
-    assert json.loads((tmp_path / "plans" / "fingerprint.json").read_text())["cases"][0]["case_id"] == "case0"
+    assert json.loads((tmp_path / "plans" / "fingerprint.json").read_text("utf-8"))["cases"][0]["case_id"] == "case0"
 
     out = tmp_path / "pre"
     result = runner.invoke(app, ["preprocess", str(manifest.source), "--plan", str(plan_path), "--out", str(out)])

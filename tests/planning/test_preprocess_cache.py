@@ -57,7 +57,7 @@ def test_cached_case_without_a_record_is_redone(tiny_cohort: Manifest, tmp_path:
     cache = tmp_path / "cache"
     preprocess_cohort(tiny_cohort, plan, cache, show_progress=False)
     meta_path = PreprocessedCase.files(cache, "case01")["meta"]
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
     del meta["properties"]["inputs"]  # as written before records existed
     meta_path.write_text(json.dumps(meta))
     rerun = preprocess_cohort(tiny_cohort, plan, cache, show_progress=False)

@@ -104,7 +104,7 @@ def section_titles(html: str) -> list[str]:
 def test_run_report_has_every_section_embedded_figures_and_overlays(run_dir):
     path = write_multitask_report(run_dir, n_bootstrap=40)
     assert path == run_dir / "report.html"
-    html = path.read_text()
+    html = path.read_text(encoding="utf-8")
     assert section_titles(html) == ["Summary", "Paired differences against multitask", "Grade", "Survival",
                                     "Segmentation", "Per-case predictions"]
     overlays = sorted((run_dir / "report_figures").glob("overlay_multitask_*.png"))
@@ -121,7 +121,7 @@ def test_experiment_report_compares_methods_without_overlays(experiment_dir, tmp
     source = load_oof_source(experiment_dir)
     comparison = compare_methods(source.oof, "multitask", n_bootstrap=30, methods=source.methods)
     path = write_multitask_report(source, tmp_path / "out" / "comparison.html", comparison=comparison)
-    html = path.read_text()
+    html = path.read_text(encoding="utf-8")
     titles = section_titles(html)
     assert titles[:2] == ["Summary", "Paired differences against multitask"]
     assert {"Grade", "Survival", "Segmentation", "Per-case predictions", "Notes"} <= set(titles)
@@ -136,7 +136,7 @@ def test_experiment_report_compares_methods_without_overlays(experiment_dir, tmp
 
 def test_report_of_a_segmentation_only_run_leaves_out_grade_and_survival(tmp_path):
     make_oof(("segmentation",)).to_csv(tmp_path / "oof_predictions.csv", index=False)
-    html = write_multitask_report(tmp_path, n_bootstrap=20).read_text()
+    html = write_multitask_report(tmp_path, n_bootstrap=20).read_text(encoding="utf-8")
     titles = section_titles(html)
     assert "Grade" not in titles and "Survival" not in titles
     assert "Segmentation" in titles and "Summary" in titles
@@ -159,8 +159,8 @@ def test_cli_prints_the_table_and_writes_report_and_tables(experiment_dir, tmp_p
                                                     "--bootstrap", "25", "--reference", "radiomics"])
     assert result.exit_code == 0, result.output
     assert "Out-of-fold metrics" in result.output and "Paired differences: method - radiomics" in result.output
-    assert "Paired differences against radiomics" in out.read_text()
-    markdown = (out.parent / "comparison.md").read_text()
+    assert "Paired differences against radiomics" in out.read_text(encoding="utf-8")
+    markdown = (out.parent / "comparison.md").read_text(encoding="utf-8")
     assert "reference: radiomics" in markdown
     assert "| metric | multitask | segmentation | radiomics |" in markdown  # the experiment's order
     differences = pd.read_csv(out.parent / "differences.csv")

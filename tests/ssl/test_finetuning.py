@@ -100,7 +100,7 @@ def test_crmae_pretraining_reports_error_and_baselines_on_masked_voxels(tiny_coh
     assert {"val_masked_mse", "val_interpolation_mse", "val_affine_mse", "val_score"} <= set(record)
     assert record["val_score"] == -record["val_masked_mse"] and record["val_affine_mse"] > 0
     assert fold.history[-1]["train_loss"] < fold.history[0]["train_loss"]
-    state = json.loads((tmp_path / "run" / "fold_0" / "task_state.json").read_text())
+    state = json.loads((tmp_path / "run" / "fold_0" / "task_state.json").read_text(encoding="utf-8"))
     assert state["method"] == "crmae" and state["channels"] == ["T1", "T2"]
 
 
@@ -126,7 +126,7 @@ def test_pretrain_then_finetune_from_the_command_line(tiny_cohort: Manifest, tmp
                                 "--config", str(config), "--init", str(tmp_path / "pre"), "--freeze-epochs", "1",
                                 "--warmup-epochs", "1", *common])
     assert tuned.exit_code == 0, tuned.output
-    report = json.loads((tmp_path / "tuned" / "fold_0" / "init_report.json").read_text())
+    report = json.loads((tmp_path / "tuned" / "fold_0" / "init_report.json").read_text(encoding="utf-8"))
     assert report["expected"] == len(report["loaded"]) > 0
     assert f"loaded {report['expected']}/{report['expected']} encoder tensors, 0 skipped" in tuned.output
     weights = load_checkpoint(tmp_path / "tuned" / "fold_0" / "checkpoint_best.pt")["model"]
@@ -155,7 +155,7 @@ def test_pretrain_reads_a_folder_of_images_named_by_channel_index(tiny_cohort: M
                                  str(tmp_path / "pre"), "--epochs", "1", "--iterations", "2", "--batch-size", "2",
                                  "--folds", "3", "--device", "cpu", "--workers", "0", "--config", str(config)])
     assert result.exit_code == 0, result.output
-    record = json.loads((tmp_path / "pre" / "provenance.json").read_text())
+    record = json.loads((tmp_path / "pre" / "provenance.json").read_text(encoding="utf-8"))
     assert sorted(record["case_ids"]) == sorted(tiny_cohort.case_ids)
     assert (tmp_path / "pre" / "fold_0" / "checkpoint_best.pt").is_file()
     missing = runner.invoke(app, ["pretrain", str(tmp_path / "nothing-here"), "--plan", str(tmp_path / "plan.json"),

@@ -36,14 +36,15 @@ def test_ssl_experiment_end_to_end(tiny_cohort, tmp_path: Path) -> None:  # noqa
                                       "--bootstrap", "50"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     dice = pd.read_csv(out / "dice.csv")
-    splits = json.loads((out / "splits.json").read_text())
+    splits = json.loads((out / "splits.json").read_text(encoding="utf-8"))
     assert sorted(dice["method"].unique()) == ["mae", "scratch"]
     for (_method, _count), rows in dice.groupby(["method", "labelled"]):  # every case validated once per setting
         assert sorted(rows["case_id"]) == sorted(tiny_cohort.case_ids)
     for k, fold in enumerate(splits):  # pretraining saw the fold's training cases only
-        pretrained_on = json.loads((out / "pretrain" / "mae" / f"fold_{k}" / "splits.json").read_text())[0]
+        pretrained_on = json.loads((out / "pretrain" / "mae" / f"fold_{k}" / "splits.json").read_text("utf-8"))[0]
         assert set(pretrained_on["train"]) | set(pretrained_on["val"]) == set(fold["train"])
-        report = json.loads((out / "runs" / "mae" / "n2" / f"fold_{k}" / "fold_0" / "init_report.json").read_text())
+        report_path = out / "runs" / "mae" / "n2" / f"fold_{k}" / "fold_0" / "init_report.json"
+        report = json.loads(report_path.read_text("utf-8"))
         assert report["expected"] == len(report["loaded"]) > 0
         assert not (out / "runs" / "scratch" / "n2" / f"fold_{k}" / "fold_0" / "init_report.json").exists()
     comparison = pd.read_csv(out / "comparison.csv")

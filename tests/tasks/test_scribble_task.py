@@ -97,5 +97,5 @@ def test_a_short_run_from_scribbles_learns_the_tumour_and_records_its_supervisio
     assert losses[-1] < losses[0] * 0.7, losses
     # scored on the full masks of the validation cases, which it never trained on
     assert result.history[-1]["val_dice"] > max(0.25, result.history[0]["val_dice"] + 0.1)
-    state = json.loads((tmp_path / "run" / "fold_0" / "task_state.json").read_text())
+    state = json.loads((tmp_path / "run" / "fold_0" / "task_state.json").read_text(encoding="utf-8"))
     assert state["mode"] == "partial" and 0 < state["labelled_voxel_fraction"] < 0.1

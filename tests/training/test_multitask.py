@@ -133,7 +133,7 @@ def test_multitask_run_writes_out_of_fold_and_clinical_predictions(tiny_cohort, 
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == OOF_COLUMNS
     assert len(rows) == sum(len(f["val"]) for f in __import__("json").loads(
-        (tmp_path / "run" / "splits.json").read_text())[:2])
+        (tmp_path / "run" / "splits.json").read_text(encoding="utf-8"))[:2])
     assert all(r["risk_group"] in ("low", "high") for r in rows)
     assert all(abs(float(r["p_low"]) + float(r["p_intermediate"]) + float(r["p_high"]) - 1) < 1e-5 for r in rows)
 

@@ -41,14 +41,14 @@ def _refusal(run_dir: Path, manifest: Manifest, plan: Plan, config: TrainConfig 
 def test_other_cases_are_refused_and_the_splits_kept(tiny_cohort: Manifest, plan: Plan, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run = RunFolder.prepare(run_dir, tiny_cohort.subset(tiny_cohort.case_ids[:4]), plan, CONFIG)
-    splits = run.splits_path.read_text()
-    record = json.loads(run.provenance_path.read_text())
+    splits = run.splits_path.read_text(encoding="utf-8")
+    record = json.loads(run.provenance_path.read_text(encoding="utf-8"))
     assert record["case_ids"] == ["case00", "case01", "case02", "case03"] and len(record["manifest_sha256"]) == 64
     assert set(record["cases"]["case00"]["files"]) == {"T1", "T2", "label"}
 
     message = _refusal(run_dir, tiny_cohort.subset(["case00", "case01", "case04", "case05"]), plan)
     assert "cases: 4 cases then, 4 now: 2 added (case04, case05), 2 removed (case02, case03)" in message
-    assert run.splits_path.read_text() == splits  # nothing was touched
+    assert run.splits_path.read_text(encoding="utf-8") == splits  # nothing was touched
 
 
 def test_changed_images_masks_and_clinical_fields_are_refused(tiny_cohort: Manifest, plan: Plan,
@@ -85,7 +85,7 @@ def test_same_inputs_reopen_even_from_a_moved_copy(tiny_cohort: Manifest, plan: 
     moved = tmp_path / "moved"
     shutil.copytree(tiny_cohort.source.parent, moved)  # new paths and file times, same content
     RunFolder.prepare(run_dir, Manifest.load(moved / "manifest.csv"), plan, CONFIG)
-    record = json.loads((run_dir / "provenance.json").read_text())
+    record = json.loads((run_dir / "provenance.json").read_text(encoding="utf-8"))
     assert record["cases"]["case00"]["files"]["T1"]["path"].startswith(str(moved.resolve()))
 
 
@@ -101,7 +101,7 @@ def test_overwrite_clears_the_old_run_and_starts_fresh(tiny_cohort: Manifest, pl
     assert not (run_dir / "fold_0").exists() and not (run_dir / "preprocessed").exists()
     assert not (run_dir / "oof_predictions.csv").exists() and (run_dir / "notes.txt").is_file()
     assert sorted(cid for split in run.splits() for cid in split["val"]) == others.case_ids
-    assert json.loads(run.provenance_path.read_text())["case_ids"] == others.case_ids
+    assert json.loads(run.provenance_path.read_text(encoding="utf-8"))["case_ids"] == others.case_ids
     assert Manifest.load(run_dir / "manifest.json").case_ids == others.case_ids
 
 

@@ -124,7 +124,7 @@ def run_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | None
     splits_path = out / "splits.json"
     if not splits_path.exists():
         save_folds(make_folds(manifest, n_folds, config.seed, clinical=True), splits_path)
-    folds = __import__("json").loads(splits_path.read_text())
+    folds = __import__("json").loads(splits_path.read_text(encoding="utf-8"))
 
     tables = []
     for method in methods:

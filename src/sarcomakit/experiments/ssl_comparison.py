@@ -131,7 +131,7 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
     config = config or TrainConfig()
     if not (out / "splits.json").exists():
         save_folds(make_folds(manifest, n_folds, config.seed), out / "splits.json")
-    folds = json.loads((out / "splits.json").read_text())
+    folds = json.loads((out / "splits.json").read_text(encoding="utf-8"))
     preprocessed = out / "preprocessed"
     labelled_ids = {c.case_id for c in manifest.cases if c.label is not None}
     warmup = resolved_warmup_epochs(config.updated(init_checkpoint="pretrained"))
@@ -159,7 +159,7 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
                           resume=True, preprocessed_dir=preprocessed, console=console)
                     write_json(dice_file, dict(zip(val_ids, _validation_dice(run_dir, plan, run_config, val_ids,
                                                                                 preprocessed), strict=True)))
-                for case_id, dice in json.loads(dice_file.read_text()).items():
+                for case_id, dice in json.loads(dice_file.read_text(encoding="utf-8")).items():
                     rows.append({"method": method, "labelled": count, "n_cases": len(subset), "fold": k,
                                  "case_id": case_id, "dice": dice})
     per_case = pd.DataFrame(rows)

@@ -82,7 +82,7 @@ class Predictor:
         models, states = [], []
         for fold in chosen:
             state_file = available[fold].parent / "task_state.json"
-            states.append(json.loads(state_file.read_text()) if state_file.is_file() else {})
+            states.append(json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {})
             state = load_checkpoint(available[fold], map_location=torch_device)
             model = task.build_model(plan, config).to(torch_device)
             model.load_state_dict(state["model"])
@@ -208,7 +208,7 @@ def predict(run_dir: str | Path, source: str | Path, out_dir: str | Path, *, fol
 def _read_rows(path: Path) -> dict[str, dict[str, object]]:
     if not path.is_file():
         return {}
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         return {row["case_id"]: row for row in csv.DictReader(handle)}
 
 

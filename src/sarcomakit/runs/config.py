@@ -64,7 +64,7 @@ class TrainConfig(BaseModel):
     def load(cls, path: str | Path) -> TrainConfig:
         p = Path(path)
         try:
-            return cls.model_validate(json.loads(p.read_text()))
+            return cls.model_validate(json.loads(p.read_text(encoding="utf-8")))
         except FileNotFoundError as exc:
             raise UserInputError("training config not found.", path=p,
                                  fix="point at a run folder written by 'sarcomakit train'.") from exc

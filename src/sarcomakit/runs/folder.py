@@ -84,7 +84,7 @@ class RunFolder:
         return TrainConfig.load(self.config_path)
 
     def splits(self) -> list[dict[str, list[str]]]:
-        return json.loads(self.splits_path.read_text())
+        return json.loads(self.splits_path.read_text(encoding="utf-8"))
 
     def trained_folds(self, checkpoint: str = "best") -> dict[int, Path]:
         """Checkpoints by fold number, for the folds that have one."""

@@ -109,7 +109,7 @@ def _collect_out_of_fold(run: RunFolder) -> None:
         return
     header, lines = "", []
     for part in parts:
-        rows = part.read_text().splitlines()
+        rows = part.read_text(encoding="utf-8").splitlines()
         header = header or rows[0]
         lines.extend(rows[1:])
     write_text(run.root / "oof_predictions.csv", "\n".join([header, *lines]) + "\n")
