@@ -72,6 +72,15 @@ def prepare_for_privacy(model: nn.Module) -> nn.Module:
     return model
 
 
+def require_opacus() -> None:
+    """Opacus is an optional dependency (the ``privacy`` extra): say how to install it when it is missing."""
+    try:
+        import opacus  # noqa: F401
+    except ImportError as exc:
+        raise UserInputError("differential privacy needs Opacus, which is not installed.",
+                             fix="pip install 'sarcomakit[privacy]' (opacus>=1.6).") from exc
+
+
 def default_delta(n_patients: int) -> float:
     """``1 / (10 N)``: the largest delta accepted for a site of N patients."""
     return 1.0 / (10 * max(1, n_patients))
@@ -105,7 +114,9 @@ class SitePrivacy:
     @classmethod
     def plan(cls, n_patients: int, batch_size: int, *, target_epsilon: float, total_steps: int,
              max_grad_norm: float = 1.0, delta: float | None = None) -> SitePrivacy:
-        """Choose the noise that spends ``target_epsilon`` (PRV accountant) over ``total_steps`` steps."""
+        """Choose the noise that spends ``target_epsilon`` (PRV accountant, to within 0.05) over ``total_steps``
+        steps."""
+        require_opacus()
         from opacus.accountants.utils import get_noise_multiplier
 
         if n_patients < 1:
@@ -121,7 +132,7 @@ class SitePrivacy:
                    delta=delta)
         site.noise_multiplier = float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
                                                            sample_rate=site.sample_rate, steps=total_steps,
-                                                           accountant="prv"))
+                                                           accountant="prv", epsilon_tolerance=0.05))
         return site
 
     def accountant(self, kind: str = "prv") -> Any:
@@ -197,7 +208,9 @@ class PatientPatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.volumes)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patient's (image, label) patch: a tuple, because Opacus builds the shape of an empty first step
+        from the items of ``dataset[0]``, which for a dict would be its keys."""
         rng = np.random.default_rng((self.seed, self.epoch, index, self.visits[index]))
         self.visits[index] += 1
         image, label = crop_patch(self.volumes[index], self.patch_size, rng,
@@ -206,9 +219,8 @@ class PatientPatchDataset(torch.utils.data.Dataset):
         if len(self.transform.transforms):
             self.transform.set_random_state(seed=int(rng.integers(2**31)))
             sample = self.transform(sample)
-        return {"image": torch.as_tensor(sample["image"]).float().as_subclass(torch.Tensor),
-                "label": torch.as_tensor(sample["label"]).round().long().as_subclass(torch.Tensor),
-                "case_index": index}
+        return (torch.as_tensor(sample["image"]).float().as_subclass(torch.Tensor),
+                torch.as_tensor(sample["label"]).round().long().as_subclass(torch.Tensor))
 
 
 class PerPatientSegmentationObjective(Objective):
@@ -216,18 +228,22 @@ class PerPatientSegmentationObjective(Objective):
 
     A Poisson-sampled step may have no patient: the network then sees one all-zero patch with a zero loss, so
     the step is pure noise (what DP-SGD prescribes) and every parameter still gets a (zero) per-sample gradient.
+
+    Args:
+        sample_shape: ``(C, *patch)``, the shape of one patch (for the all-zero patch of an empty step).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sample_shape: Sequence[int]) -> None:
         super().__init__()
         self.loss = dice_ce_loss()
+        self.sample_shape = tuple(int(s) for s in sample_shape)
 
-    def forward(self, model: nn.Module, batch: Mapping[str, Any], device: torch.device) -> LossOutput:
-        images = batch["image"].to(device)
-        labels = batch["label"].to(device)
-        if images.shape[0] == 0:
-            dummy = torch.zeros((1, *images.shape[1:]), device=device)
+    def forward(self, model: nn.Module, batch: Any, device: torch.device) -> LossOutput:
+        images, labels = (batch["image"], batch["label"]) if isinstance(batch, Mapping) else batch
+        if images.shape[0] == 0:  # Opacus gives an empty step as tensors with batch size 0
+            dummy = torch.zeros((1, *self.sample_shape), device=device)
             return LossOutput(model(dummy).sum() * 0.0, {"patients": 0.0})
+        images, labels = images.to(device), labels.to(device)
         logits = model(images)
         losses = torch.stack([self.loss(logits[i:i + 1], labels[i:i + 1]) for i in range(images.shape[0])])
         return LossOutput(losses.mean(), {"patients": float(images.shape[0])})

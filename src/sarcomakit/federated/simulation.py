@@ -304,6 +304,8 @@ def simulate(manifest: Manifest, plan: Plan, run_dir: str | Path, *, settings: F
                 say(f"round {round_index}: site {site.name} failed and was left out: {reason}")
                 continue
             updates.append(update)
+            if site.name in privacy:
+                update.metrics["epsilon"] = privacy[site.name].epsilon()
             rows.append({**row, "status": "ok", "reason": "", **update.metrics})
         if not updates:
             raise UserInputError(f"round {round_index}: every site failed; the global checkpoint is unchanged.",

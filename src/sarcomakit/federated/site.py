@@ -104,7 +104,7 @@ def train_site(task: Task, plan: Plan, config: TrainConfig, site: Site, weights:
 
     Returns:
         The new weights, the number of training cases (the aggregation weight) and the mean training loss
-        (with epsilon spent so far under DP).
+        (under DP, ``privacy`` holds the accountant's history, epsilon included).
 
     Raises:
         SiteSkipped: the site has no training cases.
@@ -121,8 +121,9 @@ def train_site(task: Task, plan: Plan, config: TrainConfig, site: Site, weights:
         model.load_state_dict(dict(weights), strict=True)
         if privacy is not None:
             check_private_task(task)
-            objective: Objective = PerPatientSegmentationObjective()
-            dataset: torch.utils.data.Dataset = PatientPatchDataset(site.train_cases, plan, config)
+            patient_patches = PatientPatchDataset(site.train_cases, plan, config)
+            objective: Objective = PerPatientSegmentationObjective((len(plan.channels), *patient_patches.patch_size))
+            dataset: torch.utils.data.Dataset = patient_patches
             batch_size = privacy.batch_size
         else:
             objective = task.objective(site.train_cases, plan, config)
@@ -142,7 +143,6 @@ def train_site(task: Task, plan: Plan, config: TrainConfig, site: Site, weights:
         metrics = trainer.run_steps(steps)
         if privacy is not None:
             privacy.record(accountant)
-            metrics["epsilon"] = privacy.epsilon()
         return SiteUpdate(site=site.name, weights=trainer.get_weights(), n_cases=len(site.train_cases),
                           metrics=metrics)
 
