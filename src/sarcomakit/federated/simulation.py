@@ -283,6 +283,7 @@ def simulate(manifest: Manifest, plan: Plan, run_dir: str | Path, *, settings: F
         + (f"DP-SGD per patient, target epsilon {settings.dp_epsilon}" if privacy else "no DP"))
 
     extra = {"config": config.model_dump(), "plan": plan.model_dump(), "task": task.name}
+    payload = sum(v.numel() * v.element_size() for v in weights.values())  # bytes each way per site and round
     for round_index in range(start, settings.rounds):
         started = time.perf_counter()
         updates: list[SiteUpdate] = []
@@ -306,7 +307,7 @@ def simulate(manifest: Manifest, plan: Plan, run_dir: str | Path, *, settings: F
             updates.append(update)
             if site.name in privacy:
                 update.metrics["epsilon"] = privacy[site.name].epsilon()
-            rows.append({**row, "status": "ok", "reason": "", **update.metrics})
+            rows.append({**row, "status": "ok", "reason": "", "bytes_each_way": payload, **update.metrics})
         if not updates:
             raise UserInputError(f"round {round_index}: every site failed; the global checkpoint is unchanged.",
                                  path=fold_dir / "train.log", fix="see the log for each site's reason, then rerun "
@@ -338,7 +339,7 @@ def simulate(manifest: Manifest, plan: Plan, run_dir: str | Path, *, settings: F
         _write_history(fold_dir / "history.csv", history)
         save_checkpoint(last_path, state_out)  # last: a crash before this line reruns the round
         say(f"round {round_index}: {len(updates)}/{len(sites)} site(s) aggregated; global {task.score_name} "
-            f"{score:.3f}; {seconds:.1f} s")
+            f"{score:.3f}; {seconds:.1f} s; {payload / 1e6:.2f} MB each way per site")
 
     best = load_checkpoint(fold_dir / "checkpoint_best.pt")
     model = task.build_model(plan, config).to(device)
