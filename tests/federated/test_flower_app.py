@@ -9,7 +9,7 @@ import torch
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict  # noqa: E402
 
 from sarcomakit.federated import flower_app  # noqa: E402
 from sarcomakit.federated.site import initial_weights  # noqa: E402
@@ -38,4 +38,9 @@ def test_the_client_apps_train_handler_trains_the_sites_cases_from_the_global_we
                                       Context(run_id=1, node_id=7, state=RecordDict(), run_config={},
                                               node_config={**context.node_config, "val-fraction": 0.34}))
     assert scores["metrics"]["num-examples"] == 1 and 0 <= scores["metrics"]["val_dice"] <= 1
+    assert dict(flower_app.weighted_metrics([RecordDict({"m": MetricRecord({"num-examples": 0})})],
+                                            "num-examples")) == {}  # no site validates: no division by zero
+    other = RecordDict({"m": MetricRecord({"num-examples": 3, "val_dice": 0.5})})
+    pooled = flower_app.weighted_metrics([scores, other], "num-examples")
+    assert pooled["val_dice"] == pytest.approx((scores["metrics"]["val_dice"] + 3 * 0.5) / 4)
     assert flower_app.build_strategy("fedprox", min_nodes=3, mu=0.5).proximal_mu == 0.5

@@ -125,9 +125,25 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(site_evaluate(msg.content, context), reply_to=msg)
 
 
+def weighted_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """The sites' metrics averaged with their ``weight_key`` (validation cases) as weights; sites with weight 0 (no
+    validation cases) are left out, and no site with any gives an empty record (Flower's own average divides by
+    the total weight, which is then 0)."""
+    rows = [dict(next(iter(record.metric_records.values()))) for record in records if record.metric_records]
+    weighted = [(float(row.get(weight_key, 0)), row) for row in rows]
+    total = sum(w for w, _ in weighted)
+    if total <= 0:
+        return MetricRecord({})
+    keys = sorted({k for _, row in weighted for k in row if k != weight_key})
+    return MetricRecord({k: sum(w * float(row[k]) for w, row in weighted if k in row and w > 0)
+                         / sum(w for w, row in weighted if k in row and w > 0) for k in keys
+                         if any(k in row and w > 0 for w, row in weighted)})
+
+
 def build_strategy(name: str, *, min_nodes: int, mu: float = 0.0, server_lr: float = 1e-2) -> Any:
     """Flower's strategy of that name, with ``min_nodes`` needed to train (a round goes on without the rest)."""
-    common = {"min_train_nodes": min_nodes, "min_evaluate_nodes": min_nodes, "min_available_nodes": min_nodes}
+    common = {"min_train_nodes": min_nodes, "min_evaluate_nodes": min_nodes, "min_available_nodes": min_nodes,
+              "evaluate_metrics_aggr_fn": weighted_metrics}
     if name == "fedavg":
         return flower_strategy.FedAvg(**common)
     if name == "fedprox":
