@@ -1,0 +1,1 @@
+"""Federated training across sites: the site function, aggregators, the in-process simulator and patient-level DP."""
