@@ -304,13 +304,16 @@ def make_plan(fingerprint: Fingerprint, *, channel_kinds: dict[str, str] | None 
     return with_learnt_steps(plan, ("intensity", "spacing")) if pipeline == "minimal" else plan
 
 
-def with_learnt_steps(plan: Plan, steps: list[str] | tuple[str, ...]) -> Plan:
+def with_learnt_steps(plan: Plan, steps: list[str] | tuple[str, ...],
+                      channels: list[str] | None = None) -> Plan:
     """A copy of ``plan`` that leaves the ``steps`` the network learns to it (module docstring): ``intensity``
-    sets every channel's scheme to ``none`` (statistics kept), ``spacing`` turns resampling off."""
+    sets the scheme of ``channels`` (default every channel) to ``none`` (statistics kept), ``spacing`` turns
+    resampling off."""
     unknown = set(steps) - set(LEARNABLE_STEPS)
     if unknown:
         raise UserInputError(f"unknown learnt step(s) {sorted(unknown)}.", fix=f"use {', '.join(LEARNABLE_STEPS)}.")
-    normalization = [n.model_copy(update={"scheme": "none", "use_nonzero_mask": False}) if "intensity" in steps
+    learnt = set(plan.channels if channels is None else channels) if "intensity" in steps else set()
+    normalization = [n.model_copy(update={"scheme": "none", "use_nonzero_mask": False}) if n.channel in learnt
                      else n for n in plan.normalization]
     return plan.model_copy(update={"normalization": normalization, "resample": plan.resample and "spacing" not in steps,
                                    "learnt_steps": sorted(set(plan.learnt_steps) | set(steps))})
