@@ -59,6 +59,7 @@ def test_experiment_runs_end_to_end(tiny_cohort: Manifest, tmp_path: Path) -> No
     report = (out / "comparison.md").read_text()
     for arm in ARMS:
         assert f"| {arm} |" in report  # every arm has a cost row
+    assert "What the layers learnt" in report and "zoom (z, y, x)" in report
     for setting in ("in_domain", "loso"):
         oof = pd.read_csv(out / setting / "oof_predictions.csv")
         assert set(oof["method"]) == set(ARMS)

@@ -315,7 +315,11 @@ def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, pla
                                  seed=config.seed, methods=chosen)
         write_comparison(result, setting_dir)
         results[setting] = result
+        learnt = [{"arm": name, "layer": layer, "learnt (fold 0)": text} for name in chosen
+                  for layer, text in learnt_summary(setting_dir / "runs" / name).items()]
         sections += [f"## {setting} ({len(folds)} folds)", "", _demoted(comparison_markdown(result)), ""]
+        if learnt:
+            sections += ["### What the layers learnt", "", markdown_table(pd.DataFrame(learnt)), ""]
 
     costs_table = pd.DataFrame(all_costs)
     write_text(out / "costs.csv", costs_table.to_csv(index=False))
@@ -324,6 +328,46 @@ def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, pla
                                          "seed": config.seed, "reference": REFERENCE,
                                          "cohort": str(manifest.source) if manifest.source else None})
     return results
+
+
+def learnt_summary(run_dir: Path, fold: int = 0) -> dict[str, str]:
+    """What the input layers of one fold learnt, by layer, in words (window bounds, zooms, landmarks, offsets)."""
+    import torch
+
+    checkpoint = run_dir / f"fold_{fold}" / "checkpoint_best.pt"
+    config_path = run_dir / "config.json"
+    if not checkpoint.is_file() or not config_path.is_file():
+        return {}
+    state = load_checkpoint(checkpoint)["model"]
+    specs = json.loads(config_path.read_text())["network_options"].get("input_layers", [])
+    summary: dict[str, str] = {}
+    for i, spec in enumerate(specs):
+        prefix = f"input_layers.{i}."
+        name = spec["layer"]
+        if name == "window":
+            half = torch.exp(state[prefix + "log_width"]) / 2
+            low, high = state[prefix + "level"] - half, state[prefix + "level"] + half
+            summary[name] = "; ".join(f"[{lo:.4g}, {hi:.4g}] (from [{a:.4g}, {b:.4g}])" for lo, hi, a, b in
+                                      zip(low.tolist(), high.tolist(), spec["low"], spec["high"], strict=False))
+        elif name == "zoom":
+            learnt = state[prefix + "learnt"]
+            zoom = torch.exp(state[prefix + "initial_log_zoom"] + learnt * (state[prefix + "log_zoom"]
+                                                                            - state[prefix + "initial_log_zoom"]))
+            summary[name] = "zoom (z, y, x) " + ", ".join(f"{z:.3f}" for z in zoom.tolist())
+        elif name == "monotone":
+            first, steps = state[prefix + "first"], state[prefix + "steps"]
+            landmarks = torch.cat([first[:, None], first[:, None] + torch.cumsum(torch.nn.functional.softplus(steps),
+                                                                                  1)], 1)
+            summary[name] = "; ".join("landmarks " + " ".join(f"{v:.2f}" for v in row) for row in landmarks.tolist())
+        elif name in ("normaliser", "resizer"):
+            key = next(k for k in reversed(list(state)) if k.startswith(prefix) and k.endswith("weight"))
+            summary[name] = f"residual output weights: RMS {float(state[key].pow(2).mean().sqrt()):.3g} (from 0)"
+    offsets = [k for k in state if k.endswith("sampling.offsets")]
+    if offsets:
+        value = state[offsets[0]]
+        summary["obelisk"] = (f"{value.shape[0]} offsets, mean |offset| {float(value.norm(dim=1).mean()):.3f} "
+                              "(normalised units)")
+    return summary
 
 
 def _demoted(markdown: str) -> str:
