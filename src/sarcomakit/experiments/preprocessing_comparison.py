@@ -374,7 +374,8 @@ def _demoted(markdown: str) -> str:
     """A comparison's Markdown as a subsection, without the notes about tasks no arm predicts."""
     lines = [("##" + line) if line.startswith("#") else line for line in markdown.splitlines()
              if not line.startswith("- ") or "metrics left out: no" not in line]
-    return "\n".join(lines)
+    text = "\n".join(lines).rstrip()
+    return text.removesuffix("#### Notes").rstrip()  # a notes heading left without notes
 
 
 def _report(plan: Plan, config: TrainConfig, arms: Sequence[str], sections: list[str],
