@@ -16,6 +16,8 @@ NETWORKS = {
     "segresnet": {"init_filters": 8},
     "swinunetr": {"feature_size": 12, "depths": (1, 1, 1, 1), "num_heads": (3, 3, 3, 3)},
     "unetr": {"feature_size": 8, "hidden_size": 96, "mlp_dim": 192, "num_heads": 4},
+    "obelisk": {"offsets": 8, "features": 8, "hidden": 8},
+    "obelisk_unet": {"channels": (4, 8), "offsets": 8, "features": 4},
 }
 # the transformers need patches divisible by their token grid (32 for SwinUNETR's five halvings, 16 for UNETR)
 PATCHES = {name: [(16, 32, 32), (8, 32, 48)] for name in NETWORKS} | {"swinunetr": [(64, 64, 64)],

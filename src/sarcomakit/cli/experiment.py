@@ -70,11 +70,14 @@ class _MultitaskByDefault(TyperGroup):
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``experiment`` (``multitask``, the default, and ``ssl``)."""
+    """Add ``experiment`` (``multitask``, the default, ``ssl`` and ``preprocessing``)."""
+    from sarcomakit.cli.learnt_preprocessing import preprocessing_experiment_command
     from sarcomakit.cli.pretrain import ssl_experiment_command
 
     group = typer.Typer(cls=_MultitaskByDefault, no_args_is_help=True,
-                        help="Compare methods on the same folds: multi-task (default) or self-supervised pretraining.")
+                        help="Compare methods on the same folds: multi-task (default), self-supervised pretraining, "
+                             "or fixed vs learnt preprocessing.")
     group.command("multitask")(experiment_command)
     group.command("ssl")(ssl_experiment_command)
+    group.command("preprocessing")(preprocessing_experiment_command)
     app.add_typer(group, name="experiment")

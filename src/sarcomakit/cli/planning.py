@@ -66,6 +66,9 @@ def plan_summary(plan: Plan) -> Table:
     table.add_row(f"patch size ({AXES})", fmt(plan.patch_size))
     table.add_row("batch size", str(plan.batch_size))
     table.add_row("memory budget", f"{plan.memory_budget_mb:g} MiB")
+    if plan.learnt_steps or not plan.resample:
+        table.add_row("learnt by the network", ", ".join(plan.learnt_steps) or "–")
+        table.add_row("resampling", "to the target spacing" if plan.resample else "none (native grid)")
     return table
 
 
@@ -77,7 +80,11 @@ def plan_command(
     target_spacing: str = typer.Option(None, "--target-spacing", help=f"Override the target spacing: {AXES} in mm."),
     patch_size: str = typer.Option(None, "--patch-size", help=f"Override the patch size: {AXES} in voxels."),
     channel_kind: list[str] = typer.Option(None, "--channel-kind",
-                                           help="Normalisation of a channel, CHANNEL=ct|zscore|none (repeatable)."),
+                                           help="Normalisation of a channel, CHANNEL=ct|zscore|percentile|none "
+                                                "(repeatable)."),
+    pipeline: str = typer.Option("fixed", "--pipeline",
+                                 help="fixed (nnU-Net's rules) or minimal (reorient, float, crop only: intensity "
+                                      "and spacing are left to learnable input layers)."),
 ) -> None:
     """Fingerprint a cohort and write its plan (target spacing, normalisation, patch and batch size)."""
     cohort = Manifest.load(manifest)
@@ -85,7 +92,7 @@ def plan_command(
     plan = plan_cohort(cohort, out_path, memory_budget_mb=memory_mb,
                        target_spacing=_numbers(target_spacing, "--target-spacing"),
                        patch_size=_numbers(patch_size, "--patch-size", int),
-                       channel_kinds=_channel_kinds(channel_kind))
+                       channel_kinds=_channel_kinds(channel_kind), pipeline=pipeline)
     console = Console()
     console.print(plan_summary(plan))
     console.print(f"plan written to {out_path} (fingerprint: {out_path.with_name('fingerprint.json')})")

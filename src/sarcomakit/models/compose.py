@@ -24,7 +24,12 @@ from torch import nn
 
 
 class ComposedNetwork(nn.Module):
-    """``heads(backbone(input_layers(x)))``.
+    """``heads(backbone(input_layers(x)))``, with voxel-wise outputs mapped back through geometric input layers.
+
+    An input layer that changes the grid (a resizer, a zoom, a region-of-interest crop: a
+    :class:`~sarcomakit.models.preprocessing_layers.base.GeometricLayer`) maps every 5-D output (B, K, Z, Y, X)
+    back onto its input's grid after the heads, in reverse order, so the network's output lies on the grid
+    it was given; case-level outputs pass unchanged.
 
     Args:
         input_layers: applied in order to the input (may be empty).
@@ -41,12 +46,20 @@ class ComposedNetwork(nn.Module):
         self.heads = nn.ModuleDict(dict(heads)) if heads else None
 
     def forward(self, x: torch.Tensor) -> Any:
+        from sarcomakit.models.preprocessing_layers.base import GeometricLayer
+
+        undo: list[tuple[GeometricLayer, Any]] = []
         for layer in self.input_layers:
-            x = layer(x)
+            if isinstance(layer, GeometricLayer):
+                x, context = layer.transform(x)
+                undo.append((layer, context))
+            else:
+                x = layer(x)
         features = self.backbone(x)
-        if self.heads is None:
-            return features
-        return {name: head(features) for name, head in self.heads.items()}
+        output = features if self.heads is None else {name: head(features) for name, head in self.heads.items()}
+        for layer, context in reversed(undo):
+            output = _restore_voxelwise(output, layer, context)
+        return output
 
     def parameter_groups(self, learning_rates: Mapping[str, float]) -> list[dict[str, Any]]:
         """Optimizer parameter groups per part (``input_layers``, ``backbone``, ``heads``) with the given learning
@@ -66,3 +79,12 @@ class ComposedNetwork(nn.Module):
                     group["lr"] = learning_rates[name]
                 groups.append(group)
         return groups
+
+
+def _restore_voxelwise(output: Any, layer: Any, context: Any) -> Any:
+    """``output`` with each 5-D tensor mapped back by ``layer.restore`` (dicts: per entry)."""
+    if isinstance(output, torch.Tensor):
+        return layer.restore(output, context) if output.dim() == 5 else output
+    if isinstance(output, dict):
+        return {key: _restore_voxelwise(value, layer, context) for key, value in output.items()}
+    return output

@@ -35,7 +35,28 @@ def available_networks() -> list[str]:
 
 def build_network(name: str, *, in_channels: int, out_channels: int, patch_size: Sequence[int],
                   **options: object) -> torch.nn.Module:
-    """Build the network registered as ``name`` (an unknown name is a user error listing the networks)."""
+    """Build the network registered as ``name`` (an unknown name is a user error listing the networks).
+
+    With ``input_layers`` among the options (learnable preprocessing, see
+    :mod:`sarcomakit.models.preprocessing_layers`), those layers are built and put in front of the network
+    in a :class:`~sarcomakit.models.compose.ComposedNetwork`; the network is then built for the channels
+    and patch size the layers output. Every task that builds its network here gets them.
+    """
+    specs = options.pop("input_layers", None)
+    if specs:
+        from sarcomakit.models.compose import ComposedNetwork
+        from sarcomakit.models.preprocessing_layers import build_input_layers
+
+        if not isinstance(specs, list | tuple):
+            raise UserInputError("input_layers must be a list of {'layer': NAME, ...} entries.",
+                                 fix='e.g. network_options={"input_layers": [{"layer": "normaliser"}]}.')
+        layers = build_input_layers(specs, in_channels)
+        size = tuple(int(p) for p in patch_size)
+        for layer in layers:
+            size = layer.out_size(size)
+        backbone = NETWORKS.get(name)(in_channels=layers[-1].out_channels, out_channels=out_channels,
+                                      patch_size=size, **options)
+        return ComposedNetwork(layers, backbone)
     return NETWORKS.get(name)(in_channels=in_channels, out_channels=out_channels, patch_size=tuple(patch_size),
                            **options)
 
@@ -116,3 +137,23 @@ def unet_transformer(*, in_channels: int, out_channels: int, patch_size: Sequenc
                      norm_name="instance")
     except OptionalImportError as exc:
         raise UserInputError("MONAI's transformers need the einops package.", fix="pip install einops") from exc
+
+
+@register_network("obelisk")
+def obelisk_net(*, in_channels: int, out_channels: int, patch_size: Sequence[int], offsets: int = 64,
+                features: int = 64, hidden: int = 32, groups: int = 4) -> torch.nn.Module:
+    """OBELISK-Net (Heinrich et al. 2019): learnt sparse sampling and 1x1x1 convolutions, few parameters."""
+    from sarcomakit.models.preprocessing_layers.obelisk import ObeliskNet
+
+    return ObeliskNet(in_channels, out_channels, offsets=offsets, features=features, hidden=hidden, groups=groups)
+
+
+@register_network("obelisk_unet")
+def obelisk_unet(*, in_channels: int, out_channels: int, patch_size: Sequence[int],
+                 channels: Sequence[int] = (8, 16, 32), offsets: int = 32, features: int = 16,
+                 groups: int = 4) -> torch.nn.Module:
+    """The hybrid: an OBELISK sampling front end and a small residual U-Net (MONAI)."""
+    from sarcomakit.models.preprocessing_layers.obelisk import ObeliskUNet
+
+    return ObeliskUNet(in_channels, out_channels, _strides_for(patch_size, len(channels) - 1), channels=channels,
+                       offsets=offsets, features=features, groups=groups)

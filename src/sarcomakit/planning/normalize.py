@@ -6,6 +6,8 @@
 - ``"zscore"``: per image, ``x' = (x - mean(x)) / std(x)``. With ``use_nonzero_mask`` the mean and
   standard deviation are taken inside the mask only and voxels outside it are set to 0 (MR images whose
   background is exactly 0, where the zeros would otherwise dominate the statistics).
+- ``"percentile"``: per image, MONAI's ``ScaleIntensityRangePercentiles``: the 0.5 / 99.5 percentiles map
+  to 0 / 1, values beyond are clipped (a fixed alternative to nnU-Net's rules, robust to outliers).
 - ``"none"``: values are only cast to float32.
 """
 
@@ -17,7 +19,7 @@ import numpy as np
 import pydantic
 from scipy import ndimage
 
-NormalizationScheme = Literal["zscore", "ct", "none"]
+NormalizationScheme = Literal["zscore", "ct", "percentile", "none"]
 _EPS = 1e-8
 
 
@@ -62,6 +64,11 @@ def normalize_channel(image: np.ndarray, spec: ChannelNormalization,
         np.clip(out, spec.clip_low, spec.clip_high, out=out)
         out -= np.float32(spec.mean)
         out /= np.float32(max(float(spec.std), _EPS))
+    elif spec.scheme == "percentile":
+        from monai.transforms import ScaleIntensityRangePercentiles
+
+        scale = ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
+        out = np.asarray(scale(out), dtype=np.float32)
     elif spec.scheme == "zscore":
         if spec.use_nonzero_mask and mask is not None and mask.any():
             values = out[mask]

@@ -20,6 +20,13 @@ Patch and batch size (memory model, documented in :func:`estimate_memory_mb`)
     shape and rounded to multiples of ``2**depth``; while a batch of 2 does not fit the memory budget,
     shrink the axis that is longest in mm by ``2**depth`` voxels. The batch size is then what fits the
     budget, capped so that one step sees at most 5% of the dataset's voxels, and never below 2.
+
+Learnt preprocessing (:func:`with_learnt_steps`, ``pipeline="minimal"``)
+    When the network learns a step (``intensity``: learnable windows/standardisation; ``spacing``: a
+    learnable resizer or zoom), the plan leaves it out: every channel's scheme becomes ``none`` (its CT
+    statistics kept, to initialise the learnt windows) and ``resample`` is false, so each case keeps its
+    native grid after reorientation, conversion to float and the nonzero crop (the minimal pipeline,
+    which cannot be learnt). ``learnt_steps`` records which steps the network is trusted with.
 """
 
 from __future__ import annotations
@@ -53,7 +60,9 @@ MIN_BATCH_SIZE = 2
 MAX_DATASET_FRACTION_PER_STEP = 0.05
 MAX_PATCH_VOXELS = 256**3
 MASK_NORM_CROP_FRACTION = 0.75
-CHANNEL_KINDS = ("ct", "zscore", "none")
+CHANNEL_KINDS = ("ct", "zscore", "percentile", "none")
+LEARNABLE_STEPS = ("intensity", "spacing", "crop", "sampling")
+"""Steps a network can learn: ``intensity`` and ``spacing`` replace plan steps; ``crop``, ``sampling`` add to them."""
 
 
 class Plan(pydantic.BaseModel):
@@ -72,6 +81,9 @@ class Plan(pydantic.BaseModel):
         patch_size, batch_size: for training, from the memory model (:func:`estimate_memory_mb`).
         memory_budget_mb: the budget they were fitted to.
         fingerprint_file: the fingerprint JSON the plan came from (relative to the plan's folder).
+        resample: resample to ``target_spacing`` (false: keep each case's native grid; the network may
+            learn the resampling).
+        learnt_steps: preprocessing steps the network learns instead (see :func:`with_learnt_steps`).
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -90,6 +102,8 @@ class Plan(pydantic.BaseModel):
     batch_size: int
     memory_budget_mb: float
     fingerprint_file: str | None = None
+    resample: bool = True
+    learnt_steps: list[str] = pydantic.Field(default_factory=list)
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> Plan:
@@ -99,6 +113,9 @@ class Plan(pydantic.BaseModel):
             value = getattr(self, name)
             if len(value) != 3 or any(v <= 0 for v in value):
                 raise ValueError(f"{name} must hold three positive values (z, y, x), got {value}")
+        unknown = set(self.learnt_steps) - set(LEARNABLE_STEPS)
+        if unknown:
+            raise ValueError(f"unknown learnt step(s) {sorted(unknown)}; steps are {list(LEARNABLE_STEPS)}")
         return self
 
     def save(self, path: str | Path) -> Path:
@@ -238,7 +255,8 @@ def determine_patch_and_batch(target_spacing: list[float], median_shape: list[in
 # ---------------------------------------------------------------------------- plan
 def make_plan(fingerprint: Fingerprint, *, channel_kinds: dict[str, str] | None = None,
               memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, target_spacing: list[float] | None = None,
-              patch_size: list[int] | None = None, fingerprint_file: str | None = None) -> Plan:
+              patch_size: list[int] | None = None, fingerprint_file: str | None = None,
+              pipeline: str = "fixed") -> Plan:
     """Derive a plan from a fingerprint with nnU-Net's rules (module docstring).
 
     Args:
@@ -249,7 +267,11 @@ def make_plan(fingerprint: Fingerprint, *, channel_kinds: dict[str, str] | None 
         target_spacing: (z, y, x) mm, overriding the median-spacing rule.
         patch_size: (z, y, x) voxels, overriding the memory model (the batch size still follows it).
         fingerprint_file: where the fingerprint was saved, recorded in the plan.
+        pipeline: ``fixed`` (nnU-Net's) or ``minimal`` (intensity and spacing left to learnable layers,
+            :func:`with_learnt_steps`).
     """
+    if pipeline not in ("fixed", "minimal"):
+        raise UserInputError(f"unknown pipeline {pipeline!r}.", fix="use fixed or minimal.")
     if not fingerprint.cases:
         raise UserInputError("the fingerprint lists no cases.", fix="plan a cohort with at least one case.")
     if memory_budget_mb <= 0:
@@ -273,12 +295,28 @@ def make_plan(fingerprint: Fingerprint, *, channel_kinds: dict[str, str] | None 
         patch = [int(p) for p in patch_size]
         fits = int(memory_budget_mb // estimate_memory_mb(patch, 1))
         batch = max(MIN_BATCH_SIZE, min(batch, fits))
-    return Plan(channels=list(fingerprint.channels), labels=dict(fingerprint.labels),
+    plan = Plan(channels=list(fingerprint.channels), labels=dict(fingerprint.labels),
                 orientation=fingerprint.orientation, target_spacing=spacing,
                 anisotropic=low_res_axis is not None, low_res_axis=low_res_axis, crop_to_nonzero=True,
                 normalization=determine_normalization(fingerprint, channel_kinds), median_shape=median_shape,
                 patch_size=patch, batch_size=batch, memory_budget_mb=float(memory_budget_mb),
                 fingerprint_file=fingerprint_file)
+    return with_learnt_steps(plan, ("intensity", "spacing")) if pipeline == "minimal" else plan
+
+
+def with_learnt_steps(plan: Plan, steps: list[str] | tuple[str, ...],
+                      channels: list[str] | None = None) -> Plan:
+    """A copy of ``plan`` that leaves the ``steps`` the network learns to it (module docstring): ``intensity``
+    sets the scheme of ``channels`` (default every channel) to ``none`` (statistics kept), ``spacing`` turns
+    resampling off."""
+    unknown = set(steps) - set(LEARNABLE_STEPS)
+    if unknown:
+        raise UserInputError(f"unknown learnt step(s) {sorted(unknown)}.", fix=f"use {', '.join(LEARNABLE_STEPS)}.")
+    learnt = set(plan.channels if channels is None else channels) if "intensity" in steps else set()
+    normalization = [n.model_copy(update={"scheme": "none", "use_nonzero_mask": False}) if n.channel in learnt
+                     else n for n in plan.normalization]
+    return plan.model_copy(update={"normalization": normalization, "resample": plan.resample and "spacing" not in steps,
+                                   "learnt_steps": sorted(set(plan.learnt_steps) | set(steps))})
 
 
 def _low_res_axis_of(spacing: list[float]) -> int | None:

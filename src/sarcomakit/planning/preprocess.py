@@ -5,7 +5,8 @@ Order of operations (nnU-Net's, with reorientation first):
 1. reorient every channel and the label to ``plan.orientation`` (an exact permutation / flip of axes);
 2. crop to the bounding box of the voxels nonzero in any channel;
 3. normalise each channel (before resampling, so that the nonzero mask still fits the image);
-4. resample images and label to the target spacing (see :mod:`sarcomakit.planning.resample`).
+4. resample images and label to the target spacing (see :mod:`sarcomakit.planning.resample`), unless
+   the plan leaves resampling to the network (``plan.resample`` false: the case keeps its native grid).
 
 :func:`restore_to_input_geometry` undoes 4, 2 and 1 in one physical-space resampling onto the
 original grid; voxels outside the crop get background probability 1.
@@ -179,8 +180,11 @@ def preprocess_case(images: dict[str, sitk.Image] | Case, plan: Plan, label: sit
     for channel in missing:  # zero-filled modality: exactly 0 after normalisation, flagged below
         data[plan.channels.index(channel)] = 0.0
 
-    out, geometry = resample_channels(data, crop_geometry, plan.target_spacing)
-    out_label = resample_label(seg, crop_geometry, plan.target_spacing) if seg is not None else None
+    if plan.resample:
+        out, geometry = resample_channels(data, crop_geometry, plan.target_spacing)
+        out_label = resample_label(seg, crop_geometry, plan.target_spacing) if seg is not None else None
+    else:
+        out, geometry, out_label = data, crop_geometry, seg
     properties = {
         "channels": list(plan.channels),
         "missing_channels": missing,

@@ -1,0 +1,395 @@
+"""Can the network learn its own preprocessing? Fixed vs learnt preprocessing, on the same folds, seeds and budget.
+
+Arms (every one trains the same backbone with the same options, epochs, iterations, batch and seed):
+
+- ``fixed``: nnU-Net-style plan (clip/z-score, resampling to the target spacing): the reference;
+- ``minimal``: reorientation, float and the nonzero crop only (no normalisation, no resampling);
+- ``percentile``: a well-kept fixed alternative: MONAI's ``ScaleIntensityRangePercentiles`` per image
+  (0.5/99.5 percentiles to 0/1, clipped) with the plan's resampling;
+- one learnable layer alone, replacing only the step it learns (:mod:`sarcomakit.models.preprocessing_layers`):
+  ``window`` (CT/PET channels), ``monotone`` (the other channels; landmarks fitted on the cohort's
+  z-scored images), ``normaliser``, ``resizer``, ``zoom`` (both on the native grid), ``roi`` (on the fixed plan);
+- ``all``: every learnable layer together on the minimal pipeline;
+- ``obelisk``: the OBELISK front end + small U-Net hybrid on the fixed plan.
+
+Settings: ``in_domain`` (cross-validation with every site in every training fold) and ``loso``
+(leave-one-site-out: each site is the validation fold once). Every validation case is predicted with
+:class:`~sarcomakit.inference.predictor.Predictor` (the arm's plan, layers and restoration to the input
+grid) and scored on its original grid, so arms on different grids are compared on the same voxels.
+
+```
+EXP/
+  plan.json, fingerprint.json        the fixed plan (arms derive theirs from it)
+  preprocessed/<variant>/            cases preprocessed once per plan variant
+  <setting>/splits.json              the folds of the setting
+  <setting>/runs/<arm>/              a run folder per arm (fold_K/, costs.json)
+  <setting>/oof_predictions.csv      Dice and HD95 per validation case and arm
+  <setting>/comparison.csv/.md, differences.csv   bootstrap intervals, paired differences against fixed
+  comparison.md, costs.csv, experiment.json
+```
+Every step resumes: finished folds and evaluations are reused when the experiment is rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from rich.console import Console
+
+from sarcomakit.core.device import select_device
+from sarcomakit.core.errors import UserInputError
+from sarcomakit.core.io.atomic import write_json, write_text
+from sarcomakit.core.io.image import read_image
+from sarcomakit.core.provenance import json_digest
+from sarcomakit.data.folds import save_folds
+from sarcomakit.data.manifest import Manifest
+from sarcomakit.evaluation.comparison import ComparisonResult, compare_methods
+from sarcomakit.evaluation.comparison_tables import comparison_markdown, markdown_table, write_comparison
+from sarcomakit.evaluation.metrics import hausdorff_distance_95
+from sarcomakit.evaluation.oof import OOF_FILE, write_oof
+from sarcomakit.inference.predictor import Predictor
+from sarcomakit.models.preprocessing_layers import WINDOWED_CHANNELS, fit_standard_landmarks, input_layer_specs
+from sarcomakit.planning.fingerprint import Fingerprint
+from sarcomakit.planning.plan import Plan, plan_cohort, with_learnt_steps
+from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_cohort
+from sarcomakit.runs.checkpoint import load_checkpoint
+from sarcomakit.runs.config import TrainConfig
+from sarcomakit.tasks import build_task
+from sarcomakit.tasks.segmentation import segmentation_dice
+from sarcomakit.training.api import train
+
+ALL_LAYERS = ("window", "monotone", "normaliser", "resizer", "zoom", "roi")
+ARMS = ("fixed", "minimal", "percentile", *ALL_LAYERS, "all", "obelisk")
+SETTINGS = ("in_domain", "loso")
+REFERENCE = "fixed"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: the plan steps it leaves to the network, for which channels, its input layers and network."""
+
+    name: str
+    learnt_steps: tuple[str, ...] = ()
+    intensity_channels: str = "all"  # "all", "windowed" or "others"
+    layers: tuple[str, ...] = ()
+    scheme: str | None = None  # a fixed normalisation scheme for every channel (the fixed alternative)
+    network: str | None = None  # default: the config's network
+
+
+ARM_DEFINITIONS = {
+    "fixed": Arm("fixed"),
+    "minimal": Arm("minimal", ("intensity", "spacing")),
+    "percentile": Arm("percentile", scheme="percentile"),
+    "window": Arm("window", ("intensity",), "windowed", ("window",)),
+    "monotone": Arm("monotone", ("intensity",), "others", ("monotone",)),
+    "normaliser": Arm("normaliser", ("intensity",), "all", ("normaliser",)),
+    "resizer": Arm("resizer", ("spacing",), layers=("resizer",)),
+    "zoom": Arm("zoom", ("spacing",), layers=("zoom",)),
+    "roi": Arm("roi", ("crop",), layers=("roi",)),
+    "all": Arm("all", ("intensity", "spacing", "crop"), "all", ALL_LAYERS),
+    "obelisk": Arm("obelisk", ("sampling",), network="obelisk_unet"),
+}
+
+
+# ---------------------------------------------------------------------------- folds
+def in_domain_folds(manifest: Manifest, n_folds: int, seed: int) -> list[dict[str, list[str]]]:
+    """Folds with every site spread over every fold (seeded), so each validation case's site is in training."""
+    if len(manifest.cases) < n_folds:
+        raise UserInputError(f"{len(manifest.cases)} cases cannot be split into {n_folds} folds.",
+                             path=manifest.source, fix="use fewer folds (--folds) or add cases.")
+    rng = np.random.default_rng(seed)
+    by_site: dict[str, list[str]] = {}
+    for case in manifest.cases:
+        by_site.setdefault(str(case.site), []).append(case.case_id)
+    assignment: dict[str, int] = {}
+    start = 0
+    for site in sorted(by_site):
+        ids = [by_site[site][i] for i in rng.permutation(len(by_site[site]))]
+        for i, case_id in enumerate(ids):
+            assignment[case_id] = (start + i) % n_folds
+        start += len(ids)
+    return [{"train": [c for c in manifest.case_ids if assignment[c] != k],
+             "val": [c for c in manifest.case_ids if assignment[c] == k]} for k in range(n_folds)]
+
+
+def leave_one_site_out_folds(manifest: Manifest) -> list[dict[str, list[str]]]:
+    """One fold per site: trained on the other sites, validated on it (empty when fewer than two sites)."""
+    sites = sorted({str(c.site) for c in manifest.cases if c.site is not None})
+    if len(sites) < 2 or any(c.site is None for c in manifest.cases):
+        return []
+    return [{"train": [c.case_id for c in manifest.cases if str(c.site) != site],
+             "val": [c.case_id for c in manifest.cases if str(c.site) == site]} for site in sites]
+
+
+# ---------------------------------------------------------------------------- arms
+def arm_plan(plan: Plan, arm: Arm) -> Plan:
+    """The plan an arm preprocesses with: the fixed plan less the steps its layers learn."""
+    if arm.scheme is not None:
+        return plan.model_copy(update={"normalization": [n.model_copy(update={"scheme": arm.scheme,
+                                                                             "use_nonzero_mask": False})
+                                                         for n in plan.normalization]})
+    windowed = [c for c in plan.channels if c.upper() in WINDOWED_CHANNELS] or list(plan.channels)
+    others = [c for c in plan.channels if c not in windowed] or list(plan.channels)
+    channels = {"all": list(plan.channels), "windowed": windowed, "others": others}[arm.intensity_channels]
+    return with_learnt_steps(plan, list(arm.learnt_steps), channels=channels) if arm.learnt_steps else plan
+
+
+def _variant_name(plan: Plan) -> str:
+    """A stable folder name for a plan variant: its schemes, resampling, and the plan's digest (the cache of
+    :func:`~sarcomakit.planning.preprocess.preprocess_cohort` is valid for one plan only)."""
+    schemes = "-".join(n.scheme for n in plan.normalization)
+    return f"{schemes}_{'resampled' if plan.resample else 'native'}_{json_digest(plan.model_dump(mode='json'))[:8]}"
+
+
+def arm_config(arm: Arm, config: TrainConfig, plan: Plan, fingerprint: Fingerprint | None,
+               landmarks: list[list[float]] | None, n_folds: int) -> TrainConfig:
+    """The training options of an arm: the shared ones, with its network and resolved input layers."""
+    options = {k: v for k, v in config.network_options.items() if k != "input_layers"}
+    network = arm.network or config.network
+    if arm.network == "obelisk_unet":
+        options = {k: v for k, v in options.items() if k == "channels"}
+    if arm.layers:
+        specs = input_layer_specs(list(arm.layers), plan, fingerprint, landmarks=landmarks)
+        patch = config.patch_size or plan.patch_size
+        for spec in specs:
+            if spec["layer"] == "resizer":  # the average spacing change of the plan, kept divisible by 8
+                native = np.median(fingerprint.spacings, axis=0) if fingerprint is not None else plan.target_spacing
+                sizes = [max(8, int(round(p * n / t / 8)) * 8) for p, n, t in
+                         zip(patch, native, plan.target_spacing, strict=True)]
+                spec["scale"] = [s / p for s, p in zip(sizes, patch, strict=True)]
+        options["input_layers"] = specs
+    return config.updated(task="segmentation", task_options={}, network=network, network_options=options,
+                          n_folds=max(2, n_folds))
+
+
+def _monotone_landmarks(plan: Plan, folder: Path, case_ids: Sequence[str]) -> list[list[float]]:
+    """Nyúl–Udupa standard landmarks per channel, from the cohort's unnormalised cases (no labels used)."""
+    cases = [PreprocessedCase.load(folder, c) for c in case_ids]
+    return [fit_standard_landmarks([np.asarray(c.data[k]) for c in cases]) for k in range(len(plan.channels))]
+
+
+# ---------------------------------------------------------------------------- evaluation
+def _evaluate_fold(run_dir: Path, fold: int, plan: Plan, config: TrainConfig, manifest: Manifest,
+                   val_ids: Sequence[str]) -> tuple[list[dict[str, Any]], float]:
+    """Dice and HD95 of each validation case on its input grid, and the mean inference time per case."""
+    device = select_device(config.device)
+    task = build_task(config)
+    model = task.build_model(plan, config)
+    model.load_state_dict(load_checkpoint(run_dir / f"fold_{fold}" / "checkpoint_best.pt")["model"])
+    model.to(device).eval()
+    predictor = Predictor(plan, config, task, [model], device)
+    by_id = {c.case_id: c for c in manifest.cases}
+    rows, seconds = [], []
+    for case_id in val_ids:
+        case = by_id[case_id]
+        start = time.perf_counter()
+        prediction = predictor.predict_case(case)
+        seconds.append(time.perf_counter() - start)
+        assert case.label is not None
+        label = read_image(case.label)
+        predicted = sitk.GetArrayFromImage(prediction.mask)
+        reference = sitk.GetArrayFromImage(label)
+        spacing = tuple(reversed(label.GetSpacing()))
+        hd95 = [hausdorff_distance_95(predicted == k, reference == k, spacing) for k in range(1, len(plan.labels))]
+        rows.append({"case_id": case_id, "fold": fold,
+                     "dice": float(np.mean(segmentation_dice(predicted, reference, len(plan.labels)))),
+                     "hd95": float(np.mean(hd95)) if np.all(np.isfinite(hd95)) else None})
+    return rows, float(np.mean(seconds)) if seconds else float("nan")
+
+
+def _parameters(plan: Plan, config: TrainConfig) -> tuple[int, int]:
+    """Trainable parameters of the arm's network, and of its input layers alone."""
+    model = build_task(config).build_model(plan, config)
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    layers = getattr(model, "input_layers", None)
+    sampling = getattr(model, "sampling", None)
+    front = layers if layers is not None else sampling
+    return total, sum(p.numel() for p in front.parameters()) if front is not None else 0
+
+
+def _run_arm(arm: Arm, setting_dir: Path, folds: list[dict[str, list[str]]], manifest: Manifest, plan: Plan,
+             config: TrainConfig, preprocessed: Path, console: Console) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train and evaluate one arm on every fold of a setting (resumable); its OOF rows and costs."""
+    run_dir = setting_dir / "runs" / arm.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "splits.json").exists():
+        shutil.copyfile(setting_dir / "splits.json", run_dir / "splits.json")
+    costs_path = run_dir / "costs.json"
+    if costs_path.is_file():
+        saved = json.loads(costs_path.read_text())
+        return saved["rows"], saved["costs"]
+    console.rule(f"{setting_dir.name}: {arm.name}")
+    start = time.perf_counter()
+    train(manifest, plan, run_dir, folds=range(len(folds)), config=config, resume=True,
+          preprocessed_dir=preprocessed, console=console)
+    train_s = time.perf_counter() - start
+    rows: list[dict[str, Any]] = []
+    infer = []
+    for k, fold in enumerate(folds):
+        fold_rows, seconds = _evaluate_fold(run_dir, k, plan, config, manifest, fold["val"])
+        rows += [{**r, "method": arm.name} for r in fold_rows]
+        infer.append(seconds)
+    total, front = _parameters(plan, config)
+    costs = {"arm": arm.name, "parameters": total, "input_layer_parameters": front,
+             "train_s_per_fold": train_s / max(1, len(folds)), "inference_s_per_case": float(np.mean(infer)),
+             "learnt_steps": list(arm.learnt_steps), "layers": list(arm.layers), "network": config.network}
+    write_json(costs_path, {"rows": rows, "costs": costs})
+    return rows, costs
+
+
+# ---------------------------------------------------------------------------- experiment
+def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | None = None,
+                                 n_folds: int = 5, config: TrainConfig | None = None,
+                                 arms: Sequence[str] = ARMS, settings: Sequence[str] = SETTINGS,
+                                 n_bootstrap: int = 1000,
+                                 console: Console | None = None) -> dict[str, ComparisonResult]:
+    """Run the experiment (module docstring); returns the comparison of each setting run.
+
+    Args:
+        manifest: a labelled cohort with sites (leave-one-site-out needs two or more).
+        out_dir: the experiment folder (resumable).
+        plan: the fixed plan (default: planned on the cohort and saved as ``plan.json``).
+        n_folds: folds of the in-domain cross-validation.
+        config: training options shared by every arm (network, epochs, iterations, batch, seed...).
+        arms: a subset of :data:`ARMS` (``fixed``, the reference, is always run).
+        settings: a subset of :data:`SETTINGS`.
+    """
+    console = console or Console(stderr=True)
+    unknown = [a for a in arms if a not in ARMS] + [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise UserInputError(f"unknown arm(s) or setting(s) {unknown}.",
+                             fix=f"arms: {', '.join(ARMS)}; settings: {', '.join(SETTINGS)}.")
+    chosen = [REFERENCE, *(a for a in dict.fromkeys(arms) if a != REFERENCE)]
+    labelled = manifest.subset([c.case_id for c in manifest.cases if c.label is not None])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if plan is None:
+        plan_path = out / "plan.json"
+        plan = Plan.load(plan_path) if plan_path.exists() else plan_cohort(labelled, plan_path)
+    fingerprint_path = out / (plan.fingerprint_file or "fingerprint.json")
+    fingerprint = Fingerprint.load(fingerprint_path) if fingerprint_path.is_file() else None
+    config = config or TrainConfig()
+
+    plans = {name: arm_plan(plan, ARM_DEFINITIONS[name]) for name in chosen}
+    folders = {name: out / "preprocessed" / _variant_name(variant) for name, variant in plans.items()}
+    landmarks = None
+    if any("monotone" in ARM_DEFINITIONS[a].layers for a in chosen):
+        minimal = with_learnt_steps(plan, ["intensity", "spacing"])
+        folder = out / "preprocessed" / _variant_name(minimal)
+        preprocess_cohort(labelled, minimal, folder, show_progress=False)
+        landmarks = _monotone_landmarks(plan, folder, labelled.case_ids)
+
+    results: dict[str, ComparisonResult] = {}
+    all_costs: list[dict[str, Any]] = []
+    sections: list[str] = []
+    for setting in settings:
+        folds = in_domain_folds(labelled, n_folds, config.seed) if setting == "in_domain" \
+            else leave_one_site_out_folds(labelled)
+        if not folds:
+            sections += [f"## {setting}", "", "Left out: the cohort has fewer than two sites.", ""]
+            continue
+        setting_dir = out / setting
+        setting_dir.mkdir(parents=True, exist_ok=True)
+        if not (setting_dir / "splits.json").exists():
+            save_folds(folds, setting_dir / "splits.json")
+        folds = json.loads((setting_dir / "splits.json").read_text())
+        rows: list[dict[str, Any]] = []
+        for name in chosen:
+            arm = ARM_DEFINITIONS[name]
+            run_config = arm_config(arm, config, plans[name], fingerprint, landmarks, len(folds))
+            arm_rows, costs = _run_arm(arm, setting_dir, folds, labelled, plans[name], run_config, folders[name],
+                                       console)
+            rows += arm_rows
+            all_costs.append({"setting": setting, **costs})
+        write_oof(rows, setting_dir / OOF_FILE)
+        result = compare_methods(setting_dir / OOF_FILE, reference=REFERENCE, n_bootstrap=n_bootstrap,
+                                 seed=config.seed, methods=chosen)
+        write_comparison(result, setting_dir)
+        results[setting] = result
+        learnt = [{"arm": name, "layer": layer, "learnt (fold 0)": text} for name in chosen
+                  for layer, text in learnt_summary(setting_dir / "runs" / name).items()]
+        sections += [f"## {setting} ({len(folds)} folds)", "", _demoted(comparison_markdown(result)), ""]
+        if learnt:
+            sections += ["### What the layers learnt", "", markdown_table(pd.DataFrame(learnt)), ""]
+
+    costs_table = pd.DataFrame(all_costs)
+    write_text(out / "costs.csv", costs_table.to_csv(index=False))
+    write_text(out / "comparison.md", _report(plan, config, chosen, sections, costs_table))
+    write_json(out / "experiment.json", {"arms": chosen, "settings": list(settings), "folds": n_folds,
+                                         "seed": config.seed, "reference": REFERENCE,
+                                         "cohort": str(manifest.source) if manifest.source else None})
+    return results
+
+
+def learnt_summary(run_dir: Path, fold: int = 0) -> dict[str, str]:
+    """What the input layers of one fold learnt, by layer, in words (window bounds, zooms, landmarks, offsets)."""
+    import torch
+
+    checkpoint = run_dir / f"fold_{fold}" / "checkpoint_best.pt"
+    config_path = run_dir / "config.json"
+    if not checkpoint.is_file() or not config_path.is_file():
+        return {}
+    state = load_checkpoint(checkpoint)["model"]
+    specs = json.loads(config_path.read_text())["network_options"].get("input_layers", [])
+    summary: dict[str, str] = {}
+    for i, spec in enumerate(specs):
+        prefix = f"input_layers.{i}."
+        name = spec["layer"]
+        if name == "window":
+            half = torch.exp(state[prefix + "log_width"]) / 2
+            low, high = state[prefix + "level"] - half, state[prefix + "level"] + half
+            summary[name] = "; ".join(f"[{lo:.4g}, {hi:.4g}] (from [{a:.4g}, {b:.4g}])" for lo, hi, a, b in
+                                      zip(low.tolist(), high.tolist(), spec["low"], spec["high"], strict=False))
+        elif name == "zoom":
+            learnt = state[prefix + "learnt"]
+            zoom = torch.exp(state[prefix + "initial_log_zoom"] + learnt * (state[prefix + "log_zoom"]
+                                                                            - state[prefix + "initial_log_zoom"]))
+            summary[name] = "zoom (z, y, x) " + ", ".join(f"{z:.3f}" for z in zoom.tolist())
+        elif name == "monotone":
+            first, steps = state[prefix + "first"], state[prefix + "steps"]
+            landmarks = torch.cat([first[:, None], first[:, None] + torch.cumsum(torch.nn.functional.softplus(steps),
+                                                                                  1)], 1)
+            summary[name] = "; ".join("landmarks " + " ".join(f"{v:.2f}" for v in row) for row in landmarks.tolist())
+        elif name in ("normaliser", "resizer"):
+            key = next(k for k in reversed(list(state)) if k.startswith(prefix) and k.endswith("weight"))
+            summary[name] = f"residual output weights: RMS {float(state[key].pow(2).mean().sqrt()):.3g} (from 0)"
+    offsets = [k for k in state if k.endswith("sampling.offsets")]
+    if offsets:
+        value = state[offsets[0]]
+        summary["obelisk"] = (f"{value.shape[0]} offsets, mean |offset| {float(value.norm(dim=1).mean()):.3f} "
+                              "(normalised units)")
+    return summary
+
+
+def _demoted(markdown: str) -> str:
+    """A comparison's Markdown as a subsection, without the notes about tasks no arm predicts."""
+    lines = [("##" + line) if line.startswith("#") else line for line in markdown.splitlines()
+             if not line.startswith("- ") or "metrics left out: no" not in line]
+    text = "\n".join(lines).rstrip()
+    return text.removesuffix("#### Notes").rstrip()  # a notes heading left without notes
+
+
+def _report(plan: Plan, config: TrainConfig, arms: Sequence[str], sections: list[str],
+            costs: pd.DataFrame) -> str:
+    """comparison.md: the setup, each setting's comparison, then the costs."""
+    lines = ["# Fixed vs learnt preprocessing", "",
+             f"Arms: {', '.join(arms)}; reference: {REFERENCE} (nnU-Net-style plan). Backbone {config.network}, "
+             f"{config.epochs} epochs x {config.iterations_per_epoch} iterations, seed {config.seed}, "
+             f"patch {config.patch_size or plan.patch_size}. Dice and HD95 on each validation case's input grid.", "",
+             *sections]
+    if not costs.empty:
+        shown = costs[["setting", "arm", "parameters", "input_layer_parameters", "train_s_per_fold",
+                       "inference_s_per_case"]].copy()
+        shown["train_s_per_fold"] = shown["train_s_per_fold"].map(lambda v: f"{v:.1f}")
+        shown["inference_s_per_case"] = shown["inference_s_per_case"].map(lambda v: f"{v:.3f}")
+        lines += ["## Costs", "", markdown_table(shown), ""]
+    return "\n".join(lines)

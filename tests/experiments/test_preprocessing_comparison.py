@@ -1,0 +1,82 @@
+"""``sarcomakit experiment preprocessing`` end to end on a tiny cohort with a tiny budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from sarcomakit.cli.main import app
+from sarcomakit.data.manifest import Manifest
+from sarcomakit.experiments.preprocessing_comparison import (
+    ARM_DEFINITIONS,
+    ARMS,
+    arm_plan,
+    in_domain_folds,
+    leave_one_site_out_folds,
+)
+from sarcomakit.planning.plan import plan_cohort
+from sarcomakit.runs.config import TrainConfig
+
+
+def test_folds_keep_sites_in_domain_and_hold_one_out(tiny_cohort: Manifest) -> None:
+    sites = {c.case_id: c.site for c in tiny_cohort.cases}
+    for fold in in_domain_folds(tiny_cohort, 3, seed=0):
+        assert {sites[c] for c in fold["val"]} <= {sites[c] for c in fold["train"]}
+    loso = leave_one_site_out_folds(tiny_cohort)
+    assert len(loso) == 2
+    for fold in loso:
+        assert len({sites[c] for c in fold["val"]}) == 1
+        assert not {sites[c] for c in fold["val"]} & {sites[c] for c in fold["train"]}
+
+
+def test_each_arm_leaves_only_its_learnt_steps_to_the_network(tiny_cohort: Manifest, tmp_path: Path) -> None:
+    plan = plan_cohort(tiny_cohort, tmp_path / "plan.json", num_samples_per_case=200, show_progress=False)
+    assert [n.scheme for n in arm_plan(plan, ARM_DEFINITIONS["fixed"]).normalization] == ["zscore", "zscore"]
+    assert [n.scheme for n in arm_plan(plan, ARM_DEFINITIONS["percentile"]).normalization] == ["percentile"] * 2
+    zoom = arm_plan(plan, ARM_DEFINITIONS["zoom"])
+    assert not zoom.resample and [n.scheme for n in zoom.normalization] == ["zscore", "zscore"]
+    window = arm_plan(plan, ARM_DEFINITIONS["window"])
+    assert window.resample and {n.scheme for n in window.normalization} == {"none"}
+    everything = arm_plan(plan, ARM_DEFINITIONS["all"])
+    assert everything.learnt_steps == ["crop", "intensity", "spacing"] and not everything.resample
+
+
+@pytest.mark.slow
+def test_experiment_runs_end_to_end(tiny_cohort: Manifest, tmp_path: Path) -> None:
+    config = TrainConfig(network_options={"channels": [4, 8], "num_res_units": 1}, epochs=1, iterations_per_epoch=1,
+                         batch_size=2, patch_size=[16, 32, 32], device="cpu", amp=False, num_workers=0,
+                         augmentation="none", sw_overlap=0.0, checkpoint_selection="last")
+    config_path = config.save(tmp_path / "config.json")
+    out = tmp_path / "exp"
+    result = CliRunner().invoke(app, ["experiment", "preprocessing", str(tiny_cohort.source), "--out", str(out),
+                                      "--folds", "2", "--bootstrap", "20", "--config", str(config_path),
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = (out / "comparison.md").read_text()
+    for arm in ARMS:
+        assert f"| {arm} |" in report  # every arm has a cost row
+    assert "What the layers learnt" in report and "zoom (z, y, x)" in report
+    for setting in ("in_domain", "loso"):
+        oof = pd.read_csv(out / setting / "oof_predictions.csv")
+        assert set(oof["method"]) == set(ARMS)
+        assert oof.groupby("method").size().eq(len(tiny_cohort.cases)).all()  # every case validated once per arm
+        assert oof["dice"].between(0, 1).all()
+        differences = pd.read_csv(out / setting / "differences.csv")
+        assert set(differences["method"]) == set(ARMS) - {"fixed"}
+        assert (out / setting / "comparison.md").is_file()
+    costs = pd.read_csv(out / "costs.csv")
+    by_arm = costs[costs["setting"] == "loso"].set_index("arm")
+    assert by_arm.loc["fixed", "input_layer_parameters"] == 0
+    assert by_arm.loc["all", "input_layer_parameters"] > by_arm.loc["window", "input_layer_parameters"] > 0
+    assert by_arm.loc["obelisk", "input_layer_parameters"] > 0
+    run_config = json.loads((out / "loso" / "runs" / "all" / "config.json").read_text())
+    assert [s["layer"] for s in run_config["network_options"]["input_layers"]] == list(ARM_DEFINITIONS["all"].layers)
+    # resumable: a rerun reuses every finished arm
+    again = CliRunner().invoke(app, ["experiment", "preprocessing", str(tiny_cohort.source), "--out", str(out),
+                                     "--folds", "2", "--bootstrap", "20", "--config", str(config_path),
+                                     "--device", "cpu"])
+    assert again.exit_code == 0, again.output
