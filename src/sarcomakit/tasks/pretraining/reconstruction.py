@@ -59,13 +59,27 @@ class MaskedReconstructionObjective(Objective):
         return LossOutput(masked_mse(output, image, mask))
 
 
-class MaskedReconstructionTask(Task):
-    """Shared parts of the masked-image tasks; subclasses say how a sample is masked (:meth:`draw_mask`)."""
+class PretrainingTask(Task):
+    """What every self-supervised pretraining task shares: no labels needed, the negative reconstruction error as
+    the checkpoint score, a fold state naming the method, and a per-case table of errors as its prediction."""
 
     score_name = "val_score"
     requirements = TaskRequirements(needs_labels=False, allow_missing_channels=False, stratify_clinical=False)
-    case_columns: ClassVar[tuple[str, ...]] = ("case_id", "masked_mse", "interpolation_mse")
     case_table = "reconstruction_errors.csv"
+
+    def finish(self, model: nn.Module, train_cases: Sequence[PreprocessedCase],
+               val_cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig, device: torch.device,
+               fold: int, fold_dir: Path) -> dict[str, Any]:
+        return {"method": self.name, "channels": list(plan.channels), "network": config.network}
+
+    def case_row(self, case_id: str, output: CaseOutput) -> dict[str, Any]:
+        return {"case_id": case_id, **{k: float(v) for k, v in output.values.items()}}
+
+
+class MaskedReconstructionTask(PretrainingTask):
+    """Shared parts of the masked-image tasks; subclasses say how a sample is masked (:meth:`draw_mask`)."""
+
+    case_columns: ClassVar[tuple[str, ...]] = ("case_id", "masked_mse", "interpolation_mse")
 
     def __init__(self, manifest: Manifest | None = None, *, block_size: list[int] | None = None,
                  val_patches: int = 2) -> None:
@@ -153,19 +167,11 @@ class MaskedReconstructionTask(Task):
         metrics["val_score"] = -metrics["val_masked_mse"]
         return metrics
 
-    def finish(self, model: nn.Module, train_cases: Sequence[PreprocessedCase],
-               val_cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig, device: torch.device,
-               fold: int, fold_dir: Path) -> dict[str, Any]:
-        return {"method": self.name, "channels": list(plan.channels), "network": config.network}
-
     # ------------------------------------------------------------------ prediction
     def infer(self, model: nn.Module, case: PreprocessedCase, plan: Plan, config: TrainConfig,
               device: torch.device, *, overlap: float, mirror_axes: Sequence[int] = ()) -> CaseOutput:
         """No segmentation: the case's reconstruction errors (network and baselines) on its fixed samples."""
         return CaseOutput(probabilities=None, values=self.case_errors(model, case, plan, config, device))
-
-    def case_row(self, case_id: str, output: CaseOutput) -> dict[str, Any]:
-        return {"case_id": case_id, **{k: float(v) for k, v in output.values.items()}}
 
 
 class MaskedAutoencoderTask(MaskedReconstructionTask):
@@ -244,4 +250,4 @@ class CrossModalMaskedAutoencoderTask(MaskedReconstructionTask):
 
 
 __all__ = ["CrossModalMaskedAutoencoderTask", "MaskedAutoencoderTask", "MaskedReconstructionObjective",
-           "MaskedReconstructionTask", "masked_mse"]
+           "MaskedReconstructionTask", "PretrainingTask", "masked_mse"]

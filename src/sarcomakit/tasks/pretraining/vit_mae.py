@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -32,7 +31,8 @@ from sarcomakit.core.errors import UserInputError
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
 from sarcomakit.runs.config import TrainConfig
-from sarcomakit.tasks.base import CaseOutput, LossOutput, Objective, Task, TaskRequirements
+from sarcomakit.tasks.base import CaseOutput, LossOutput, Objective
+from sarcomakit.tasks.pretraining.reconstruction import PretrainingTask
 from sarcomakit.tasks.pretraining.sampling import MaskedPatchDataset, crop, random_start
 
 if TYPE_CHECKING:
@@ -86,13 +86,10 @@ def _whole_patch(n_channels: int, patch_size: Sequence[int], rng: np.random.Gene
     return np.zeros((n_channels, *[int(p) for p in patch_size]), dtype=bool), -1
 
 
-class TokenMaskingTask(Task):
+class TokenMaskingTask(PretrainingTask):
     """Shared parts of the token-masking tasks: UNETR-shaped encoder options, patches, validation, prediction."""
 
-    score_name = "val_score"
-    requirements = TaskRequirements(needs_labels=False, allow_missing_channels=False, stratify_clinical=False)
     case_columns: ClassVar[tuple[str, ...]] = ("case_id", "masked_error")
-    case_table = "reconstruction_errors.csv"
     #: 2: mean squared error, 1: mean absolute error
     power: ClassVar[int] = 2
 
@@ -154,19 +151,11 @@ class TokenMaskingTask(Task):
         error = float(np.mean(errors)) if errors else float("nan")
         return {"val_masked_error": error, "val_score": -error}
 
-    def finish(self, model: nn.Module, train_cases: Sequence[PreprocessedCase],
-               val_cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig, device: torch.device,
-               fold: int, fold_dir: Path) -> dict[str, Any]:
-        return {"method": self.name, "channels": list(plan.channels), "network": config.network}
-
     def infer(self, model: nn.Module, case: PreprocessedCase, plan: Plan, config: TrainConfig,
               device: torch.device, *, overlap: float, mirror_axes: Sequence[int] = ()) -> CaseOutput:
         """No segmentation: the case's masked-token reconstruction error."""
         return CaseOutput(probabilities=None,
                           values={"masked_error": self.case_error(model, case, plan, config, device)})
-
-    def case_row(self, case_id: str, output: CaseOutput) -> dict[str, Any]:
-        return {"case_id": case_id, **{k: float(v) for k, v in output.values.items()}}
 
 
 class ViTMaskedAutoencoderTask(TokenMaskingTask):
