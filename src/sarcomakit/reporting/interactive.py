@@ -10,12 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from sarcomakit.core.io.atomic import atomic_path
-
-DPI = 120
+from sarcomakit.reporting.figures import DPI, save_png
 
 
 def dice_rounds_figure(curve: pd.DataFrame, path: str | Path, *, title: str = "",
@@ -52,15 +51,7 @@ def dice_rounds_figure(curve: pd.DataFrame, path: str | Path, *, title: str = ""
     axes.set_ylim(0.0, 1.0)
     if len(curve):
         axes.set_xlim(1, max(int(curve["round"].max()), 2))
-    axes.grid(alpha=0.3)
-    axes.legend(loc="lower right", fontsize="small")
-    if title:
-        axes.set_title(title)
-    figure.tight_layout()
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        figure.savefig(tmp, format="png")
-    return out
+    return _finish(figure, axes, path, title)
 
 
 def campaign_figure(summary: pd.DataFrame, path: str | Path, *, title: str = "") -> Path:
@@ -88,12 +79,14 @@ def campaign_figure(summary: pd.DataFrame, path: str | Path, *, title: str = "")
     axes.set_xlabel("annotation effort (cumulative interactions)")
     axes.set_ylabel("held-out Dice (mean, range over seeds)")
     axes.set_ylim(0.0, 1.0)
+    return _finish(figure, axes, path, title)
+
+
+def _finish(figure: Figure, axes: Axes, path: str | Path, title: str) -> Path:
+    """Grid, legend and title of a Dice plot, then the PNG written atomically."""
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize="small")
     if title:
         axes.set_title(title)
     figure.tight_layout()
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        figure.savefig(tmp, format="png")
-    return out
+    return save_png(figure, path)
