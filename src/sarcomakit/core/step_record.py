@@ -44,9 +44,11 @@ class StepRecord:
             return None
         return value if isinstance(value, dict) else None
 
-    def describe(self, item: str, files: Mapping[str, str | Path], options: Any) -> dict[str, Any]:
-        """The record the item's output would have now (unchanged files are not read again)."""
-        known = (self.stored(item) or {}).get("files", {})
+    def describe(self, item: str, files: Mapping[str, str | Path], options: Any,
+                 stored: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The record the item's output would have now; files unchanged since ``stored`` (default: the item's
+        record) are not read again."""
+        known = (stored if stored is not None else self.stored(item) or {}).get("files", {})
         identities = {name: file_identity(path, known.get(name)) for name, path in files.items()}
         return {"files": identities, "options": json_digest(options)}
 
@@ -56,9 +58,10 @@ class StepRecord:
         stored = self.stored(item)
         if stored is None or not all(Path(p).exists() for p in outputs):
             return False
-        now = self.describe(item, files, options)
-        return stored.get("options") == now["options"] and \
-            file_digests(stored.get("files", {})) == file_digests(now["files"])
+        if stored.get("options") != json_digest(options):  # before any file is read (slides run to gigabytes)
+            return False
+        now = self.describe(item, files, options, stored)
+        return file_digests(stored.get("files", {})) == file_digests(now["files"])
 
     def save(self, item: str, files: Mapping[str, str | Path], options: Any) -> None:
         """Record that the item's output has just been built from these files and options."""
