@@ -24,15 +24,17 @@ if TYPE_CHECKING:
 class CaseVolume:
     """A preprocessed case held for sampling: data (C,Z,Y,X), label (Z,Y,X), cached locations."""
 
-    def __init__(self, case: PreprocessedCase, max_locations: int = 20000, seed: int = 0) -> None:
+    def __init__(self, case: PreprocessedCase, max_locations: int = 20000, seed: int = 0,
+                 foreground_mask: np.ndarray | None = None) -> None:
+        """``foreground_mask``: where foreground-oversampled patches are centred (default: label > 0)."""
         if case.label is None:
             raise ValueError(f"case {case.case_id} has no label to train on")
         self.case_id = case.case_id
         self.data = case.data
         self.label = case.label
         rng = np.random.default_rng(seed)
-        flat = np.asarray(case.label).reshape(-1)
-        foreground = np.flatnonzero(flat > 0)
+        flat = np.asarray(case.label > 0 if foreground_mask is None else foreground_mask).reshape(-1)
+        foreground = np.flatnonzero(flat)
         if foreground.size > max_locations:
             foreground = rng.choice(foreground, max_locations, replace=False)
         self.foreground = np.stack(np.unravel_index(foreground, case.label.shape), axis=1) if foreground.size \

@@ -155,10 +155,9 @@ class ScribbleSegmentationTask(SegmentationTask):
         for i, case in enumerate(cases):
             weak, fraction = self.weak_labels(case, plan, config.seed)
             fractions.append(fraction)
-            foreground = (weak == TUMOUR) if self.mode == "partial" else weak
-            volume = CaseVolume(replace(case, label=foreground), seed=config.seed + i)  # where to oversample
-            volume.label = weak
-            volumes.append(volume)
+            # partial mode: oversample around the tumour scribbles, not the background loop
+            volumes.append(CaseVolume(replace(case, label=weak), seed=config.seed + i,
+                                      foreground_mask=weak == TUMOUR if self.mode == "partial" else None))
         self.labelled_fraction = float(np.mean(fractions))
         return PatchDataset(volumes, config.patch_size or plan.patch_size, length,
                             foreground_fraction=config.foreground_fraction, augmentation=config.augmentation,
