@@ -16,10 +16,13 @@ def preprocessing_experiment_command(
     manifest: Path = typer.Argument(..., help="Labelled cohort manifest (with sites for leave-one-site-out)."),
     out_dir: Path = typer.Option(Path("experiments/preprocessing"), "--out", "-o",
                                  help="Experiment folder (resumable)."),
-    plan: Path = typer.Option(None, "--plan", help="The fixed plan JSON (default: planned on the cohort)."),
+    plan: Path = typer.Option(None, "--plan", help="One plan for every fold (default: each fold planned on its "
+                                                   "own training cases, so no validation case reaches it)."),
     folds: int = typer.Option(5, "--folds", help="In-domain cross-validation folds."),
     arms: str = typer.Option(",".join(ARMS), "--arms", help="Comma list of arms (fixed is always run)."),
-    settings: str = typer.Option("in_domain,loso", "--settings", help="in_domain and/or loso (leave one site out)."),
+    settings: str = typer.Option("in_domain,loso,spacing_shift", "--settings",
+                                 help="Any of in_domain, loso (leave one site out) and spacing_shift (thin vs "
+                                      "3x thicker slices)."),
     network: str = typer.Option(None, "--network", help="Backbone of every arm (default resunet)."),
     epochs: int = typer.Option(None, "--epochs", help="Epochs per fold (default 100)."),
     iterations: int = typer.Option(None, "--iterations", help="Iterations per epoch (default 50)."),
