@@ -115,3 +115,18 @@ def test_learnt_figure_draws_the_checkpoint_layers_not_their_initial_state(tmp_p
     assert np.isclose(learnt.max(), (70 - 50) / 80, atol=0.02) and np.isclose(start.max(), (300 - 50) / 80, atol=0.1)
     assert learnt_intensity_figure([run], tmp_path / "figure.png") == tmp_path / "figure.png"
     assert learnt_intensity_figure([tmp_path / "no-run"], tmp_path / "none.png") is None
+
+
+def test_preprocessing_experiment_refuses_a_folder_made_with_other_options(tiny_cohort: Manifest,
+                                                                           tmp_path: Path) -> None:
+    import json
+
+    import pytest
+
+    from sarcomakit.core.errors import UserInputError
+    from sarcomakit.experiments.preprocessing_comparison import _refuse_other_options
+
+    (tmp_path / "experiment.json").write_text(json.dumps({"options_sha256": "abc"}))
+    _refuse_other_options(tmp_path, "abc")
+    with pytest.raises(UserInputError, match="other training options"):
+        _refuse_other_options(tmp_path, "def")

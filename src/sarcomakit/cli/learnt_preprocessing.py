@@ -28,6 +28,8 @@ def preprocessing_experiment_command(
     iterations: int = typer.Option(None, "--iterations", help="Iterations per epoch (default 50)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Override the plan's batch size."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for intervals."),
+    thick_factor: float = typer.Option(3.0, "--thick-factor",
+                                       help="spacing_shift: slice thickness of the thick copies, x the original."),
     seed: int = typer.Option(0, "--seed", help="Seed of folds, training and bootstrap."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     config_file: Path = typer.Option(None, "--config", help="TrainConfig JSON shared by every arm."),
@@ -45,7 +47,8 @@ def preprocessing_experiment_command(
     results = run_preprocessing_experiment(
         Manifest.load(manifest), out_dir, plan=Plan.load(plan) if plan else None, n_folds=folds, config=config,
         arms=[a.strip() for a in arms.split(",") if a.strip()],
-        settings=[s.strip() for s in settings.split(",") if s.strip()], n_bootstrap=bootstrap, console=console)
+        settings=[s.strip() for s in settings.split(",") if s.strip()], n_bootstrap=bootstrap,
+        thick_factor=thick_factor, console=console)
     for setting, result in results.items():
         dice = result.table.loc["dice_mean", result.methods] if "dice_mean" in result.table.index else None
         if dice is not None:

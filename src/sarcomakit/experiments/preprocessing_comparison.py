@@ -15,7 +15,7 @@ Arms (every one trains the same backbone with the same options, epochs, iteratio
 Settings: ``in_domain`` (cross-validation with every site in every training fold), ``loso``
 (leave-one-site-out: each site is the validation fold once) and ``spacing_shift`` (a controlled slice-thickness
 shift, :mod:`sarcomakit.experiments.spacing_shift`: half the patients train on their original slices and the
-other half are validated on copies with slices 3 times thicker, then the reverse). Every validation case is
+other half are validated on copies with slices 3 times thicker by default, then the reverse). Every validation case is
 predicted with :class:`~sarcomakit.inference.predictor.Predictor` (the arm's plan, layers and restoration to
 the input grid) and scored on its original grid, so arms on different grids are compared on the same voxels.
 
@@ -32,7 +32,7 @@ EXP/
   <setting>/oof_predictions.csv       Dice and HD95 per validation case and arm
   <setting>/comparison.csv/.md, differences.csv   bootstrap intervals, paired differences against fixed
   <setting>/learnt_intensity.png      learnt windows and standard scales against their initial ones
-  spacing_shift/thick_x3/             the thick-slice copies (NIfTI) and their manifest
+  spacing_shift/thick_x<factor>/      the thick-slice copies (NIfTI) and their manifest
   comparison.md, costs.csv, experiment.json
 ```
 Every step resumes: finished folds and evaluations are reused when the experiment is rerun.
@@ -56,7 +56,7 @@ from sarcomakit.core.device import select_device
 from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.io.atomic import write_json, write_text
 from sarcomakit.core.io.image import read_image
-from sarcomakit.core.provenance import json_digest
+from sarcomakit.core.provenance import content_digest, json_digest, manifest_record
 from sarcomakit.data.folds import save_folds
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.evaluation.comparison import ComparisonResult, compare_methods
@@ -80,7 +80,7 @@ from sarcomakit.training.api import train
 ALL_LAYERS = ("window", "monotone", "normaliser", "resizer", "zoom", "roi")
 ARMS = ("fixed", "minimal", "percentile", *ALL_LAYERS, "all", "obelisk")
 SETTINGS = ("in_domain", "loso", "spacing_shift")
-THICK_FACTOR = 3.0  # slice thickness of the spacing-shift copies, as a multiple of the original
+THICK_FACTOR = 3.0  # default slice thickness of the spacing-shift copies, as a multiple of the original
 REFERENCE = "fixed"
 
 
@@ -295,14 +295,14 @@ def _fold_setup(manifest: Manifest, fold: dict[str, list[str]], folder: Path, ou
     return FoldSetup(plan, fingerprint, landmarks)
 
 
-def _setting_folds(setting: str, labelled: Manifest, out: Path, n_folds: int,
-                   seed: int) -> tuple[Manifest, list[dict[str, list[str]]]]:
+def _setting_folds(setting: str, labelled: Manifest, out: Path, n_folds: int, seed: int,
+                   thick_factor: float) -> tuple[Manifest, list[dict[str, list[str]]]]:
     """The cohort a setting draws on (with the thick-slice copies for ``spacing_shift``) and its folds."""
     if setting == "in_domain":
         return labelled, in_domain_folds(labelled, n_folds, seed)
     if setting == "loso":
         return labelled, leave_one_site_out_folds(labelled)
-    thick = thick_slice_cohort(labelled, out / setting / f"thick_x{THICK_FACTOR:g}", THICK_FACTOR)
+    thick = thick_slice_cohort(labelled, out / setting / f"thick_x{thick_factor:g}", thick_factor)
     combined = Manifest(channels=list(labelled.channels), cases=[*labelled.cases, *thick.cases],
                         labels=dict(labelled.labels))
     combined.save(out / setting / "manifest.json")
@@ -313,7 +313,7 @@ def _setting_folds(setting: str, labelled: Manifest, out: Path, n_folds: int,
 def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | None = None,
                                  n_folds: int = 5, config: TrainConfig | None = None,
                                  arms: Sequence[str] = ARMS, settings: Sequence[str] = SETTINGS,
-                                 n_bootstrap: int = 1000,
+                                 n_bootstrap: int = 1000, thick_factor: float = THICK_FACTOR,
                                  console: Console | None = None) -> dict[str, ComparisonResult]:
     """Run the experiment (module docstring); returns the comparison of each setting run.
 
@@ -327,8 +327,12 @@ def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, pla
             epoch is kept whatever its ``checkpoint_selection``.
         arms: a subset of :data:`ARMS` (``fixed``, the reference, is always run).
         settings: a subset of :data:`SETTINGS`.
+        thick_factor: slice thickness of the ``spacing_shift`` copies, as a multiple of each case's own.
     """
     console = console or Console(stderr=True)
+    if not thick_factor > 1:
+        raise UserInputError(f"the thick-slice factor must be above 1, not {thick_factor}.",
+                             fix="give e.g. --thick-factor 3 (slices 3 times thicker).")
     unknown = [a for a in arms if a not in ARMS] + [s for s in settings if s not in SETTINGS]
     if unknown:
         raise UserInputError(f"unknown arm(s) or setting(s) {unknown}.",
@@ -338,13 +342,17 @@ def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, pla
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = without_model_selection(config or TrainConfig())
+    options = {"config": config.model_dump(mode="json"), "folds": n_folds, "thick_slice_factor": thick_factor,
+               "plan": plan.model_dump(mode="json") if plan is not None else None,
+               "cohort": content_digest(manifest_record(labelled))}
+    _refuse_other_options(out, json_digest(options))
     needs_landmarks = any("monotone" in ARM_DEFINITIONS[a].layers for a in chosen)
 
     results: dict[str, ComparisonResult] = {}
     all_costs: list[dict[str, Any]] = []
     sections: list[str] = []
     for setting in settings:
-        cohort, folds = _setting_folds(setting, labelled, out, n_folds, config.seed)
+        cohort, folds = _setting_folds(setting, labelled, out, n_folds, config.seed, thick_factor)
         if not folds:
             sections += [f"## {setting}", "", "Left out: the cohort has fewer than two sites.", ""]
             continue
@@ -380,10 +388,22 @@ def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, pla
     write_text(out / "comparison.md", _report(config, chosen, plan is None, sections, costs_table))
     write_json(out / "experiment.json", {"arms": chosen, "settings": list(settings), "folds": n_folds,
                                          "seed": config.seed, "reference": REFERENCE,
-                                         "planned_per_fold": plan is None, "thick_slice_factor": THICK_FACTOR,
-                                         "checkpoint": "last",
+                                         "planned_per_fold": plan is None, "thick_slice_factor": thick_factor,
+                                         "checkpoint": "last", "options_sha256": json_digest(options),
                                          "cohort": str(manifest.source) if manifest.source else None})
     return results
+
+
+def _refuse_other_options(out: Path, digest: str) -> None:
+    """Finished arms are reused on a rerun, so a folder made with other options or cases must not be."""
+    path = out / "experiment.json"
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text(encoding="utf-8")).get("options_sha256")
+    if stored != digest:
+        raise UserInputError("this experiment folder was made with other training options, folds, thick-slice "
+                             "factor, plan or cases; its finished arms cannot be reused.", path=out,
+                             fix="give a new --out folder (or remove this one to start again).")
 
 
 def learnt_summary(run_dir: Path, fold: int = 0) -> dict[str, str]:
