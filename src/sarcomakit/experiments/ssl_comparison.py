@@ -243,8 +243,9 @@ def plot_dice_vs_labels(table: pd.DataFrame, path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(5, 3.5))
     for method, rows in table.groupby("method", sort=False):
         rows = rows.sort_values("n_cases")
-        axes.errorbar(rows["n_cases"], rows["dice"], yerr=[rows["dice"] - rows["dice_ci_low"],
-                                                           rows["dice_ci_high"] - rows["dice"]],
+        dice = rows["dice"].to_numpy()
+        axes.errorbar(rows["n_cases"].to_numpy(), dice, yerr=[dice - rows["dice_ci_low"].to_numpy(),
+                                                              rows["dice_ci_high"].to_numpy() - dice],
                       marker="o", capsize=3, label=method)
     axes.set_xlabel("labelled training cases")
     axes.set_ylabel("Dice (validation cases)")
