@@ -46,8 +46,12 @@ from sarcomakit.tasks.segmentation import SegmentationTask, segmentation_dice
 from sarcomakit.training.api import train
 from sarcomakit.training.finetuning import resolved_warmup_epochs
 
-PRETRAINING = ("mae", "crmae")
+#: pretraining methods; every run of an experiment uses ``config.network`` (vit_mae needs unetr, simmim unetr or
+#: swinunetr, mae and crmae any network)
+PRETRAINING = ("mae", "crmae", "vit_mae", "simmim")
 METHODS = ("scratch", *PRETRAINING)
+#: the networks a transformer method pretrains (the others pretrain any registry network)
+METHOD_NETWORKS = {"vit_mae": ("unetr",), "simmim": ("unetr", "swinunetr")}
 
 
 def labelled_subsets(train_ids: Sequence[str], counts: Sequence[int | str], seed: int,
@@ -101,7 +105,7 @@ def _pretrain(method: str, manifest: Manifest, plan: Plan, config: TrainConfig, 
 
 def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | None = None, n_folds: int = 5,
                        config: TrainConfig | None = None, labelled: Sequence[int | str] = (2, 4, 8, "all"),
-                       methods: Sequence[str] = METHODS, pretrain_epochs: int | None = None,
+                       methods: Sequence[str] = ("scratch", "mae", "crmae"), pretrain_epochs: int | None = None,
                        unlabelled: Manifest | None = None, n_bootstrap: int = 1000,
                        console: Console | None = None) -> pd.DataFrame:
     """Run the experiment (module docstring) and return the comparison table.
@@ -114,7 +118,8 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
         config: training options shared by every segmentation run and the pretraining runs (``init_parts``,
             ``freeze_epochs`` and ``warmup_epochs`` apply to fine-tuning; scratch gets the same warm-up).
         labelled: numbers of labelled training cases (``all``: every labelled training case of the fold).
-        methods: ``scratch`` and pretraining methods (:data:`PRETRAINING`).
+        methods: ``scratch`` and pretraining methods (:data:`PRETRAINING`; the transformer ones need the network of
+            :data:`METHOD_NETWORKS` as ``config.network``).
         pretrain_epochs: epochs of pretraining (default: ``config.epochs``).
         unlabelled: an external pool to pretrain on once, instead of each fold's training cases.
     """
@@ -123,12 +128,18 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
     if unknown or "scratch" not in methods:
         raise UserInputError(f"methods must include scratch and come from {', '.join(METHODS)} (got {list(methods)}).",
                              fix="e.g. --methods scratch,mae,crmae.")
+    config = config or TrainConfig()
+    misfits = [m for m in methods if config.network not in METHOD_NETWORKS.get(m, (config.network,))]
+    if misfits:
+        raise UserInputError(f"{', '.join(misfits)} cannot pretrain a {config.network}; every method of the "
+                             "experiment trains the same network.",
+                             fix="use --network unetr (vit_mae, simmim) or swinunetr (simmim), or drop "
+                                 f"{', '.join(misfits)}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if plan is None:
         plan_path = out / "plan.json"
         plan = Plan.load(plan_path) if plan_path.exists() else plan_cohort(manifest, plan_path)
-    config = config or TrainConfig()
     if not (out / "splits.json").exists():
         save_folds(make_folds(manifest, n_folds, config.seed), out / "splits.json")
     folds = json.loads((out / "splits.json").read_text(encoding="utf-8"))
@@ -232,8 +243,9 @@ def plot_dice_vs_labels(table: pd.DataFrame, path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(5, 3.5))
     for method, rows in table.groupby("method", sort=False):
         rows = rows.sort_values("n_cases")
-        axes.errorbar(rows["n_cases"], rows["dice"], yerr=[rows["dice"] - rows["dice_ci_low"],
-                                                           rows["dice_ci_high"] - rows["dice"]],
+        dice = rows["dice"].to_numpy()
+        axes.errorbar(rows["n_cases"].to_numpy(), dice, yerr=[dice - rows["dice_ci_low"].to_numpy(),
+                                                              rows["dice_ci_high"].to_numpy() - dice],
                       marker="o", capsize=3, label=method)
     axes.set_xlabel("labelled training cases")
     axes.set_ylabel("Dice (validation cases)")
