@@ -43,6 +43,10 @@ def test_ssl_experiment_end_to_end(tiny_cohort, tmp_path: Path) -> None:  # noqa
     for k, fold in enumerate(splits):  # pretraining saw the fold's training cases only
         pretrained_on = json.loads((out / "pretrain" / "mae" / f"fold_{k}" / "splits.json").read_text("utf-8"))[0]
         assert set(pretrained_on["train"]) | set(pretrained_on["val"]) == set(fold["train"])
+        fingerprint = json.loads((out / "plans" / f"fold_{k}" / "fingerprint.json").read_text("utf-8"))
+        assert {c["case_id"] for c in fingerprint["cases"]} == set(fold["train"])  # planned without its val cases
+        run_config = json.loads((out / "runs" / "mae" / "n2" / f"fold_{k}" / "config.json").read_text("utf-8"))
+        assert run_config["checkpoint_selection"] == "last"
         report_path = out / "runs" / "mae" / "n2" / f"fold_{k}" / "fold_0" / "init_report.json"
         report = json.loads(report_path.read_text("utf-8"))
         assert report["expected"] == len(report["loaded"]) > 0

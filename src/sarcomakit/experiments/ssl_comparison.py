@@ -9,14 +9,17 @@ the initialisation is the only difference). Every network is scored by Dice on t
 
 ```
 EXP/
-  plan.json, splits.json         one plan and one set of folds for every method
-  preprocessed/                  cases preprocessed once
-  pretrain/<method>/fold_K/      pretraining run of fold K (pretrain/<method>/pool/ with an external pool)
+  splits.json                    one set of folds for every method
+  plans/fold_K/                  fold K's plan, from its training cases only (the validation cases reach no plan)
+  preprocessed/fold_K/           cases preprocessed once per fold plan
+  pretrain/<method>/fold_K/      pretraining run of fold K (pretrain/<method>/pool_fold_K/ with an external pool,
+                                 preprocessed with fold K's plan)
   runs/<method>/n<N>/fold_K/     segmentation run on N labelled cases of fold K (scratch or fine-tuned)
   dice.csv                       Dice per validation case: method, labelled, fold, case_id, dice
   comparison.csv/.md             mean Dice [95% bootstrap CI] per method and N; paired differences against scratch
   dice_vs_labels.png, experiment.json
 ```
+Every network keeps its last epoch (no epoch is chosen by the validation cases it is scored on).
 Every step resumes: finished runs are reused when the experiment is rerun.
 """
 
@@ -38,7 +41,8 @@ from sarcomakit.core.io.atomic import atomic_path, write_json, write_text
 from sarcomakit.data.folds import make_folds, save_folds
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_difference
-from sarcomakit.planning.plan import Plan, plan_cohort
+from sarcomakit.experiments.protocol import plan_training_cases, without_model_selection
+from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
 from sarcomakit.runs.checkpoint import load_checkpoint
 from sarcomakit.runs.config import TrainConfig
@@ -113,7 +117,8 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
     Args:
         manifest: the labelled cohort (cases without a label are used for pretraining only).
         out_dir: the experiment folder (resumable).
-        plan: the plan (default: planned on the cohort and saved as ``plan.json``).
+        plan: one plan for every fold. Default: each fold is planned on its own training cases (never on its
+            validation cases; :mod:`sarcomakit.experiments.protocol`), and pretraining uses the fold's plan.
         n_folds: cross-validation folds.
         config: training options shared by every segmentation run and the pretraining runs (``init_parts``,
             ``freeze_epochs`` and ``warmup_epochs`` apply to fine-tuning; scratch gets the same warm-up).
@@ -137,27 +142,26 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
                                  f"{', '.join(misfits)}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if plan is None:
-        plan_path = out / "plan.json"
-        plan = Plan.load(plan_path) if plan_path.exists() else plan_cohort(manifest, plan_path)
     if not (out / "splits.json").exists():
         save_folds(make_folds(manifest, n_folds, config.seed), out / "splits.json")
     folds = json.loads((out / "splits.json").read_text(encoding="utf-8"))
-    preprocessed = out / "preprocessed"
     labelled_ids = {c.case_id for c in manifest.cases if c.label is not None}
     warmup = resolved_warmup_epochs(config.updated(init_checkpoint="pretrained"))
-    finetune = config.updated(task="segmentation", task_options={}, n_folds=2, warmup_epochs=warmup)
+    finetune = without_model_selection(config.updated(task="segmentation", task_options={}, n_folds=2,
+                                                      warmup_epochs=warmup))
     pretrain_config = config.updated(epochs=pretrain_epochs)
 
     rows: list[dict[str, Any]] = []
     for k, fold in enumerate(folds):
         train_ids = [c for c in fold["train"] if c in labelled_ids]
         val_ids = [c for c in fold["val"] if c in labelled_ids]
+        fold_plan = plan or plan_training_cases(manifest, fold["train"], out / "plans" / f"fold_{k}")[0]
+        preprocessed = out / "preprocessed" / ("given_plan" if plan is not None else f"fold_{k}")
         pretrained: dict[str, Path] = {}
         for method in (m for m in methods if m != "scratch"):
             pool = unlabelled or manifest.subset(fold["train"])
-            where = out / "pretrain" / method / ("pool" if unlabelled is not None else f"fold_{k}")
-            pretrained[method] = _pretrain(method, pool, plan, pretrain_config, where, preprocessed, console)
+            where = out / "pretrain" / method / (f"pool_fold_{k}" if unlabelled is not None else f"fold_{k}")
+            pretrained[method] = _pretrain(method, pool, fold_plan, pretrain_config, where, preprocessed, console)
         for count, subset in labelled_subsets(train_ids, labelled, config.seed, k).items():
             for method in methods:
                 run_dir = out / "runs" / method / f"n{count}" / f"fold_{k}"
@@ -166,9 +170,9 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
                     console.rule(f"fold {k}: {method} on {len(subset)} labelled case(s)")
                     run_config = finetune if method == "scratch" else finetune.updated(
                         init_checkpoint=str(pretrained[method]))
-                    train(_run_manifest(manifest, subset, val_ids), plan, run_dir, folds=(0,), config=run_config,
-                          resume=True, preprocessed_dir=preprocessed, console=console)
-                    write_json(dice_file, dict(zip(val_ids, _validation_dice(run_dir, plan, run_config, val_ids,
+                    train(_run_manifest(manifest, subset, val_ids), fold_plan, run_dir, folds=(0,),
+                          config=run_config, resume=True, preprocessed_dir=preprocessed, console=console)
+                    write_json(dice_file, dict(zip(val_ids, _validation_dice(run_dir, fold_plan, run_config, val_ids,
                                                                                 preprocessed), strict=True)))
                 for case_id, dice in json.loads(dice_file.read_text(encoding="utf-8")).items():
                     rows.append({"method": method, "labelled": count, "n_cases": len(subset), "fold": k,
