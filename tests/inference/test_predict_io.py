@@ -1,9 +1,9 @@
 """``sarcomakit predict-io``: every image under INPUT (files and DICOM series) into a Grand-Challenge-style OUTPUT.
 
 Contracts first (no model needed): how images become cases and channels, the DICOM SEG written over a source
-series, and the checks on INPUT and OUTPUT made before any work. Then end to end with tiny trained runs: the
-masks equal ``sarcomakit predict``'s for the same images, a DICOM series gives a DICOM SEG whose pixels are the
-mask predicted for the same volume as NIfTI, a multi-task run's case-level predictions are those of
+series, and the checks on INPUT and OUTPUT made before any work. Then end to end with a tiny trained multi-task
+run (marked slow): the masks equal ``sarcomakit predict``'s for the same images, a DICOM series gives a DICOM
+SEG whose pixels are the mask predicted for the same volume as NIfTI, the case-level predictions are those of
 ``predict``, and a bad case fails alone (exit 1) while the others are written.
 """
 
@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 from typer.testing import CliRunner
 
-from data.conftest import WrittenSeries, orientation, write_dicom_series
+from data.conftest import WrittenSeries, orientation, write_dicom_series  # the importer tests' DICOM writers
 from sarcomakit import __version__
 from sarcomakit.cli.main import app
 from sarcomakit.core.errors import UserInputError
@@ -40,7 +40,7 @@ from sarcomakit.inference.predict_io import (
 from tiny_cohorts import write_tiny_cohort
 
 runner = CliRunner()
-TRAIN = ("--fold", "0", "--folds", "2", "--epochs", "2", "--iterations", "3", "--batch-size", "2", "--workers", "0",
+TRAIN = ("--fold", "0", "--folds", "2", "--epochs", "1", "--iterations", "3", "--batch-size", "2", "--workers", "0",
          "--augmentation", "none", "--optimizer", "adamw", "--lr", "0.003", "--device", "cpu")
 CASE_KEYS = {"case_id", "status", "inputs", "outputs", "tumour_volume_ml", "label_volumes_ml", "predictions"}
 
@@ -168,8 +168,8 @@ def test_dicom_seg_frames_match_the_source_slices(tmp_path: Path) -> None:
     series = next(iter(scan_dicom_folder(tmp_path / "series").series.values()))
     instances, _ = series_geometry(series)
     mask = np.zeros(stored.shape, np.uint8)
-    mask[1:4, 3:8, 2:6] = 1
-    mask[2, 5, 5] = 2
+    mask[0:3, 3:8, 2:6] = 1  # not symmetric along any axis, so that a flipped or shuffled frame order shows
+    mask[1, 5, 5] = 2
     seg_path = write_dicom_seg(mask, [i.path for i in instances], {"background": 0, "tumour": 1, "oedema": 2},
                                tmp_path / "out" / "seg.dcm", parameters={"run": "r"}, model_key="abc")
     assert list((tmp_path / "out").iterdir()) == [seg_path]

@@ -59,7 +59,7 @@ def algorithm_identification(parameters: Mapping[str, str] | None = None) -> hd.
 
 def read_source_headers(files: Sequence[str | Path]) -> list[pydicom.Dataset]:
     """The source images' headers (no pixel data), with missing type-2 patient/study attributes added empty."""
-    headers = []
+    headers: list[pydicom.Dataset] = []
     for file in files:
         ds = pydicom.dcmread(file, stop_before_pixels=True)
         for keyword in TYPE_2_ATTRIBUTES:

@@ -260,7 +260,8 @@ def group_cases(sources: Sequence[ImageSource], channels: Sequence[str], root: P
         for ch in present:
             for name, source in assigned[ch]:
                 groups[name][ch].append(source)
-    named = [(name, dict(by_channel), []) for name, by_channel in groups.items()]
+    named: list[tuple[str, dict[str, list[ImageSource]], list[ImageSource]]] = \
+        [(name, dict(by_channel), []) for name, by_channel in groups.items()]
     named += [(_join(s.folders, s.leaf), {}, [s]) for s in unassigned]
     return _named_cases(named, root, channels, allow_missing)
 
