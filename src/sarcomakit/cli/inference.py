@@ -60,8 +60,9 @@ def predict_io_command(
 ) -> None:
     """Predict every image under INPUT into OUTPUT, laid out for pipelines (Grand Challenge style).
 
-    Writes OUTPUT/images/<slug>/<case>.mha masks, a DICOM SEG per DICOM series (OUTPUT/dicom-seg/) and
-    OUTPUT/results.json (inputs, outputs, tumour volume, case-level predictions). See docs/pipelines.md.
+    Masks: OUTPUT/images/<slug>/<case>.mha. DICOM series: also OUTPUT/dicom-seg/<case>.dcm (DICOM SEG).
+
+    OUTPUT/results.json: inputs, outputs, tumour volume and case-level predictions (docs/pipelines.md).
     """
     from sarcomakit.inference.predict_io import predict_io
 
