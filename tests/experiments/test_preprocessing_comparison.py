@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -89,3 +90,25 @@ def test_experiment_runs_end_to_end(tiny_cohort: Manifest, tmp_path: Path) -> No
                                      "--folds", "2", "--bootstrap", "20", "--config", str(config_path),
                                      "--device", "cpu"])
     assert again.exit_code == 0, again.output
+
+
+@pytest.mark.slow
+def test_experiment_compares_grade_and_survival_with_the_multitask_option(tiny_cohort: Manifest,
+                                                                          tmp_path: Path) -> None:
+    from sarcomakit.experiments.preprocessing_comparison import run_preprocessing_experiment
+
+    config = TrainConfig(network_options={"channels": [4, 8], "num_res_units": 1}, epochs=1, iterations_per_epoch=1,
+                         batch_size=2, patch_size=[16, 32, 32], device="cpu", amp=False, num_workers=0,
+                         augmentation="none", sw_overlap=0.0)
+    results = run_preprocessing_experiment(tiny_cohort, tmp_path / "exp", n_folds=2, config=config,
+                                           arms=["window", "obelisk"], settings=["loso"], n_bootstrap=20,
+                                           task="multitask")
+    oof = pd.read_csv(tmp_path / "exp" / "loso" / "oof_predictions.csv")
+    assert set(oof["method"]) == {"fixed", "window", "obelisk"}
+    probabilities = oof[["p_low", "p_intermediate", "p_high"]]
+    assert probabilities.notna().all().all() and np.allclose(probabilities.sum(axis=1), 1, atol=1e-3)
+    assert oof["log_risk"].notna().all() and oof["grade_true"].notna().all() and oof["dice"].between(0, 1).all()
+    metrics = set(results["loso"].table.index)
+    assert "dice_mean" in metrics and any("auc" in m for m in metrics) and any("c_index" in m for m in metrics)
+    run_config = json.loads((tmp_path / "exp" / "loso" / "runs" / "window" / "split_0" / "config.json").read_text())
+    assert run_config["task"] == "multitask"

@@ -24,6 +24,8 @@ def preprocessing_experiment_command(
                                  help="Any of in_domain, loso (leave one site out) and spacing_shift (thin vs "
                                       "3x thicker slices)."),
     network: str = typer.Option(None, "--network", help="Backbone of every arm (default resunet)."),
+    task: str = typer.Option("segmentation", "--task",
+                             help="segmentation, or multitask (grade and survival compared too)."),
     epochs: int = typer.Option(None, "--epochs", help="Epochs per fold (default 100)."),
     iterations: int = typer.Option(None, "--iterations", help="Iterations per epoch (default 50)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Override the plan's batch size."),
@@ -48,7 +50,7 @@ def preprocessing_experiment_command(
         Manifest.load(manifest), out_dir, plan=Plan.load(plan) if plan else None, n_folds=folds, config=config,
         arms=[a.strip() for a in arms.split(",") if a.strip()],
         settings=[s.strip() for s in settings.split(",") if s.strip()], n_bootstrap=bootstrap,
-        thick_factor=thick_factor, console=console)
+        thick_factor=thick_factor, task=task, console=console)
     for setting, result in results.items():
         dice = result.table.loc["dice_mean", result.methods] if "dice_mean" in result.table.index else None
         if dice is not None:

@@ -23,6 +23,13 @@ from sarcomakit.runs.checkpoint import load_checkpoint
 DRAWN = (LearnableWindow, MonotoneIntensity)
 
 
+def layer_prefix(state: dict[str, Any], index: int) -> str:
+    """The state-dict prefix of input layer ``index``: ``input_layers.K.`` in a segmentation network,
+    ``backbone.input_layers.K.`` inside a multi-task network."""
+    marker = f"input_layers.{index}."
+    return next((key[:key.index(marker)] + marker for key in state if marker in key), marker)
+
+
 def learnt_intensity_layers(run_dir: Path, fold: int = 0) -> list[tuple[str, Any, Any]]:
     """``(layer name, learnt layer, initial layer)`` for each window or monotone layer of the run's fold."""
     config_path, plan_path = run_dir / "config.json", run_dir / "plan.json"
@@ -39,7 +46,7 @@ def learnt_intensity_layers(run_dir: Path, fold: int = 0) -> list[tuple[str, Any
     for i, (layer, start) in enumerate(zip(learnt, initial, strict=True)):
         if not isinstance(layer, DRAWN):
             continue
-        prefix = f"input_layers.{i}."
+        prefix = layer_prefix(state, i)
         layer.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         found.append((specs[i]["layer"], layer, start))
     return found

@@ -52,7 +52,6 @@ import pandas as pd
 import SimpleITK as sitk
 from rich.console import Console
 
-from sarcomakit.core.device import select_device
 from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.io.atomic import write_json, write_text
 from sarcomakit.core.io.image import read_image
@@ -62,8 +61,8 @@ from sarcomakit.data.manifest import Manifest
 from sarcomakit.evaluation.comparison import ComparisonResult, compare_methods
 from sarcomakit.evaluation.comparison_tables import comparison_markdown, markdown_table, write_comparison
 from sarcomakit.evaluation.metrics import hausdorff_distance_95
-from sarcomakit.evaluation.oof import OOF_FILE, write_oof
-from sarcomakit.experiments.learnt_figures import learnt_intensity_figure
+from sarcomakit.evaluation.oof import OOF_COLUMNS, OOF_FILE, write_oof
+from sarcomakit.experiments.learnt_figures import layer_prefix, learnt_intensity_figure
 from sarcomakit.experiments.protocol import plan_training_cases, without_model_selection
 from sarcomakit.experiments.spacing_shift import spacing_shift_folds, thick_slice_cohort
 from sarcomakit.inference.predictor import Predictor
@@ -80,6 +79,7 @@ from sarcomakit.training.api import train
 ALL_LAYERS = ("window", "monotone", "normaliser", "resizer", "zoom", "roi")
 ARMS = ("fixed", "minimal", "percentile", *ALL_LAYERS, "all", "obelisk")
 SETTINGS = ("in_domain", "loso", "spacing_shift")
+EXPERIMENT_TASKS = ("segmentation", "multitask")
 THICK_FACTOR = 3.0  # default slice thickness of the spacing-shift copies, as a multiple of the original
 REFERENCE = "fixed"
 
@@ -163,7 +163,8 @@ def _variant_name(plan: Plan) -> str:
 
 def arm_config(arm: Arm, config: TrainConfig, plan: Plan, fingerprint: Fingerprint | None,
                landmarks: list[list[float]] | None, n_folds: int) -> TrainConfig:
-    """The training options of an arm: the shared ones, with its network and resolved input layers."""
+    """The training options of an arm: the shared ones (task included), with its network and resolved input
+    layers."""
     options = {k: v for k, v in config.network_options.items() if k != "input_layers"}
     network = arm.network or config.network
     if arm.network == "obelisk_unet":
@@ -178,8 +179,7 @@ def arm_config(arm: Arm, config: TrainConfig, plan: Plan, fingerprint: Fingerpri
                          zip(patch, native, plan.target_spacing, strict=True)]
                 spec["scale"] = [s / p for s, p in zip(sizes, patch, strict=True)]
         options["input_layers"] = specs
-    return config.updated(task="segmentation", task_options={}, network=network, network_options=options,
-                          n_folds=max(2, n_folds))
+    return config.updated(network=network, network_options=options, n_folds=max(2, n_folds))
 
 
 def _monotone_landmarks(plan: Plan, folder: Path, case_ids: Sequence[str]) -> list[list[float]]:
@@ -189,19 +189,16 @@ def _monotone_landmarks(plan: Plan, folder: Path, case_ids: Sequence[str]) -> li
 
 
 # ---------------------------------------------------------------------------- evaluation
-def _evaluate_fold(run_dir: Path, fold: int, plan: Plan, config: TrainConfig, manifest: Manifest,
+def _evaluate_fold(run_dir: Path, config: TrainConfig, manifest: Manifest,
                    val_ids: Sequence[str]) -> tuple[list[dict[str, Any]], float]:
-    """Dice and HD95 of each validation case on its input grid, and the mean inference time per case."""
-    device = select_device(config.device)
-    task = build_task(config)
-    model = task.build_model(plan, config)
-    model.load_state_dict(load_checkpoint(run_dir / f"fold_{fold}" / "checkpoint_best.pt")["model"])
-    model.to(device).eval()
-    predictor = Predictor(plan, config, task, [model], device)
-    by_id = {c.case_id: c for c in manifest.cases}
+    """Each validation case's out-of-fold row (Dice and HD95 on its input grid; with a multi-task run also the
+    grade probabilities and log-risk the task predicts, beside the true grade and follow-up), and the mean
+    inference time per case. The run's fold 0 is predicted as ``sarcomakit predict`` would, task state included."""
+    predictor = Predictor.from_run(run_dir, folds=[0], device=config.device)
+    n_labels = len(predictor.plan.labels)
     rows, seconds = [], []
     for case_id in val_ids:
-        case = by_id[case_id]
+        case = manifest[case_id]
         start = time.perf_counter()
         prediction = predictor.predict_case(case)
         seconds.append(time.perf_counter() - start)
@@ -210,10 +207,14 @@ def _evaluate_fold(run_dir: Path, fold: int, plan: Plan, config: TrainConfig, ma
         predicted = sitk.GetArrayFromImage(prediction.mask)
         reference = sitk.GetArrayFromImage(label)
         spacing = tuple(reversed(label.GetSpacing()))
-        hd95 = [hausdorff_distance_95(predicted == k, reference == k, spacing) for k in range(1, len(plan.labels))]
-        rows.append({"case_id": case_id, "fold": fold,
-                     "dice": float(np.mean(segmentation_dice(predicted, reference, len(plan.labels)))),
-                     "hd95": float(np.mean(hd95)) if np.all(np.isfinite(hd95)) else None})
+        hd95 = [hausdorff_distance_95(predicted == k, reference == k, spacing) for k in range(1, n_labels)]
+        row = {"case_id": case_id, "grade_true": case.grade, "time": case.survival_time, "event": case.event,
+               **{k: v for k, v in prediction.row.items() if k in OOF_COLUMNS and k != "case_id"},
+               "dice": float(np.mean(segmentation_dice(predicted, reference, n_labels))),
+               "hd95": float(np.mean(hd95)) if np.all(np.isfinite(hd95)) else None}
+        if "risk_group" in row:
+            row["train_risk_cutoff"] = predictor.fold_states[0].get("risk_cutoff")
+        rows.append(row)
     return rows, float(np.mean(seconds)) if seconds else float("nan")
 
 
@@ -254,7 +255,7 @@ def _run_arm(arm: Arm, setting_dir: Path, folds: list[dict[str, list[str]]], man
         train(cases, plan, run_dir, folds=(0,), config=run_config, resume=True,
               preprocessed_dir=setting_dir.parent / "preprocessed" / _variant_name(plan), console=console)
         train_s.append(time.perf_counter() - start)
-        fold_rows, seconds = _evaluate_fold(run_dir, 0, plan, run_config, manifest, fold["val"])
+        fold_rows, seconds = _evaluate_fold(run_dir, run_config, manifest, fold["val"])
         rows += [{**r, "fold": k, "method": arm.name} for r in fold_rows]
         infer.append(seconds)
     plan = arm_plan(fold_setups[0].plan, arm)
@@ -314,6 +315,7 @@ def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, pla
                                  n_folds: int = 5, config: TrainConfig | None = None,
                                  arms: Sequence[str] = ARMS, settings: Sequence[str] = SETTINGS,
                                  n_bootstrap: int = 1000, thick_factor: float = THICK_FACTOR,
+                                 task: str = "segmentation",
                                  console: Console | None = None) -> dict[str, ComparisonResult]:
     """Run the experiment (module docstring); returns the comparison of each setting run.
 
@@ -328,6 +330,8 @@ def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, pla
         arms: a subset of :data:`ARMS` (``fixed``, the reference, is always run).
         settings: a subset of :data:`SETTINGS`.
         thick_factor: slice thickness of the ``spacing_shift`` copies, as a multiple of each case's own.
+        task: ``segmentation``, or ``multitask`` (segmentation, grade and survival from one network: every arm's
+            grade and survival predictions are compared as well, on the same folds).
     """
     console = console or Console(stderr=True)
     if not thick_factor > 1:
@@ -341,7 +345,10 @@ def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, pla
     labelled = manifest.subset([c.case_id for c in manifest.cases if c.label is not None])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = without_model_selection(config or TrainConfig())
+    if task not in EXPERIMENT_TASKS:
+        raise UserInputError(f"unknown task {task!r} for the preprocessing experiment.",
+                             fix=f"choose {' or '.join(EXPERIMENT_TASKS)}.")
+    config = without_model_selection((config or TrainConfig()).updated(task=task, task_options={}))
     options = {"config": config.model_dump(mode="json"), "folds": n_folds, "thick_slice_factor": thick_factor,
                "plan": plan.model_dump(mode="json") if plan is not None else None,
                "cohort": content_digest(manifest_record(labelled))}
@@ -418,7 +425,7 @@ def learnt_summary(run_dir: Path, fold: int = 0) -> dict[str, str]:
     specs = json.loads(config_path.read_text())["network_options"].get("input_layers", [])
     summary: dict[str, str] = {}
     for i, spec in enumerate(specs):
-        prefix = f"input_layers.{i}."
+        prefix = layer_prefix(state, i)
         name = spec["layer"]
         if name == "window":
             half = torch.exp(state[prefix + "log_width"]) / 2
@@ -461,7 +468,8 @@ def _report(config: TrainConfig, arms: Sequence[str], planned_per_fold: bool, se
                 else "one plan given for every fold (it may have seen validation cases)")
     lines = ["# Fixed vs learnt preprocessing", "",
              f"Arms: {', '.join(arms)}; reference: {REFERENCE} (nnU-Net-style plan, {planning}). "
-             f"Backbone {config.network}, {config.epochs} epochs x {config.iterations_per_epoch} iterations, "
+             f"Task {config.task}, backbone {config.network}, "
+             f"{config.epochs} epochs x {config.iterations_per_epoch} iterations, "
              f"seed {config.seed}, patch {config.patch_size or 'from the plan'}, last epoch kept. "
              "Dice and HD95 on each validation case's input grid.", "",
              *sections]
