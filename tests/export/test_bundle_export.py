@@ -187,3 +187,27 @@ def test_the_preprocessing_is_the_plan_in_monai_transforms(tmp_path: Path) -> No
         assert theirs.shape == ours.shape
         assert np.abs(theirs - ours).max() < 1e-3
         assert theirs[0].min() == pytest.approx((90 - 118) / 21, abs=1e-5)  # clipped at the plan's constants
+
+
+@pytest.mark.parametrize("channels", [["CT"], ["T1", "T2"]])
+def test_cases_are_read_and_named_as_sarcomakit_predict_names_them(tmp_path: Path, channels: list[str]) -> None:
+    run = untrained_run(tmp_path / "run", TrainConfig(network_options=SMALL_RESUNET), plan=small_plan(channels))
+    export_bundle(run, tmp_path / "bundle")
+    images = tmp_path / "images"
+    images.mkdir()
+    names = ["a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz", "b_0001.nii.gz"] if len(channels) > 1 else \
+        ["a.nii.gz", "b_0000.nii.gz"]
+    for name in names:
+        (images / name).touch()
+    parser = ConfigParser()
+    parser.read_config(tmp_path / "bundle" / "configs" / "inference.json")
+    parser.update({"bundle_root": str(tmp_path / "bundle"), "dataset_dir": str(images)})
+    datalist = parser.get_parsed_content("datalist")
+    if len(channels) > 1:
+        assert datalist == [{"image": [str(images / "a_0000.nii.gz"), str(images / "a_0001.nii.gz")]},
+                            {"image": [str(images / "b_0000.nii.gz"), str(images / "b_0001.nii.gz")]}]
+    else:
+        assert datalist == [{"image": str(images / "a.nii.gz")}, {"image": str(images / "b_0000.nii.gz")}]
+    name_of = parser.get_parsed_content("output_name")
+    first = [item["image"][0] if isinstance(item["image"], list) else item["image"] for item in datalist]
+    assert [name_of({"filename_or_obj": f}, None)["subject"] for f in first] == ["a", "b"]

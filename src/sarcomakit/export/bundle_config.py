@@ -139,6 +139,8 @@ def inference_config(plan: Plan, *, patch_size: list[int], overlap: float, sw_ba
                          "map_location=@device, weights_only=True))")
     if single:  # the names MONAI Label and MONAI Deploy look for
         networks["network"] = networks.pop("network_model")
+        if network_def is not None:
+            networks["network"] = "$@network_def.to(@device)"
         loads = [load.replace("@network_model", "@network") for load in loads]
     networks["networks"] = ["@network"] if single else [f"@network_{name}" for name in names]
     pred_keys = [PRED] if single else [f"{PRED}_fold_{f}" for f in folds]
@@ -156,14 +158,16 @@ def inference_config(plan: Plan, *, patch_size: list[int], overlap: float, sw_ba
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         # one case = one file per channel, {case}_{XXXX}{ext} (nnU-Net's naming); a single-channel
         # bundle also takes plain {case}{ext} files
-        "cases": "$sorted({os.path.basename(p)[:-len(@input_ext)] for p in glob.glob(os.path.join(@dataset_dir, '*' "
+        "stems": "$sorted({os.path.basename(p)[:-len(@input_ext)] for p in glob.glob(os.path.join(@dataset_dir, '*' "
                  "+ @input_ext))})",
-        "datalist": ("$[{'image': os.path.join(@dataset_dir, c + @input_ext), 'case_id': c} for c in @cases]"
+        "case_id_of": "$lambda stem: stem[:-5] if stem.endswith('_0000') else stem",
+        "datalist": ("$[{'image': os.path.join(@dataset_dir, stem + @input_ext)} for stem in @stems]"
                      if n_channels == 1 else
-                     "$[{'image': [os.path.join(@dataset_dir, c[:-5] + '_%04d' % i + @input_ext) for i in "
-                     "range(len(@channels))], 'case_id': c[:-5]} for c in @cases if c.endswith('_0000')]"),
-        "output_name": "$lambda meta, saver: {'subject': os.path.basename(str(meta['filename_or_obj']))"
-                       "[:-len(@input_ext)]" + ("" if n_channels == 1 else "[:-5]") + ", 'idx': None}",
+                     "$[{'image': [os.path.join(@dataset_dir, stem[:-5] + '_%04d' % i + @input_ext) for i in "
+                     "range(len(@channels))]} for stem in @stems if stem.endswith('_0000')]"),
+        # masks are named {case}{ext}, as sarcomakit predict names them
+        "output_name": "$lambda meta, saver: {'subject': @case_id_of(os.path.basename(str(meta['filename_or_obj']))"
+                       "[:-len(@input_ext)]), 'idx': None}",
         **networks,
         "preprocessing": preprocessing(plan),
         "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
