@@ -17,9 +17,9 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOTS = ("monai", "torch", "nibabel")
-"""What a MONAI bundle needs: MONAI, PyTorch and the NIfTI reader. ``fire`` (for ``python -m monai.bundle``)
-joins when the test interpreter has it."""
+ROOTS = ("monai", "torch")
+"""What every MONAI bundle needs; a bundle's ``required_packages_version`` (e.g. nibabel, the NIfTI reader) adds
+to it, and ``fire`` (for ``python -m monai.bundle``) joins when the test interpreter has it."""
 
 
 def dependency_closure(roots: tuple[str, ...] = ROOTS) -> list[importlib.metadata.Distribution]:
@@ -50,13 +50,14 @@ def top_level_paths(dist: importlib.metadata.Distribution) -> set[Path]:
     return {base / name for name in names if (base / name).exists()}
 
 
-def make_monai_only_env(folder: Path, roots: tuple[str, ...] = ROOTS) -> Path:
-    """Create the environment in ``folder``; returns its ``python``."""
+def make_monai_only_env(folder: Path, required: tuple[str, ...] = ()) -> Path:
+    """Create the environment in ``folder`` with MONAI, PyTorch and the ``required`` distributions (and their
+    dependencies); returns its ``python``."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
     python = folder / "bin" / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
-    wanted = roots + (("fire",) if _installed("fire") else ())
+    wanted = ROOTS + tuple(required) + (("fire",) if _installed("fire") else ())
     for dist in dependency_closure(wanted):
         for path in top_level_paths(dist):
             link = site / path.name

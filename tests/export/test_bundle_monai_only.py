@@ -3,6 +3,7 @@ with ``sarcomakit predict`` (Dice >= 0.99 per case, same grid)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,28 +39,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         for index, channel in enumerate(manifest.channels):
             shutil.copy(case.images[channel], images / f"{case.case_id}_{index:04d}.nii.gz")
     predict(root / "run", images, root / "predicted", device="cpu")
-    return {"root": root, "run": root / "run", "images": images, "predicted": root / "predicted"}
+    predict(root / "run", images, root / "predicted-fold0-largest", folds=[0], largest_component=True, device="cpu")
+    return {"root": root, "run": root / "run", "images": images, "predicted": root / "predicted",
+            "predicted-fold0-largest": root / "predicted-fold0-largest"}
 
 
-@pytest.mark.slow
-def test_the_bundle_runs_without_sarcomakit_and_agrees_with_predict(trained: dict[str, Path]) -> None:
-    root = trained["root"]
-    bundle = export_bundle(trained["run"], root / "bundle", largest_component=False)
-    assert bundle.folds == [0, 1]
-    python = make_monai_only_env(root / "monai-env")
-    env = clean_environ()
-    assert subprocess.run([str(python), "-c", "import sarcomakit"], env=env, capture_output=True).returncode != 0
-    assert subprocess.run([str(python), "-c", "import monai, nibabel"], env=env, capture_output=True).returncode == 0
-
-    result = run_bundle(python, bundle.path, trained["images"], root / "bundle-masks")
-    assert result.returncode == 0, result.stderr[-3000:]
-
-    predicted = sorted(p.name for p in trained["predicted"].glob("*.nii.gz"))
-    assert sorted(p.name for p in (root / "bundle-masks").glob("*.nii.gz")) == predicted == [
-        f"case{i:02d}.nii.gz" for i in range(4)]
+def compare_masks(predicted: Path, exported: Path) -> dict[str, float]:
+    """Dice per case of the bundle's masks against sarcomakit's, after checking names and grids."""
+    names = sorted(p.name for p in predicted.glob("*.nii.gz"))
+    assert sorted(p.name for p in exported.glob("*.nii.gz")) == names == [f"case{i:02d}.nii.gz" for i in range(4)]
     scores = {}
-    for name in predicted:
-        ours, theirs = (sitk.ReadImage(str(folder / name)) for folder in (trained["predicted"], root / "bundle-masks"))
+    for name in names:
+        ours, theirs = (sitk.ReadImage(str(folder / name)) for folder in (predicted, exported))
         assert theirs.GetSize() == ours.GetSize()
         assert np.allclose(theirs.GetOrigin(), ours.GetOrigin(), atol=1e-4)
         assert np.allclose(theirs.GetSpacing(), ours.GetSpacing(), atol=1e-5)
@@ -68,5 +59,35 @@ def test_the_bundle_runs_without_sarcomakit_and_agrees_with_predict(trained: dic
         assert a.any(), f"{name}: the trained run found no tumour, the comparison would be empty"
         assert set(np.unique(b)) <= {0, 1}
         scores[name] = dice(a > 0, b > 0)
-    print("Dice bundle vs sarcomakit predict:", {k: round(v, 4) for k, v in scores.items()})
+    return scores
+
+
+@pytest.mark.slow
+def test_the_bundle_runs_without_sarcomakit_and_agrees_with_predict(trained: dict[str, Path]) -> None:
+    root = trained["root"]
+    bundle = export_bundle(trained["run"], root / "bundle")
+    assert bundle.folds == [0, 1]
+    # one fold, the single-network layout, with the largest-component postprocessing (which needs scikit-image)
+    single = export_bundle(trained["run"], root / "bundle-fold0", folds=[0], largest_component=True)
+    assert sorted(p.name for p in (single.path / "models").iterdir()) == ["model.pt"]
+    # the environment holds what the bundles declare they need, nothing of sarcomakit
+    required = {name for b in (bundle, single)
+                for name in json.loads((b.path / "configs" / "metadata.json").read_text())["required_packages_version"]}
+    assert required == {"nibabel", "scikit-image"}
+    python = make_monai_only_env(root / "monai-env", tuple(sorted(required)))
+    env = clean_environ()
+    assert subprocess.run([str(python), "-c", "import sarcomakit"], env=env, capture_output=True).returncode != 0
+    assert subprocess.run([str(python), "-c", "import monai, nibabel"], env=env, capture_output=True).returncode == 0
+
+    result = run_bundle(python, bundle.path, trained["images"], root / "bundle-masks")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = compare_masks(trained["predicted"], root / "bundle-masks")
+    print("Dice, bundle (folds averaged) vs sarcomakit predict:", {k: round(v, 4) for k, v in scores.items()})
+    assert min(scores.values()) >= 0.99, scores
+
+    result = run_bundle(python, single.path, trained["images"], root / "bundle-fold0-masks")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = compare_masks(trained["predicted-fold0-largest"], root / "bundle-fold0-masks")
+    print("Dice, bundle (fold 0, largest component) vs sarcomakit predict:",
+          {k: round(v, 4) for k, v in scores.items()})
     assert min(scores.values()) >= 0.99, scores

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -158,8 +159,6 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _umask() -> int:
-    import os
-
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -201,7 +200,9 @@ def bundle_metadata(plan: Plan, config: TrainConfig, run_root: Path, folds: list
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
-        "required_packages_version": {"nibabel": _version("nibabel")},
+        # MONAI's KeepLargestConnectedComponent labels components with scikit-image
+        "required_packages_version": {"nibabel": _version("nibabel"),
+                                      **({"scikit-image": _version("scikit-image")} if largest_component else {})},
         "optional_packages_version": {"fire": _version("fire")},
         "name": f"sarcomakit {config.network} segmentation ({run_root.name})",
         "task": f"3D segmentation of {', '.join(name for name, value in labels if value)} from "
@@ -223,8 +224,8 @@ def bundle_metadata(plan: Plan, config: TrainConfig, run_root: Path, folds: list
                 "num_channels": len(plan.channels), "spatial_shape": patch, "dtype": "float32",
                 "value_range": [], "is_patch_data": True,
                 "channel_def": {str(i): name for i, name in enumerate(plan.channels)},
-                "spacing": [float(s) for s in plan.target_spacing] if plan.resample else None,
-                "axcodes": monai_axcodes(plan.orientation)}},
+                "axcodes": monai_axcodes(plan.orientation),
+                **({"spacing": [float(s) for s in plan.target_spacing]} if plan.resample else {})}},
             "outputs": {"pred": {
                 "type": "image", "format": "segmentation", "num_channels": len(plan.labels), "spatial_shape": patch,
                 "dtype": "float32", "value_range": [0, 1], "is_patch_data": True,
@@ -274,8 +275,9 @@ python -m monai.bundle run --config_file configs/inference.json \\
     --dataset_dir /path/to/images --output_dir /path/to/masks
 ```
 
-(`python -m monai.bundle` needs MONAI's `fire` extra: `pip install "monai[fire]"`; without it, call
-`monai.bundle.run(config_file="configs/inference.json", dataset_dir=..., output_dir=...)` from Python.)
+Needs {', '.join(sorted(['monai', 'torch', *metadata['required_packages_version']]))} (`pip install` them).
+`python -m monai.bundle` also needs MONAI's `fire` extra (`pip install "monai[fire]"`); without it, call
+`monai.bundle.run(config_file="configs/inference.json", dataset_dir=..., output_dir=...)` from Python.
 Input: {input_names} under `dataset_dir`. Output: `{{case}}.nii.gz` masks (uint8, {metadata['label_classes']}) on
 each input's own grid, in `output_dir`.
 
@@ -311,7 +313,8 @@ are given in that order.
 Known small differences from `sarcomakit predict`: `Spacingd` keeps the target spacing exactly where sarcomakit
 stretches it slightly to keep each case's field of view (the voxel counts agree); across thick slices of anisotropic
 data sarcomakit copies the nearest slice where `Spacingd` interpolates; the z-score's nonzero mask is per channel
-without hole filling. On cases whose extent is a whole number of target voxels the masks equal those of
+without hole filling; the bundle computes in float32 where `sarcomakit predict` uses mixed precision on CUDA. On
+cases whose extent is a whole number of target voxels the masks equal those of
 `sarcomakit predict` (Dice 1.0 in sarcomakit's tests); otherwise expect Dice of about 0.98 or more.
 
 ## Intended use

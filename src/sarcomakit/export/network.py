@@ -89,17 +89,20 @@ def export_network(models: Sequence[nn.Module], definition: dict[str, Any] | Non
     Raises:
         UserInputError: neither form reproduces the network (``where`` is the run folder, for the message).
     """
-    probe = torch.randn(2, in_channels, *[int(p) for p in patch_size], generator=torch.Generator().manual_seed(0))
+    window = [int(p) for p in patch_size]
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(1, in_channels, *window, generator=generator)
     if definition is not None and _definition_matches(definition, models, probe):
         return ExportedNetwork(definition=definition, scripted=[])
+    # traced on the sliding window's batch, checked on another batch size: a trace that froze the batch fails
     traced_batch = max(1, int(sw_batch_size))
-    example = torch.randn(traced_batch, in_channels, *[int(p) for p in patch_size])
+    example = torch.randn(traced_batch, in_channels, *window, generator=generator)
+    check = probe if traced_batch != 1 else torch.cat([probe, probe])
     scripted = []
     for model in models:
         try:
             with torch.no_grad():
                 module = torch.jit.trace(model, example, check_trace=False)
-                check = probe[:1] if traced_batch != 1 else probe
                 if not _close(module(check), model(check)):
                     raise RuntimeError("the traced network's output differs from the network's")
         except Exception as exc:  # tracing raises many kinds of errors; all mean the same to the user
