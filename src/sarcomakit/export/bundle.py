@@ -112,7 +112,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, *, folds: Sequence[i
     inference = inference_config(plan, patch_size=patch, overlap=config.sw_overlap,
                                  sw_batch_size=config.sw_batch_size, folds=chosen, network_def=network.definition,
                                  largest_component=largest_component)
-    metadata = bundle_metadata(plan, config, run.root, chosen, checkpoint, network.form, patch,
+    metadata = bundle_metadata(plan, config, run.root.resolve(), chosen, checkpoint, network.form, patch,
                                multitask=bool(notices), largest_component=largest_component, authors=authors,
                                copyright=copyright)
     with atomic_dir(out) as tmp:
@@ -232,7 +232,7 @@ def bundle_metadata(plan: Plan, config: TrainConfig, run_root: Path, folds: list
                 "channel_def": {str(value): name for name, value in labels}}},
         },
         "sarcomakit": {
-            "run": str(run_root), "task": config.task, "network": config.network, "network_form": network_form,
+            "run": run_root.name, "task": config.task, "network": config.network, "network_form": network_form,
             "folds": folds, "checkpoint": checkpoint, "largest_component": largest_component,
             "segmentation_only": multitask, "not_carried": not_carried(multitask),
             "exported_with": {"sarcomakit": _version("sarcomakit"), "python": platform.python_version()},
