@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 
 ROOTS = ("monai", "torch")
 """What every MONAI bundle needs; a bundle's ``required_packages_version`` (e.g. nibabel, the NIfTI reader) adds
-to it, and ``fire`` (for ``python -m monai.bundle``) joins when the test interpreter has it."""
+to it, and ``fire`` (MONAI's command line, ``python -m monai.bundle``) is always added."""
 
 
 def dependency_closure(roots: tuple[str, ...] = ROOTS) -> list[importlib.metadata.Distribution]:
@@ -57,21 +57,13 @@ def make_monai_only_env(folder: Path, required: tuple[str, ...] = ()) -> Path:
     python = folder / "bin" / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
-    wanted = ROOTS + tuple(required) + (("fire",) if _installed("fire") else ())
+    wanted = (*ROOTS, *required, "fire")
     for dist in dependency_closure(wanted):
         for path in top_level_paths(dist):
             link = site / path.name
             if not link.exists():
                 link.symlink_to(path)
     return python
-
-
-def _installed(name: str) -> bool:
-    try:
-        importlib.metadata.distribution(name)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
 
 
 def clean_environ() -> dict[str, str]:
@@ -84,13 +76,9 @@ def clean_environ() -> dict[str, str]:
 def run_bundle(python: Path, bundle: Path, dataset_dir: Path, output_dir: Path) -> subprocess.CompletedProcess:
     """Run the bundle's inference in the environment of ``python``, from the bundle folder.
 
-    ``python -m monai.bundle run`` when the environment has ``fire`` (MONAI's CLI needs it), else the function
-    that command calls, ``monai.bundle.run``, with the same arguments.
+    with MONAI's own command line, ``python -m monai.bundle run`` (``fire``, its CLI's dependency, is a dev
+    dependency and linked into the environment).
     """
     args = {"config_file": "configs/inference.json", "dataset_dir": str(dataset_dir), "output_dir": str(output_dir)}
-    fire = subprocess.run([str(python), "-c", "import fire"], env=clean_environ(), capture_output=True)
-    if fire.returncode == 0:
-        command = [str(python), "-m", "monai.bundle", "run", *[f"--{k}={v}" for k, v in args.items()]]
-    else:
-        command = [str(python), "-c", f"from monai.bundle import run; run(**{args!r})"]
+    command = [str(python), "-m", "monai.bundle", "run", *[f"--{k}={v}" for k, v in args.items()]]
     return subprocess.run(command, cwd=bundle, env=clean_environ(), capture_output=True, text=True, timeout=300)
