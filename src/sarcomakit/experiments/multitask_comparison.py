@@ -27,12 +27,13 @@ from rich.console import Console
 
 from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.io.atomic import write_json
-from sarcomakit.data.folds import make_folds, save_folds
+from sarcomakit.data.folds import make_folds
 from sarcomakit.data.manifest import GRADES, Manifest
 from sarcomakit.evaluation.comparison import ComparisonResult, compare_methods
 from sarcomakit.evaluation.comparison_tables import write_comparison
 from sarcomakit.evaluation.oof import OOF_COLUMNS, OOF_FILE, write_oof
-from sarcomakit.planning.plan import Plan, plan_cohort
+from sarcomakit.experiments.setup import experiment_folds, experiment_plan
+from sarcomakit.planning.plan import Plan
 from sarcomakit.runs.config import TrainConfig
 from sarcomakit.training.api import train
 
@@ -117,14 +118,10 @@ def run_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | None
         methods = [m for m in methods if m != "radiomics"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if plan is None:
-        plan_path = out / "plan.json"
-        plan = Plan.load(plan_path) if plan_path.exists() else plan_cohort(manifest, plan_path)
+    plan = experiment_plan(manifest, out, plan)
     config = config or TrainConfig()
     splits_path = out / "splits.json"
-    if not splits_path.exists():
-        save_folds(make_folds(manifest, n_folds, config.seed, clinical=True), splits_path)
-    folds = __import__("json").loads(splits_path.read_text(encoding="utf-8"))
+    folds = experiment_folds(out, lambda: make_folds(manifest, n_folds, config.seed, clinical=True))
 
     tables = []
     for method in methods:

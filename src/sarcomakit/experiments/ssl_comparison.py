@@ -32,17 +32,14 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from sarcomakit.core.device import select_device
 from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.io.atomic import atomic_path, write_json, write_text
-from sarcomakit.data.folds import make_folds, save_folds
+from sarcomakit.data.folds import make_folds
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_difference
-from sarcomakit.planning.plan import Plan, plan_cohort
-from sarcomakit.planning.preprocess import PreprocessedCase
-from sarcomakit.runs.checkpoint import load_checkpoint
+from sarcomakit.experiments.setup import experiment_folds, experiment_plan, held_out_dice
+from sarcomakit.planning.plan import Plan
 from sarcomakit.runs.config import TrainConfig
-from sarcomakit.tasks.segmentation import SegmentationTask, segmentation_dice
 from sarcomakit.training.api import train
 from sarcomakit.training.finetuning import resolved_warmup_epochs
 
@@ -67,24 +64,6 @@ def _run_manifest(manifest: Manifest, train_ids: Sequence[str], val_ids: Sequenc
     cases = [dataclasses.replace(by_id[c], fold=1) for c in train_ids] + \
         [dataclasses.replace(by_id[c], fold=0) for c in val_ids]
     return Manifest(channels=manifest.channels, cases=cases, labels=manifest.labels, source=manifest.source)
-
-
-def _validation_dice(run_dir: Path, plan: Plan, config: TrainConfig, val_ids: Sequence[str],
-                     preprocessed: Path) -> list[float]:
-    """Mean foreground Dice of each validation case, on the preprocessed grid, with the run's best weights."""
-    device = select_device(config.device)
-    task = SegmentationTask()
-    model = task.build_model(plan, config)
-    model.load_state_dict(load_checkpoint(run_dir / "fold_0" / "checkpoint_best.pt")["model"])
-    model.to(device).eval()
-    scores = []
-    for case_id in val_ids:
-        case = PreprocessedCase.load(preprocessed, case_id)
-        output = task.infer(model, case, plan, config, device, overlap=config.sw_overlap)
-        assert output.probabilities is not None
-        scores.append(float(np.mean(segmentation_dice(output.probabilities.argmax(0).cpu().numpy(),
-                                                      np.asarray(case.label), len(plan.labels)))))
-    return scores
 
 
 def _pretrain(method: str, manifest: Manifest, plan: Plan, config: TrainConfig, run_dir: Path,
@@ -125,13 +104,9 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
                              fix="e.g. --methods scratch,mae,crmae.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if plan is None:
-        plan_path = out / "plan.json"
-        plan = Plan.load(plan_path) if plan_path.exists() else plan_cohort(manifest, plan_path)
+    plan = experiment_plan(manifest, out, plan)
     config = config or TrainConfig()
-    if not (out / "splits.json").exists():
-        save_folds(make_folds(manifest, n_folds, config.seed), out / "splits.json")
-    folds = json.loads((out / "splits.json").read_text(encoding="utf-8"))
+    folds = experiment_folds(out, lambda: make_folds(manifest, n_folds, config.seed))
     preprocessed = out / "preprocessed"
     labelled_ids = {c.case_id for c in manifest.cases if c.label is not None}
     warmup = resolved_warmup_epochs(config.updated(init_checkpoint="pretrained"))
@@ -157,7 +132,7 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
                         init_checkpoint=str(pretrained[method]))
                     train(_run_manifest(manifest, subset, val_ids), plan, run_dir, folds=(0,), config=run_config,
                           resume=True, preprocessed_dir=preprocessed, console=console)
-                    write_json(dice_file, dict(zip(val_ids, _validation_dice(run_dir, plan, run_config, val_ids,
+                    write_json(dice_file, dict(zip(val_ids, held_out_dice(run_dir, plan, run_config, val_ids,
                                                                                 preprocessed), strict=True)))
                 for case_id, dice in json.loads(dice_file.read_text(encoding="utf-8")).items():
                     rows.append({"method": method, "labelled": count, "n_cases": len(subset), "fold": k,
