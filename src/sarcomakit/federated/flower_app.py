@@ -203,7 +203,7 @@ class SiteHistory:
 def recording(cls: type, history: SiteHistory) -> type:
     """``cls`` (a Message-API strategy) that also records every training reply in ``history``."""
 
-    class Recording(cls):  # type: ignore[misc, valid-type]
+    class Recording(cls):
         def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
             replies = list(replies)
             for msg in replies:
