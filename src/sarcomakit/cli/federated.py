@@ -81,14 +81,15 @@ def flower_project_command(
     secure_aggregation: bool = typer.Option(False, "--secure-aggregation",
                                             help="SecAgg+ (FedAvg only): the server sees only the sum."),
 ) -> None:
-    """Write the Flower app project (pyproject.toml) that `flwr run APP_DIR FEDERATION` submits to a SuperLink."""
+    """Write the Flower app project (pyproject.toml) that `flwr run APP_DIR SUPERLINK` submits to a SuperLink."""
     from sarcomakit.federated.flower_project import write_flower_project
 
     path = write_flower_project(app_dir, {
         "plan": str(plan.resolve()), "config": str(config_file.resolve()) if config_file else "",
         "out": str(run_dir.resolve()), "strategy": strategy, "num-server-rounds": rounds, "local-steps": local_steps,
         "min-nodes": min_nodes, "proximal-mu": mu, "secure-aggregation": secure_aggregation})
-    Console(stderr=True).print(f"written: {path} (submit it with: flwr run {app_dir} FEDERATION)", highlight=False)
+    Console(stderr=True).print(f"written: {path} (submit it with: flwr run {app_dir} SUPERLINK, a connection "
+                               "named in $FLWR_HOME/config.toml)", highlight=False)
 
 
 def federated_experiment_command(

@@ -1,7 +1,8 @@
 """The Flower app project folder that ``flwr run`` submits, and the SuperLink connection file it reads.
 
-``flwr run APP_DIR FEDERATION`` packs ``APP_DIR`` (a ``pyproject.toml`` naming the ``ServerApp`` and
-``ClientApp`` and holding the run config's defaults) into a Flower App Bundle and sends it to the SuperLink.
+``flwr run APP_DIR SUPERLINK`` (a connection named in ``$FLWR_HOME/config.toml``) packs ``APP_DIR`` (a
+``pyproject.toml`` naming the ``ServerApp`` and ``ClientApp`` and holding the run config's defaults) into a
+Flower App Bundle and sends it to the SuperLink.
 Here the apps live in the installed package (:mod:`sarcomakit.federated.flower_app`), so the folder holds only
 that ``pyproject.toml``: nothing is installed at run time (the SuperLink runs with
 ``--disable-runtime-dependency-installation``, SuperNodes never install by default), and every site runs the
@@ -65,7 +66,7 @@ def flower_project_toml(run_config: Mapping[str, ConfigValue] | None = None) -> 
                              fix=f"use keys among {', '.join(RUN_CONFIG_DEFAULTS)}.")
     values.update(run_config or {})
     lines = [
-        "# The sarcomakit Flower app: `flwr run . FEDERATION` submits it to a SuperLink (see",
+        "# The sarcomakit Flower app: `flwr run . SUPERLINK` submits it to a SuperLink (see",
         "# docs/federated-learning.md). The apps come from the installed sarcomakit; nothing is installed at run time.",
         "[build-system]",
         'requires = ["hatchling"]',
