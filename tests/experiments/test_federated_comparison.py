@@ -60,6 +60,10 @@ def test_experiment_compares_every_method_on_the_same_held_out_cases(tmp_path: P
     cost = pd.read_csv(out / "cost.csv").set_index("run")
     assert cost.loc["fedavg", "sites"] == 3 and cost.loc["centralised", "sites"] == 1
     assert cost.loc["fedavg", "bytes_per_round_all_sites"] == 6 * cost.loc["fedavg", "bytes_each_way"] > 0
+    attack = pd.read_csv(out / "membership.csv").set_index("method")
+    assert list(attack.index) == ["centralised", "fedavg", "fedprox", "dp_fedavg"]  # every global model
+    assert (attack["members"] == 6).all() and (attack["non_members"] == 3).all()
+    assert attack["attack_auc"].between(0, 1).all()
     assert (out / "federated_comparison.png").stat().st_size > 1000
     assert "vs centralised" in (out / "comparison.md").read_text()
     Manifest.load(manifest.source)  # the input manifest is untouched and still loads

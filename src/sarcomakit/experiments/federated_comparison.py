@@ -15,7 +15,9 @@ Each model runs ``rounds`` rounds of ``local_steps`` optimisation steps from the
 round restarts the local optimiser, centralised and local runs too). Scored by Dice on every site's test cases:
 mean Dice with a bootstrap 95% interval per site and over all test cases, and the paired difference against
 ``centralised`` on the same cases. The bytes a site sends each way per round are the serialised size of the
-weights.
+weights. An empirical privacy check attacks every global model (not the per-site local ones): "a case on
+which the model's Dice is higher was a training case", reported as the attack's AUC over the training cases
+(members) and the test cases (non-members).
 
 ```
 EXP/
@@ -25,6 +27,7 @@ EXP/
   dice.csv                     Dice per test case: method, site, case_id, dice
   comparison.csv/.md           per method and site (and "all"): Dice [95% CI], difference vs centralised
   cost.csv                     per method: rounds, local steps, bytes each way per site and round, wall time
+  membership.csv               per global model: a Dice-threshold membership-inference attack's AUC
   federated_comparison.png, experiment.json
 ```
 Every run resumes: finished runs are reused when the experiment is rerun.
@@ -47,7 +50,8 @@ from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.io.atomic import write_json, write_text
 from sarcomakit.data.manifest import Case, Manifest
 from sarcomakit.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_difference
-from sarcomakit.experiments.setup import Folds, experiment_folds, experiment_plan, held_out_dice
+from sarcomakit.evaluation.classification import binary_auc
+from sarcomakit.experiments.setup import Folds, case_dice, experiment_folds, experiment_plan
 from sarcomakit.federated.simulation import FederatedSettings, simulate, site_groups, split_site
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import preprocess_cohort
@@ -137,12 +141,14 @@ def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: P
              for case in ids}
     plan = experiment_plan(manifest.subset(train_ids), out, plan)
     preprocessed = out / "preprocessed"
-    outcome = preprocess_cohort(manifest.subset(test_ids), plan, preprocessed, show_progress=False)
+    outcome = preprocess_cohort(manifest.subset(train_ids + test_ids), plan, preprocessed, show_progress=False)
     scorable = [c for c in test_ids if c not in outcome.failures]
+    members = [c for c in train_ids if c not in outcome.failures]
     base = FederatedSettings(strategy="fedavg", rounds=rounds, local_steps=local_steps, site_column=site_column,
                              val_fraction=0.0)
 
     rows: list[dict[str, Any]] = []
+    attacks: list[dict[str, Any]] = []
     costs: dict[str, dict[str, Any]] = {}
     for method in methods:
         console.rule(method)
@@ -162,7 +168,10 @@ def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: P
         run_dir = out / "runs" / method
         costs[method] = _train(run_dir, _relabel_sites(manifest, train_ids, site_column, pooled), plan, config,
                                settings, preprocessed, console)
-        rows += _scored(method, run_dir, plan, config, scorable, sites, preprocessed)
+        scored = _scored(method, run_dir, plan, config, scorable, sites, preprocessed)
+        rows += scored
+        attacks.append(membership_attack(method, case_dice(run_dir, plan, config, members, preprocessed),
+                                         [row["dice"] for row in scored]))
 
     per_case = pd.DataFrame(rows)
     write_text(out / "dice.csv", per_case.to_csv(index=False))
@@ -174,7 +183,10 @@ def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: P
         for name, value in costs.items()])
     cost["bytes_per_round_all_sites"] = 2 * cost["bytes_each_way"] * cost["sites"]
     write_text(out / "cost.csv", cost.to_csv(index=False))
-    write_text(out / "comparison.md", comparison_markdown(table) + "\n" + cost_markdown(cost))
+    membership = pd.DataFrame(attacks)
+    write_text(out / "membership.csv", membership.to_csv(index=False))
+    write_text(out / "comparison.md", comparison_markdown(table) + "\n" + cost_markdown(cost) + "\n"
+               + membership_markdown(membership))
     plot_site_dice(table, out / "federated_comparison.png")
     write_json(out / "experiment.json", {
         "methods": list(methods), "rounds": rounds, "local_steps": local_steps, "mu": mu, "dp_epsilon": dp_epsilon,
@@ -184,9 +196,30 @@ def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: P
     return table
 
 
+def membership_attack(method: str, member_dice: Sequence[float], non_member_dice: Sequence[float]) -> dict[str, Any]:
+    """A threshold membership-inference attack on the global model: "a case on which the model scores a higher
+    Dice was a training case". Its AUC over the training (member) and test (non-member) cases: 0.5 is no
+    leak; the closer to 1, the more the model's behaviour gives its training patients away."""
+    scores = np.array([*member_dice, *non_member_dice], dtype=float)
+    members = np.array([True] * len(member_dice) + [False] * len(non_member_dice))
+    return {"method": method, "members": len(member_dice), "non_members": len(non_member_dice),
+            "member_dice": float(np.mean(member_dice)), "non_member_dice": float(np.mean(non_member_dice)),
+            "attack_auc": binary_auc(members, scores)}
+
+
+def membership_markdown(membership: pd.DataFrame) -> str:
+    """The membership-inference attack per global model as a Markdown table."""
+    lines = ["| model | members / non-members | mean Dice members | mean Dice non-members | attack AUC |",
+             "| --- | --- | --- | --- | --- |"]
+    for _, row in membership.iterrows():
+        lines.append(f"| {row['method']} | {row['members']} / {row['non_members']} | {row['member_dice']:.3f} | "
+                     f"{row['non_member_dice']:.3f} | {row['attack_auc']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _scored(method: str, run_dir: Path, plan: Plan, config: TrainConfig, case_ids: Sequence[str],
             sites: dict[str, str], preprocessed: Path) -> list[dict[str, Any]]:
-    scores = held_out_dice(run_dir, plan, config, case_ids, preprocessed)
+    scores = case_dice(run_dir, plan, config, case_ids, preprocessed)
     return [{"method": method, "site": sites[c], "case_id": c, "dice": d}
             for c, d in zip(case_ids, scores, strict=True)]
 

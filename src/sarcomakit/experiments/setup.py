@@ -1,5 +1,5 @@
 """What every comparison experiment sets up first: its folds and its plan, made once and reloaded on a rerun; and
-the Dice of a run's model on held-out preprocessed cases.
+the Dice of a run's model on preprocessed cases.
 
 The folds are written first (``splits.json``) so that a plan can be made on the training cases alone; both are
 reused when the experiment resumes, so every method sees the same folds and the same preprocessing.
@@ -41,7 +41,7 @@ def experiment_plan(planning_cases: Manifest, out: Path, plan: Plan | None = Non
     return Plan.load(plan_path) if plan_path.exists() else plan_cohort(planning_cases, plan_path)
 
 
-def held_out_dice(run_dir: Path, plan: Plan, config: TrainConfig, case_ids: Sequence[str],
+def case_dice(run_dir: Path, plan: Plan, config: TrainConfig, case_ids: Sequence[str],
                   preprocessed: Path) -> list[float]:
     """Mean foreground Dice of each case, on the preprocessed grid, with the run's ``fold_0`` best weights."""
     device = select_device(config.device)

@@ -37,7 +37,7 @@ from sarcomakit.core.io.atomic import atomic_path, write_json, write_text
 from sarcomakit.data.folds import make_folds
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_difference
-from sarcomakit.experiments.setup import experiment_folds, experiment_plan, held_out_dice
+from sarcomakit.experiments.setup import case_dice, experiment_folds, experiment_plan
 from sarcomakit.planning.plan import Plan
 from sarcomakit.runs.config import TrainConfig
 from sarcomakit.training.api import train
@@ -132,7 +132,7 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
                         init_checkpoint=str(pretrained[method]))
                     train(_run_manifest(manifest, subset, val_ids), plan, run_dir, folds=(0,), config=run_config,
                           resume=True, preprocessed_dir=preprocessed, console=console)
-                    write_json(dice_file, dict(zip(val_ids, held_out_dice(run_dir, plan, run_config, val_ids,
+                    write_json(dice_file, dict(zip(val_ids, case_dice(run_dir, plan, run_config, val_ids,
                                                                                 preprocessed), strict=True)))
                 for case_id, dice in json.loads(dice_file.read_text(encoding="utf-8")).items():
                     rows.append({"method": method, "labelled": count, "n_cases": len(subset), "fold": k,
