@@ -35,18 +35,15 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from sarcomakit.core.device import select_device
 from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.io.atomic import atomic_path, write_json, write_text
-from sarcomakit.data.folds import make_folds, save_folds
+from sarcomakit.data.folds import make_folds
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_difference
 from sarcomakit.experiments.protocol import plan_training_cases, without_model_selection
+from sarcomakit.experiments.setup import case_dice, experiment_folds
 from sarcomakit.planning.plan import Plan
-from sarcomakit.planning.preprocess import PreprocessedCase
-from sarcomakit.runs.checkpoint import load_checkpoint
 from sarcomakit.runs.config import TrainConfig
-from sarcomakit.tasks.segmentation import SegmentationTask, segmentation_dice
 from sarcomakit.training.api import train
 from sarcomakit.training.finetuning import resolved_warmup_epochs
 
@@ -75,24 +72,6 @@ def _run_manifest(manifest: Manifest, train_ids: Sequence[str], val_ids: Sequenc
     cases = [dataclasses.replace(by_id[c], fold=1) for c in train_ids] + \
         [dataclasses.replace(by_id[c], fold=0) for c in val_ids]
     return Manifest(channels=manifest.channels, cases=cases, labels=manifest.labels, source=manifest.source)
-
-
-def _validation_dice(run_dir: Path, plan: Plan, config: TrainConfig, val_ids: Sequence[str],
-                     preprocessed: Path) -> list[float]:
-    """Mean foreground Dice of each validation case, on the preprocessed grid, with the run's best weights."""
-    device = select_device(config.device)
-    task = SegmentationTask()
-    model = task.build_model(plan, config)
-    model.load_state_dict(load_checkpoint(run_dir / "fold_0" / "checkpoint_best.pt")["model"])
-    model.to(device).eval()
-    scores = []
-    for case_id in val_ids:
-        case = PreprocessedCase.load(preprocessed, case_id)
-        output = task.infer(model, case, plan, config, device, overlap=config.sw_overlap)
-        assert output.probabilities is not None
-        scores.append(float(np.mean(segmentation_dice(output.probabilities.argmax(0).cpu().numpy(),
-                                                      np.asarray(case.label), len(plan.labels)))))
-    return scores
 
 
 def _pretrain(method: str, manifest: Manifest, plan: Plan, config: TrainConfig, run_dir: Path,
@@ -142,9 +121,7 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
                                  f"{', '.join(misfits)}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / "splits.json").exists():
-        save_folds(make_folds(manifest, n_folds, config.seed), out / "splits.json")
-    folds = json.loads((out / "splits.json").read_text(encoding="utf-8"))
+    folds = experiment_folds(out, lambda: make_folds(manifest, n_folds, config.seed))
     labelled_ids = {c.case_id for c in manifest.cases if c.label is not None}
     warmup = resolved_warmup_epochs(config.updated(init_checkpoint="pretrained"))
     finetune = without_model_selection(config.updated(task="segmentation", task_options={}, n_folds=2,
@@ -172,8 +149,8 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
                         init_checkpoint=str(pretrained[method]))
                     train(_run_manifest(manifest, subset, val_ids), fold_plan, run_dir, folds=(0,),
                           config=run_config, resume=True, preprocessed_dir=preprocessed, console=console)
-                    write_json(dice_file, dict(zip(val_ids, _validation_dice(run_dir, fold_plan, run_config, val_ids,
-                                                                                preprocessed), strict=True)))
+                    write_json(dice_file, dict(zip(val_ids, case_dice(run_dir, fold_plan, run_config, val_ids,
+                                                                         preprocessed), strict=True)))
                 for case_id, dice in json.loads(dice_file.read_text(encoding="utf-8")).items():
                     rows.append({"method": method, "labelled": count, "n_cases": len(subset), "fold": k,
                                  "case_id": case_id, "dice": dice})
