@@ -199,3 +199,11 @@ def test_secure_aggregation_equals_fedavg_within_quantisation_and_hides_each_upd
     assert error <= bound
     # the aggregate is not any one site's update: that would differ from FedAvg by far more than the bound
     assert all(max(float((w[k] - plain[k]).abs().max()) for k in plain) > 10 * bound for w, _ in updates)
+
+
+def test_client_app_handlers_pass_in_the_flower_venv() -> None:
+    """test_flower_app.py needs flwr, which only the Flower venv has: run it there (it skips in the main venv)."""
+    result = run_bounded([str(FLOWER_VENV / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "-o", "addopts=", str(Path(__file__).with_name("test_flower_app.py"))],
+                         dict(os.environ), 600)
+    assert result.returncode == 0 and " passed" in result.stdout and "skipped" not in result.stdout, result.stdout
