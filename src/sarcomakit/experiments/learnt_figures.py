@@ -70,8 +70,9 @@ def _window_curves(layer: LearnableWindow, initial: LearnableWindow, index: int)
 def learnt_intensity_figure(run_dirs: Sequence[Path], out_png: Path) -> Path | None:
     """One panel per learnt window or standard scale over ``run_dirs`` (each an arm's run folder); None when no
     run has such a layer."""
-    panels = [(run_dir.parent.name, name, layer, start) for run_dir in run_dirs
-              for name, layer, start in learnt_intensity_layers(run_dir)]
+    panels = [(run_dir.parent.name, name, layer, start, index) for run_dir in run_dirs
+              for name, layer, start in learnt_intensity_layers(run_dir)
+              for index in (range(len(layer.channels)) if isinstance(layer, LearnableWindow) else [None])]
     if not panels:
         return None
     import matplotlib
@@ -82,13 +83,12 @@ def learnt_intensity_figure(run_dirs: Sequence[Path], out_png: Path) -> Path | N
     from sarcomakit.reporting.figures import save_png
 
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for axis, (arm, name, layer, start) in zip(axes[0], panels, strict=True):
-        if isinstance(layer, LearnableWindow):
-            for index, channel in enumerate(layer.channels):
-                x, y, y0 = _window_curves(layer, start, index)
-                axis.plot(x, y0, "--", color="grey", label="initial (plan's clip and z-score)" if index == 0 else None)
-                axis.plot(x, y, color=f"C{index}", label=f"learnt, channel {channel}")
-            axis.set_xlabel("input intensity")
+    for axis, (arm, name, layer, start, index) in zip(axes[0], panels, strict=True):
+        if isinstance(layer, LearnableWindow):  # one panel per windowed channel: CT and PET scales differ
+            x, y, y0 = _window_curves(layer, start, index)
+            axis.plot(x, y0, "--", color="grey", label="initial (plan's clip and z-score)")
+            axis.plot(x, y, color="C0", label="learnt")
+            axis.set_xlabel(f"input intensity, channel {layer.channels[index]}")
             axis.set_ylabel("network input")
         else:
             with torch.no_grad():
