@@ -21,7 +21,8 @@ METHODS = ("multitask", "segmentation_only", "grade_only", "survival_only", "rad
 def experiment_command(
     manifest: Path = typer.Argument(..., help="Cohort manifest with labels, grade and survival."),
     out_dir: Path = typer.Option(Path("experiments/multitask"), "--out", "-o", help="Experiment folder (resumable)."),
-    plan: Path = typer.Option(None, "--plan", help="Plan JSON (default: planned on the cohort)."),
+    plan: Path = typer.Option(None, "--plan",
+                              help="One plan for every fold (default: each fold planned on its own training cases)."),
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds (stratified by grade and event)."),
     methods: str = typer.Option(",".join(METHODS), "--methods", help="Comma list of methods to run."),
     reference: str = typer.Option("multitask", "--reference", help="Method the others are compared with."),

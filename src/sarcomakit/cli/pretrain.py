@@ -89,7 +89,8 @@ def register(app: typer.Typer) -> None:
 def ssl_experiment_command(
     manifest: Path = typer.Argument(..., help="Labelled cohort manifest (cases without labels only pretrain)."),
     out_dir: Path = typer.Option(Path("experiments/ssl"), "--out", "-o", help="Experiment folder (resumable)."),
-    plan: Path = typer.Option(None, "--plan", help="Plan JSON (default: planned on the cohort)."),
+    plan: Path = typer.Option(None, "--plan",
+                              help="One plan for every fold (default: each fold planned on its own training cases)."),
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
     labelled: str = typer.Option("2,4,8,all", "--labelled", help="Numbers of labelled training cases per fold."),
     methods: str = typer.Option("scratch,mae,crmae", "--methods", help="scratch and pretraining methods (mae, "
