@@ -22,7 +22,7 @@ if [ -z "${TOOL:-}" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "no working podman or docker: installing podman, buildah, runc and debootstrap with apt-get"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      podman buildah runc debootstrap uidmap fuse-overlayfs netavark aardvark-dns slirp4netns curl >/dev/null \
+      podman buildah runc debootstrap uidmap fuse-overlayfs netavark aardvark-dns iptables slirp4netns curl >/dev/null \
       || { say "apt-get install failed"; exit 2; }
     TOOL=podman
   else
@@ -121,9 +121,15 @@ expect "missing mount: one-line error" one_line_error "$work/missing-mount.log"
 # the server: published port, datastore volume (network on, as a server needs)
 server_flags=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
 [ "$TOOL" = podman ] || server_flags=()
+start_server() {
+  ctr run -d "${server_flags[@]}" "$@" -p "127.0.0.1:$PORT:8000" -v "$work/datastore:/datastore" "$SERVER" \
+    2>>"$work/server-start.log"
+}
 t0=$(date +%s)
-if server_id=$(ctr run -d "${server_flags[@]}" -p "127.0.0.1:$PORT:8000" -v "$work/datastore:/datastore" \
-    "$SERVER" 2>"$work/server-start.log"); then
+# podman's bridge network needs iptables on the host; where it cannot be set up, user-mode networking
+# (slirp4netns) publishes the port as well
+if server_id=$(start_server) || { [ "$TOOL" = podman ] && server_id=$(start_server --network slirp4netns) \
+    && say "podman's default network failed ($(head -1 "$work/server-start.log")); used slirp4netns"; }; then
   info=
   for _ in $(seq 1 90); do
     info=$(curl -sf --max-time 5 "http://127.0.0.1:$PORT/info/") && break
