@@ -45,9 +45,9 @@ CLI=$IMAGE:cpu
 SERVER=$IMAGE:server-cpu
 timings=$(mktemp)
 work=$(mktemp -d /tmp/sarcomakit-image-test.XXXXXX)
-server_id=
+server_name=sarcomakit-image-test-$$
 cleanup() {
-  [ -z "$server_id" ] || ctr rm -f "$server_id" >/dev/null 2>&1
+  ctr rm -f "$server_name" >/dev/null 2>&1
   if [ "$TOOL" = podman ] && [ "$(id -u)" != 0 ]; then podman unshare rm -rf "$work"; else rm -rf "$work"; fi
   rm -f "$timings"
 }
@@ -122,7 +122,8 @@ expect "missing mount: one-line error" one_line_error "$work/missing-mount.log"
 server_flags=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
 [ "$TOOL" = podman ] || server_flags=()
 start_server() {
-  ctr run -d "${server_flags[@]}" "$@" -p "127.0.0.1:$PORT:8000" -v "$work/datastore:/datastore" "$SERVER" \
+  ctr rm -f "$server_name" >/dev/null 2>&1   # a container left by a start that failed
+  ctr run -d --name "$server_name" "${server_flags[@]}" "$@" -p "127.0.0.1:$PORT:8000" -v "$work/datastore:/datastore" "$SERVER" \
     2>>"$work/server-start.log"
 }
 t0=$(date +%s)
@@ -142,7 +143,7 @@ if server_id=$(start_server) || { [ "$TOOL" = podman ] && server_id=$(start_serv
     results+=("FAIL  server answers /info/ on port $PORT"); failures=$((failures + 1))
     say "server log:"; tail -20 "$work/server.log" >&2
   fi
-  ctr rm -f "$server_id" >/dev/null 2>&1; server_id=
+  ctr rm -f "$server_name" >/dev/null 2>&1
 else
   results+=("FAIL  server starts"); failures=$((failures + 1)); cat "$work/server-start.log" >&2
 fi
