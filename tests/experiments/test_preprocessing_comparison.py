@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -60,7 +61,7 @@ def test_experiment_runs_end_to_end(tiny_cohort: Manifest, tmp_path: Path) -> No
     for arm in ARMS:
         assert f"| {arm} |" in report  # every arm has a cost row
     assert "What the layers learnt" in report and "zoom (z, y, x)" in report
-    for setting in ("in_domain", "loso"):
+    for setting in ("in_domain", "loso", "spacing_shift"):
         oof = pd.read_csv(out / setting / "oof_predictions.csv")
         assert set(oof["method"]) == set(ARMS)
         assert oof.groupby("method").size().eq(len(tiny_cohort.cases)).all()  # every case validated once per arm
@@ -73,10 +74,41 @@ def test_experiment_runs_end_to_end(tiny_cohort: Manifest, tmp_path: Path) -> No
     assert by_arm.loc["fixed", "input_layer_parameters"] == 0
     assert by_arm.loc["all", "input_layer_parameters"] > by_arm.loc["window", "input_layer_parameters"] > 0
     assert by_arm.loc["obelisk", "input_layer_parameters"] > 0
-    run_config = json.loads((out / "loso" / "runs" / "all" / "config.json").read_text())
+    run_config = json.loads((out / "loso" / "runs" / "all" / "split_0" / "config.json").read_text())
     assert [s["layer"] for s in run_config["network_options"]["input_layers"]] == list(ARM_DEFINITIONS["all"].layers)
+    assert run_config["checkpoint_selection"] == "last"  # no epoch chosen by the scored cases
+    # each fold planned on its training cases: the held-out site's thicker slices are not in the plan
+    for k, fold in enumerate(json.loads((out / "loso" / "splits.json").read_text())):
+        fingerprint = json.loads((out / "loso" / "plans" / f"split_{k}" / "fingerprint.json").read_text())
+        assert sorted([c["case_id"] for c in fingerprint["cases"]]) == sorted(fold["train"])
+    shift = json.loads((out / "spacing_shift" / "splits.json").read_text())
+    assert all(c.endswith("-thick") for c in shift[0]["val"] + shift[1]["train"])
+    assert (out / "in_domain" / "learnt_intensity.png").is_file()
+    assert "learnt_intensity.png" in report
     # resumable: a rerun reuses every finished arm
     again = CliRunner().invoke(app, ["experiment", "preprocessing", str(tiny_cohort.source), "--out", str(out),
                                      "--folds", "2", "--bootstrap", "20", "--config", str(config_path),
                                      "--device", "cpu"])
     assert again.exit_code == 0, again.output
+
+
+@pytest.mark.slow
+def test_experiment_compares_grade_and_survival_with_the_multitask_option(tiny_cohort: Manifest,
+                                                                          tmp_path: Path) -> None:
+    from sarcomakit.experiments.preprocessing_comparison import run_preprocessing_experiment
+
+    config = TrainConfig(network_options={"channels": [4, 8], "num_res_units": 1}, epochs=1, iterations_per_epoch=1,
+                         batch_size=2, patch_size=[16, 32, 32], device="cpu", amp=False, num_workers=0,
+                         augmentation="none", sw_overlap=0.0)
+    results = run_preprocessing_experiment(tiny_cohort, tmp_path / "exp", n_folds=2, config=config,
+                                           arms=["window", "obelisk"], settings=["loso"], n_bootstrap=20,
+                                           task="multitask")
+    oof = pd.read_csv(tmp_path / "exp" / "loso" / "oof_predictions.csv")
+    assert set(oof["method"]) == {"fixed", "window", "obelisk"}
+    probabilities = oof[["p_low", "p_intermediate", "p_high"]]
+    assert probabilities.notna().all().all() and np.allclose(probabilities.sum(axis=1), 1, atol=1e-3)
+    assert oof["log_risk"].notna().all() and oof["grade_true"].notna().all() and oof["dice"].between(0, 1).all()
+    metrics = set(results["loso"].table.index)
+    assert "dice_mean" in metrics and any("auc" in m for m in metrics) and any("c_index" in m for m in metrics)
+    run_config = json.loads((tmp_path / "exp" / "loso" / "runs" / "window" / "split_0" / "config.json").read_text())
+    assert run_config["task"] == "multitask"

@@ -43,6 +43,10 @@ def test_ssl_experiment_end_to_end(tiny_cohort, tmp_path: Path) -> None:  # noqa
     for k, fold in enumerate(splits):  # pretraining saw the fold's training cases only
         pretrained_on = json.loads((out / "pretrain" / "mae" / f"fold_{k}" / "splits.json").read_text("utf-8"))[0]
         assert set(pretrained_on["train"]) | set(pretrained_on["val"]) == set(fold["train"])
+        fingerprint = json.loads((out / "plans" / f"fold_{k}" / "fingerprint.json").read_text("utf-8"))
+        assert {c["case_id"] for c in fingerprint["cases"]} == set(fold["train"])  # planned without its val cases
+        run_config = json.loads((out / "runs" / "mae" / "n2" / f"fold_{k}" / "config.json").read_text("utf-8"))
+        assert run_config["checkpoint_selection"] == "last"
         report_path = out / "runs" / "mae" / "n2" / f"fold_{k}" / "fold_0" / "init_report.json"
         report = json.loads(report_path.read_text("utf-8"))
         assert report["expected"] == len(report["loaded"]) > 0
@@ -56,3 +60,37 @@ def test_ssl_experiment_end_to_end(tiny_cohort, tmp_path: Path) -> None:  # noqa
                                      "--labelled", "2,all", "--methods", "scratch,mae", "--config", str(config),
                                      "--bootstrap", "50"], catch_exceptions=False)
     assert again.exit_code == 0 and "pretraining" not in again.output  # everything reused
+
+
+def test_a_transformer_method_on_the_wrong_network_is_refused_before_any_work(tiny_cohort, tmp_path: Path) -> None:  # noqa: ANN001
+    config = tmp_path / "config.json"
+    config.write_text(SMALL)
+    result = CliRunner().invoke(app, ["experiment", "ssl", str(tiny_cohort.source), "--out", str(tmp_path / "exp"),
+                                      "--methods", "scratch,mae,vit_mae", "--config", str(config)])
+    assert result.exit_code == 2 and "vit_mae cannot pretrain a resunet" in result.output
+    assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.slow
+def test_ssl_experiment_with_simmim_on_unetr(tiny_cohort, tmp_path: Path) -> None:  # noqa: ANN001
+    config = tmp_path / "config.json"
+    tiny_vit = {"hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "feature_size": 8}
+    config.write_text(SMALL.replace('{"channels": [8, 16, 32], "num_res_units": 1}', json.dumps(tiny_vit)))
+    out = tmp_path / "exp"
+    result = CliRunner().invoke(app, ["experiment", "ssl", str(tiny_cohort.source), "--out", str(out), "--folds", "2",
+                                      "--labelled", "2", "--methods", "scratch,simmim", "--network", "unetr",
+                                      "--config", str(config), "--bootstrap", "20"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    dice = pd.read_csv(out / "dice.csv")
+    assert sorted(dice["method"].unique()) == ["scratch", "simmim"]
+    for k in range(2):  # the same validation cases for both, and every ViT tensor loaded into UNETR
+        fold = dice[dice["fold"] == k]
+        assert sorted(fold.loc[fold["method"] == "simmim", "case_id"]) == \
+            sorted(fold.loc[fold["method"] == "scratch", "case_id"])
+        report = json.loads((out / "runs" / "simmim" / "n2" / f"fold_{k}" / "fold_0" / "init_report.json")
+                            .read_text("utf-8"))
+        assert report["expected"] == len(report["loaded"]) and all(key.startswith("vit.") for key in report["loaded"])
+        pretrain_config = json.loads((out / "pretrain" / "simmim" / f"fold_{k}" / "config.json").read_text("utf-8"))
+        assert pretrain_config["network"] == "unetr" and pretrain_config["task"] == "simmim"
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert comparison.loc[comparison["method"] == "simmim", "difference"].notna().all()

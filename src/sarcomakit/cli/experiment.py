@@ -70,14 +70,16 @@ class _MultitaskByDefault(TyperGroup):
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``experiment`` (``multitask``, the default, ``ssl`` and ``preprocessing``)."""
+    """Add ``experiment`` (``multitask``, the default, ``ssl``, ``preprocessing`` and ``federated``)."""
+    from sarcomakit.cli.federated import federated_experiment_command
     from sarcomakit.cli.learnt_preprocessing import preprocessing_experiment_command
     from sarcomakit.cli.pretrain import ssl_experiment_command
 
     group = typer.Typer(cls=_MultitaskByDefault, no_args_is_help=True,
                         help="Compare methods on the same folds: multi-task (default), self-supervised pretraining, "
-                             "or fixed vs learnt preprocessing.")
+                             "fixed vs learnt preprocessing, or federated vs centralised vs local training.")
     group.command("multitask")(experiment_command)
     group.command("ssl")(ssl_experiment_command)
     group.command("preprocessing")(preprocessing_experiment_command)
+    group.command("federated")(federated_experiment_command)
     app.add_typer(group, name="experiment")

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-federated_app = typer.Typer(help="Federated training across sites (in-process simulation).", no_args_is_help=True)
+federated_app = typer.Typer(help="Federated training across sites: in-process simulation, or the Flower app for a "
+                                 "deployment across hospitals.", no_args_is_help=True)
 
 
 @federated_app.command("simulate")
@@ -64,6 +65,67 @@ def simulate_command(
         console.print(f"site {name}: epsilon {summary['epsilon']:.2f} at delta {summary['delta']:.2g} "
                       f"(unit: patient)", highlight=False)
     console.print(f"{result.rounds_run} round(s); global checkpoints in {result.run_dir / 'fold_0'}", highlight=False)
+
+
+@federated_app.command("flower-project")
+def flower_project_command(
+    app_dir: Path = typer.Argument(..., help="Folder to write the Flower app's pyproject.toml into."),
+    plan: Path = typer.Option(..., "--plan", help="Plan JSON shared by every site (a path on the server)."),
+    config_file: Path = typer.Option(None, "--config", help="TrainConfig JSON shared by every site."),
+    run_dir: Path = typer.Option(Path("runs/flower"), "--out", "-o", help="Global run folder (on the server)."),
+    strategy: str = typer.Option("fedavg", "--strategy", help="fedavg, fedprox, fedadam, fedyogi or fedmedian."),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="Federated rounds."),
+    local_steps: int = typer.Option(10, "--local-steps", min=1, help="Optimisation steps per site and round."),
+    min_nodes: int = typer.Option(2, "--min-nodes", min=1, help="SuperNodes a round needs."),
+    mu: float = typer.Option(0.0, "--mu", min=0, help="FedProx's proximal coefficient."),
+    secure_aggregation: bool = typer.Option(False, "--secure-aggregation",
+                                            help="SecAgg+ (FedAvg only): the server sees only the sum."),
+) -> None:
+    """Write the Flower app project (pyproject.toml) that `flwr run APP_DIR SUPERLINK` submits to a SuperLink."""
+    from sarcomakit.federated.flower_project import write_flower_project
+
+    path = write_flower_project(app_dir, {
+        "plan": str(plan.resolve()), "config": str(config_file.resolve()) if config_file else "",
+        "out": str(run_dir.resolve()), "strategy": strategy, "num-server-rounds": rounds, "local-steps": local_steps,
+        "min-nodes": min_nodes, "proximal-mu": mu, "secure-aggregation": secure_aggregation})
+    Console(stderr=True).print(f"written: {path} (submit it with: flwr run {app_dir} SUPERLINK, a connection "
+                               "named in $FLWR_HOME/config.toml)", highlight=False)
+
+
+def federated_experiment_command(
+    manifest: Path = typer.Argument(..., help="Multi-site cohort manifest with labels and a site column."),
+    out_dir: Path = typer.Option(Path("experiments/federated"), "--out", "-o", help="Experiment folder (resumable)."),
+    plan: Path = typer.Option(None, "--plan", help="Plan JSON (default: planned on the training cases)."),
+    site_column: str = typer.Option("site", "--site-column", help="Manifest column naming each case's site."),
+    methods: str = typer.Option("centralised,local,fedavg,fedprox,dp_fedavg", "--methods",
+                                help="Comma list among centralised, local, fedavg, fedprox, dp_fedavg."),
+    rounds: int = typer.Option(5, "--rounds", min=1, help="Rounds every method trains for."),
+    local_steps: int = typer.Option(10, "--local-steps", min=1, help="Optimisation steps per round."),
+    mu: float = typer.Option(0.01, "--mu", min=0, help="FedProx's proximal coefficient."),
+    dp_epsilon: float = typer.Option(8.0, "--dp-epsilon", help="DP-FedAvg's target epsilon per site (unit: patient)."),
+    test_fraction: float = typer.Option(0.25, "--test-fraction", help="Share of each site's cases held out."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for intervals."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the split, training and bootstrap."),
+    device: str = typer.Option(None, "--device", help="auto, cpu or cuda[:N]."),
+    config_file: Path = typer.Option(None, "--config", help="TrainConfig JSON shared by every method."),
+) -> None:
+    """Centralised vs each site alone vs FedAvg vs FedProx vs DP-FedAvg on held-out test cases of every site."""
+    from sarcomakit.data.manifest import Manifest
+    from sarcomakit.experiments.federated_comparison import comparison_markdown, run_federated_experiment
+    from sarcomakit.planning.plan import Plan
+    from sarcomakit.runs.config import TrainConfig
+
+    base = TrainConfig.load(config_file) if config_file else TrainConfig()
+    config = base.updated(seed=seed, device=device)
+    console = Console(stderr=True)
+    table = run_federated_experiment(Manifest.load(manifest), out_dir, plan=Plan.load(plan) if plan else None,
+                                     config=config, site_column=site_column, rounds=rounds, local_steps=local_steps,
+                                     mu=mu, dp_epsilon=dp_epsilon, test_fraction=test_fraction,
+                                     methods=[m.strip() for m in methods.split(",")], n_bootstrap=bootstrap,
+                                     console=console)
+    Console().print(comparison_markdown(table), highlight=False)
+    console.print(f"written: {out_dir / 'comparison.md'}, {out_dir / 'cost.csv'}, "
+                  f"{out_dir / 'federated_comparison.png'}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

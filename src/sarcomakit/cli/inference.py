@@ -1,4 +1,4 @@
-"""``sarcomakit predict``: masks for new cases with a trained run, on each input's own grid."""
+"""``sarcomakit predict`` and ``predict-io``: masks for new cases with a trained run, on each input's own grid."""
 
 from __future__ import annotations
 
@@ -40,6 +40,55 @@ def predict_command(
     raise typer.Exit(result.exit_code)
 
 
+def predict_io_command(
+    input_dir: Path = typer.Argument(..., metavar="INPUT", help="Folder of images (read only): NIfTI, NRRD, MHA/MHD, "
+                                                                "DICOM series; e.g. /input."),
+    output_dir: Path = typer.Argument(..., metavar="OUTPUT", help="Output folder, e.g. /output."),
+    model: Path = typer.Option(..., "--model", envvar="SARCOMAKIT_MODEL",
+                               help="Run folder from 'sarcomakit train' (or the SARCOMAKIT_MODEL variable)."),
+    folds: str = typer.Option("all", "--folds", "--fold", help="Folds to ensemble: 'all' or a comma list."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    mirror: bool = typer.Option(False, "--tta/--no-tta", help="Mirroring test-time augmentation (8x slower)."),
+    largest_component: bool = typer.Option(False, "--largest-component",
+                                           help="Keep only the largest connected component of each class."),
+    mask_slug: str = typer.Option("tumour-segmentation", "--mask-slug",
+                                  help="Masks go to OUTPUT/images/<slug>/ (a Grand Challenge output interface)."),
+    channel_folder: list[str] = typer.Option([], "--channel-folder",
+                                             help="CHANNEL=folder: the input folder holding a channel when it is not "
+                                                  "named after it, e.g. T1=t1-weighted-mri (repeatable)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+) -> None:
+    """Predict every image under INPUT into OUTPUT, laid out for pipelines (Grand Challenge style).
+
+    Masks: OUTPUT/images/<slug>/<case>.mha. DICOM series: also OUTPUT/dicom-seg/<case>.dcm (DICOM SEG).
+
+    OUTPUT/results.json: inputs, outputs, tumour volume and case-level predictions (docs/pipelines.md).
+    """
+    from sarcomakit.inference.predict_io import predict_io
+
+    if checkpoint not in ("best", "last"):
+        raise UserInputError(f"unknown checkpoint '{checkpoint}'.", fix="use --checkpoint best or last.")
+    try:
+        chosen = None if folds == "all" else [int(f) for f in folds.split(",")]
+    except ValueError:
+        raise UserInputError(f"--folds '{folds}' is not 'all' or a comma list of fold numbers.",
+                             fix="write e.g. --folds 0,1,2.") from None
+    mapping = {}
+    for item in channel_folder:
+        channel, _, folder = item.partition("=")
+        if not channel.strip() or not folder.strip():
+            raise UserInputError(f"--channel-folder '{item}' is not CHANNEL=folder.",
+                                 fix="write e.g. T1=t1-weighted-mri.")
+        mapping[channel.strip()] = folder.strip()
+    console = Console(stderr=True)
+    result = predict_io(input_dir, output_dir, model, folds=chosen, checkpoint=checkpoint, mirror=mirror,
+                        largest_component=largest_component, device=device, mask_slug=mask_slug,
+                        channel_folders=mapping, console=console)
+    result.print_summary(console)
+    raise typer.Exit(result.exit_code)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``predict``."""
+    """Add ``predict`` and ``predict-io``."""
     app.command("predict")(predict_command)
+    app.command("predict-io")(predict_io_command)

@@ -61,7 +61,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 
 # Each module holds one command group and exposes ``register(app)``.
 COMMAND_MODULES = ("synth", "data", "planning", "training", "pretrain", "inference", "evaluation", "experiment",
-                   "report", "demo", "wsi", "interactive", "serve", "federated")
+                   "report", "demo", "wsi", "interactive", "serve", "federated", "export")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"sarcomakit.cli.{_name}").register(app)

@@ -16,7 +16,8 @@ def pretrain_command(
                                               "of images named {case}_{XXXX}.nii.gz (channels in the plan's order)."),
     plan: Path = typer.Option(..., "--plan", help="Plan JSON from 'sarcomakit plan' (works without labels)."),
     method: str = typer.Option("mae", "--method", help="mae (CNN masked autoencoder), crmae (cross-modal "
-                                                        "masking), or vit_mae or simmim (UNETR's vision transformer)."),
+                                                        "masking), vit_mae (UNETR's vision transformer), or simmim "
+                                                        "(with --network unetr or swinunetr: its transformer)."),
     network: str = typer.Option(None, "--network", help="Network to pretrain (resunet, dynunet, segresnet, ...); "
                                                         "fine-tune the same one."),
     run_dir: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="Run folder."),
@@ -91,7 +92,10 @@ def ssl_experiment_command(
     plan: Path = typer.Option(None, "--plan", help="Plan JSON (default: planned on the cohort)."),
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
     labelled: str = typer.Option("2,4,8,all", "--labelled", help="Numbers of labelled training cases per fold."),
-    methods: str = typer.Option("scratch,mae,crmae", "--methods", help="scratch and pretraining methods."),
+    methods: str = typer.Option("scratch,mae,crmae", "--methods", help="scratch and pretraining methods (mae, "
+                                                                       "crmae, vit_mae, simmim)."),
+    network: str = typer.Option(None, "--network", help="Network of every run (default: the config's; vit_mae "
+                                                        "needs unetr, simmim unetr or swinunetr)."),
     unlabelled: Path = typer.Option(None, "--unlabelled", help="External unlabelled pool (manifest) to pretrain on "
                                                                "instead of each fold's training cases."),
     epochs: int = typer.Option(None, "--epochs", help="Epochs of each segmentation run (default 100)."),
@@ -118,8 +122,8 @@ def ssl_experiment_command(
             raise typer.BadParameter(f"'{item}' is neither a number nor 'all'.", param_hint="--labelled")
         counts.append(item if item == "all" else int(item))
     base = TrainConfig.load(config_file) if config_file else TrainConfig()
-    config = base.updated(epochs=epochs, iterations_per_epoch=iterations, batch_size=batch_size, seed=seed,
-                          device=device, init_parts=init_parts, freeze_epochs=freeze_epochs)
+    config = base.updated(network=network, epochs=epochs, iterations_per_epoch=iterations, batch_size=batch_size,
+                          seed=seed, device=device, init_parts=init_parts, freeze_epochs=freeze_epochs)
     console = Console(stderr=True)
     table = run_ssl_experiment(Manifest.load(manifest), out_dir, plan=Plan.load(plan) if plan else None,
                                n_folds=folds, config=config, labelled=counts,

@@ -2,22 +2,25 @@
 
 ```
 EXP/
-  plan.json, splits.json         one plan and one set of folds (stratified by grade and event) for all
-  preprocessed/                  cases preprocessed once
-  runs/<method>/                 a run folder per deep model (multitask, segmentation_only, grade_only,
-                                 survival_only), each with its fold_K/ and oof_predictions.csv
+  splits.json                    one set of folds (stratified by grade and event) for every method
+  plans/split_K/                 fold K's plan, made from its training cases only
+  preprocessed/split_K/          cases preprocessed once per fold plan
+  runs/<method>/split_K/         a run folder per deep model (multitask, segmentation_only, grade_only,
+                                 survival_only) and fold, holding that fold as its fold_0/ and its
+                                 oof_predictions.csv
   radiomics/                     features.csv and the baseline's out-of-fold predictions
   oof_predictions.csv            every method's out-of-fold predictions
   comparison.csv/.md, differences.csv, experiment.json
 ```
-Every step resumes: finished folds and cached features are reused when the experiment is rerun.
+Nothing of a fold's validation cases shapes what is scored on them (:mod:`sarcomakit.experiments.protocol`): each
+fold is planned on its training cases, and every network keeps its last epoch. Every step resumes: finished
+folds and cached features are reused when the experiment is rerun.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +35,9 @@ from sarcomakit.data.manifest import GRADES, Manifest
 from sarcomakit.evaluation.comparison import ComparisonResult, compare_methods
 from sarcomakit.evaluation.comparison_tables import write_comparison
 from sarcomakit.evaluation.oof import OOF_COLUMNS, OOF_FILE, write_oof
-from sarcomakit.planning.plan import Plan, plan_cohort
+from sarcomakit.experiments.protocol import plan_training_cases, without_model_selection
+from sarcomakit.experiments.setup import experiment_folds
+from sarcomakit.planning.plan import Plan
 from sarcomakit.runs.config import TrainConfig
 from sarcomakit.training.api import train
 
@@ -100,7 +105,7 @@ def run_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | None
     Args:
         manifest: cohort with labels and clinical fields.
         out_dir: experiment folder (resumable).
-        plan: conventional plan (default: planned on the cohort and saved as ``plan.json``).
+        plan: one conventional plan for every fold (default: each fold planned on its own training cases).
         n_folds: cross-validation folds, stratified by grade and event (grouped by site when possible).
         config: training options shared by the deep models (task fields are set per method).
         methods: subset of :data:`ALL_METHODS`.
@@ -117,31 +122,29 @@ def run_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | None
         methods = [m for m in methods if m != "radiomics"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if plan is None:
-        plan_path = out / "plan.json"
-        plan = Plan.load(plan_path) if plan_path.exists() else plan_cohort(manifest, plan_path)
-    config = config or TrainConfig()
-    splits_path = out / "splits.json"
-    if not splits_path.exists():
-        save_folds(make_folds(manifest, n_folds, config.seed, clinical=True), splits_path)
-    folds = __import__("json").loads(splits_path.read_text(encoding="utf-8"))
+    config = without_model_selection(config or TrainConfig())
+    folds = experiment_folds(out, lambda: make_folds(manifest, n_folds, config.seed, clinical=True))
+    plans = [plan or plan_training_cases(manifest, fold["train"], out / "plans" / f"split_{k}")[0]
+             for k, fold in enumerate(folds)]
 
     tables = []
     for method in methods:
         console.rule(f"{method}")
         if method == "radiomics":
-            tables.append(radiomics_out_of_fold(manifest, folds, out / "radiomics", plan.channels))
+            tables.append(radiomics_out_of_fold(manifest, folds, out / "radiomics", plans[0].channels))
             continue
-        run_dir = out / "runs" / method
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / "splits.json").exists():
-            shutil.copyfile(splits_path, run_dir / "splits.json")
-        method_config = config.updated(task="multitask", n_folds=len(folds),
+        method_config = config.updated(task="multitask", n_folds=2,
                                        task_options={**config.task_options, "tasks": list(DEEP_METHODS[method]),
                                                      "method": method})
-        train(manifest, plan, run_dir, folds=range(len(folds)), config=method_config, resume=True,
-              preprocessed_dir=out / "preprocessed", console=console)
-        tables.append(pd.read_csv(run_dir / OOF_FILE))
+        for k, (fold, fold_plan) in enumerate(zip(folds, plans, strict=True)):
+            run_dir = out / "runs" / method / f"split_{k}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if not (run_dir / "splits.json").exists():
+                save_folds([fold], run_dir / "splits.json")
+            train(manifest.subset([*fold["train"], *fold["val"]]), fold_plan, run_dir, folds=(0,),
+                  config=method_config, resume=True, preprocessed_dir=out / "preprocessed" / f"split_{k}",
+                  console=console)
+            tables.append(pd.read_csv(run_dir / OOF_FILE).assign(fold=k))
 
     oof = pd.concat(tables, ignore_index=True)
     write_oof(oof, out / OOF_FILE)

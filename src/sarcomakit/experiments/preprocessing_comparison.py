@@ -7,24 +7,32 @@ Arms (every one trains the same backbone with the same options, epochs, iteratio
 - ``percentile``: a well-kept fixed alternative: MONAI's ``ScaleIntensityRangePercentiles`` per image
   (0.5/99.5 percentiles to 0/1, clipped) with the plan's resampling;
 - one learnable layer alone, replacing only the step it learns (:mod:`sarcomakit.models.preprocessing_layers`):
-  ``window`` (CT/PET channels), ``monotone`` (the other channels; landmarks fitted on the cohort's
-  z-scored images), ``normaliser``, ``resizer``, ``zoom`` (both on the native grid), ``roi`` (on the fixed plan);
+  ``window`` (CT/PET channels), ``monotone`` (the other channels; landmarks fitted on the fold's training
+  images, z-scored), ``normaliser``, ``resizer``, ``zoom`` (both on the native grid), ``roi`` (on the fixed plan);
 - ``all``: every learnable layer together on the minimal pipeline;
 - ``obelisk``: the OBELISK front end + small U-Net hybrid on the fixed plan.
 
-Settings: ``in_domain`` (cross-validation with every site in every training fold) and ``loso``
-(leave-one-site-out: each site is the validation fold once). Every validation case is predicted with
-:class:`~sarcomakit.inference.predictor.Predictor` (the arm's plan, layers and restoration to the input
-grid) and scored on its original grid, so arms on different grids are compared on the same voxels.
+Settings: ``in_domain`` (cross-validation with every site in every training fold), ``loso``
+(leave-one-site-out: each site is the validation fold once) and ``spacing_shift`` (a controlled slice-thickness
+shift, :mod:`sarcomakit.experiments.spacing_shift`: half the patients train on their original slices and the
+other half are validated on copies with slices 3 times thicker by default, then the reverse). Every validation case is
+predicted with :class:`~sarcomakit.inference.predictor.Predictor` (the arm's plan, layers and restoration to
+the input grid) and scored on its original grid, so arms on different grids are compared on the same voxels.
+
+Nothing of a validation case shapes what is scored on it (:mod:`sarcomakit.experiments.protocol`): each fold
+is planned on its own training cases (fingerprint, target spacing, CT clipping bounds, the monotone layer's
+landmarks), and every arm keeps its last epoch.
 
 ```
 EXP/
-  plan.json, fingerprint.json        the fixed plan (arms derive theirs from it)
-  preprocessed/<variant>/            cases preprocessed once per plan variant
-  <setting>/splits.json              the folds of the setting
-  <setting>/runs/<arm>/              a run folder per arm (fold_K/, costs.json)
-  <setting>/oof_predictions.csv      Dice and HD95 per validation case and arm
+  preprocessed/<variant>/             cases preprocessed once per plan variant (keyed by the plan's digest)
+  <setting>/splits.json               the folds of the setting
+  <setting>/plans/split_K/            the fold's plan and fingerprint, from its training cases
+  <setting>/runs/<arm>/split_K/       a run folder per arm and fold (its fold_0/); costs.json per arm
+  <setting>/oof_predictions.csv       Dice and HD95 per validation case and arm
   <setting>/comparison.csv/.md, differences.csv   bootstrap intervals, paired differences against fixed
+  <setting>/learnt_intensity.png      learnt windows and standard scales against their initial ones
+  spacing_shift/thick_x<factor>/      the thick-slice copies (NIfTI) and their manifest
   comparison.md, costs.csv, experiment.json
 ```
 Every step resumes: finished folds and evaluations are reused when the experiment is rerun.
@@ -33,7 +41,6 @@ Every step resumes: finished folds and evaluations are reused when the experimen
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,21 +52,23 @@ import pandas as pd
 import SimpleITK as sitk
 from rich.console import Console
 
-from sarcomakit.core.device import select_device
 from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.io.atomic import write_json, write_text
 from sarcomakit.core.io.image import read_image
-from sarcomakit.core.provenance import json_digest
+from sarcomakit.core.provenance import content_digest, json_digest, manifest_record
 from sarcomakit.data.folds import save_folds
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.evaluation.comparison import ComparisonResult, compare_methods
 from sarcomakit.evaluation.comparison_tables import comparison_markdown, markdown_table, write_comparison
 from sarcomakit.evaluation.metrics import hausdorff_distance_95
-from sarcomakit.evaluation.oof import OOF_FILE, write_oof
+from sarcomakit.evaluation.oof import OOF_COLUMNS, OOF_FILE, write_oof
+from sarcomakit.experiments.learnt_figures import layer_prefix, learnt_intensity_figure
+from sarcomakit.experiments.protocol import plan_training_cases, without_model_selection
+from sarcomakit.experiments.spacing_shift import spacing_shift_folds, thick_slice_cohort
 from sarcomakit.inference.predictor import Predictor
 from sarcomakit.models.preprocessing_layers import WINDOWED_CHANNELS, fit_standard_landmarks, input_layer_specs
 from sarcomakit.planning.fingerprint import Fingerprint
-from sarcomakit.planning.plan import Plan, plan_cohort, with_learnt_steps
+from sarcomakit.planning.plan import Plan, with_learnt_steps
 from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_cohort
 from sarcomakit.runs.checkpoint import load_checkpoint
 from sarcomakit.runs.config import TrainConfig
@@ -69,7 +78,9 @@ from sarcomakit.training.api import train
 
 ALL_LAYERS = ("window", "monotone", "normaliser", "resizer", "zoom", "roi")
 ARMS = ("fixed", "minimal", "percentile", *ALL_LAYERS, "all", "obelisk")
-SETTINGS = ("in_domain", "loso")
+SETTINGS = ("in_domain", "loso", "spacing_shift")
+EXPERIMENT_TASKS = ("segmentation", "multitask")
+THICK_FACTOR = 3.0  # default slice thickness of the spacing-shift copies, as a multiple of the original
 REFERENCE = "fixed"
 
 
@@ -152,7 +163,8 @@ def _variant_name(plan: Plan) -> str:
 
 def arm_config(arm: Arm, config: TrainConfig, plan: Plan, fingerprint: Fingerprint | None,
                landmarks: list[list[float]] | None, n_folds: int) -> TrainConfig:
-    """The training options of an arm: the shared ones, with its network and resolved input layers."""
+    """The training options of an arm: the shared ones (task included), with its network and resolved input
+    layers."""
     options = {k: v for k, v in config.network_options.items() if k != "input_layers"}
     network = arm.network or config.network
     if arm.network == "obelisk_unet":
@@ -167,8 +179,7 @@ def arm_config(arm: Arm, config: TrainConfig, plan: Plan, fingerprint: Fingerpri
                          zip(patch, native, plan.target_spacing, strict=True)]
                 spec["scale"] = [s / p for s, p in zip(sizes, patch, strict=True)]
         options["input_layers"] = specs
-    return config.updated(task="segmentation", task_options={}, network=network, network_options=options,
-                          n_folds=max(2, n_folds))
+    return config.updated(network=network, network_options=options, n_folds=max(2, n_folds))
 
 
 def _monotone_landmarks(plan: Plan, folder: Path, case_ids: Sequence[str]) -> list[list[float]]:
@@ -178,19 +189,16 @@ def _monotone_landmarks(plan: Plan, folder: Path, case_ids: Sequence[str]) -> li
 
 
 # ---------------------------------------------------------------------------- evaluation
-def _evaluate_fold(run_dir: Path, fold: int, plan: Plan, config: TrainConfig, manifest: Manifest,
+def _evaluate_fold(run_dir: Path, config: TrainConfig, manifest: Manifest,
                    val_ids: Sequence[str]) -> tuple[list[dict[str, Any]], float]:
-    """Dice and HD95 of each validation case on its input grid, and the mean inference time per case."""
-    device = select_device(config.device)
-    task = build_task(config)
-    model = task.build_model(plan, config)
-    model.load_state_dict(load_checkpoint(run_dir / f"fold_{fold}" / "checkpoint_best.pt")["model"])
-    model.to(device).eval()
-    predictor = Predictor(plan, config, task, [model], device)
-    by_id = {c.case_id: c for c in manifest.cases}
+    """Each validation case's out-of-fold row (Dice and HD95 on its input grid; with a multi-task run also the
+    grade probabilities and log-risk the task predicts, beside the true grade and follow-up), and the mean
+    inference time per case. The run's fold 0 is predicted as ``sarcomakit predict`` would, task state included."""
+    predictor = Predictor.from_run(run_dir, folds=[0], device=config.device)
+    n_labels = len(predictor.plan.labels)
     rows, seconds = [], []
     for case_id in val_ids:
-        case = by_id[case_id]
+        case = manifest[case_id]
         start = time.perf_counter()
         prediction = predictor.predict_case(case)
         seconds.append(time.perf_counter() - start)
@@ -199,10 +207,14 @@ def _evaluate_fold(run_dir: Path, fold: int, plan: Plan, config: TrainConfig, ma
         predicted = sitk.GetArrayFromImage(prediction.mask)
         reference = sitk.GetArrayFromImage(label)
         spacing = tuple(reversed(label.GetSpacing()))
-        hd95 = [hausdorff_distance_95(predicted == k, reference == k, spacing) for k in range(1, len(plan.labels))]
-        rows.append({"case_id": case_id, "fold": fold,
-                     "dice": float(np.mean(segmentation_dice(predicted, reference, len(plan.labels)))),
-                     "hd95": float(np.mean(hd95)) if np.all(np.isfinite(hd95)) else None})
+        hd95 = [hausdorff_distance_95(predicted == k, reference == k, spacing) for k in range(1, n_labels)]
+        row = {"case_id": case_id, "grade_true": case.grade, "time": case.survival_time, "event": case.event,
+               **{k: v for k, v in prediction.row.items() if k in OOF_COLUMNS and k != "case_id"},
+               "dice": float(np.mean(segmentation_dice(predicted, reference, n_labels))),
+               "hd95": float(np.mean(hd95)) if np.all(np.isfinite(hd95)) else None}
+        if "risk_group" in row:
+            row["train_risk_cutoff"] = predictor.fold_states[0].get("risk_cutoff")
+        rows.append(row)
     return rows, float(np.mean(seconds)) if seconds else float("nan")
 
 
@@ -216,54 +228,115 @@ def _parameters(plan: Plan, config: TrainConfig) -> tuple[int, int]:
     return total, sum(p.numel() for p in front.parameters()) if front is not None else 0
 
 
-def _run_arm(arm: Arm, setting_dir: Path, folds: list[dict[str, list[str]]], manifest: Manifest, plan: Plan,
-             config: TrainConfig, preprocessed: Path, console: Console) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Train and evaluate one arm on every fold of a setting (resumable); its OOF rows and costs."""
-    run_dir = setting_dir / "runs" / arm.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "splits.json").exists():
-        shutil.copyfile(setting_dir / "splits.json", run_dir / "splits.json")
-    costs_path = run_dir / "costs.json"
+def _run_arm(arm: Arm, setting_dir: Path, folds: list[dict[str, list[str]]], manifest: Manifest,
+             fold_setups: list[FoldSetup], config: TrainConfig,
+             console: Console) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train and evaluate one arm on every fold of a setting (resumable); its OOF rows and costs.
+
+    Each fold has its own plan (planned on its training cases), hence its own run folder
+    ``runs/<arm>/split_<k>/`` holding that one fold as its ``fold_0``."""
+    arm_dir = setting_dir / "runs" / arm.name
+    costs_path = arm_dir / "costs.json"
     if costs_path.is_file():
-        saved = json.loads(costs_path.read_text())
+        saved = json.loads(costs_path.read_text(encoding="utf-8"))
         return saved["rows"], saved["costs"]
     console.rule(f"{setting_dir.name}: {arm.name}")
-    start = time.perf_counter()
-    train(manifest, plan, run_dir, folds=range(len(folds)), config=config, resume=True,
-          preprocessed_dir=preprocessed, console=console)
-    train_s = time.perf_counter() - start
     rows: list[dict[str, Any]] = []
-    infer = []
-    for k, fold in enumerate(folds):
-        fold_rows, seconds = _evaluate_fold(run_dir, k, plan, config, manifest, fold["val"])
-        rows += [{**r, "method": arm.name} for r in fold_rows]
+    train_s, infer = [], []
+    for k, (fold, setup) in enumerate(zip(folds, fold_setups, strict=True)):
+        plan = arm_plan(setup.plan, arm)
+        run_config = arm_config(arm, config, plan, setup.fingerprint, setup.landmarks, len(folds))
+        run_dir = arm_dir / f"split_{k}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "splits.json").exists():
+            save_folds([fold], run_dir / "splits.json")
+        start = time.perf_counter()
+        cases = manifest.subset([*fold["train"], *fold["val"]])
+        train(cases, plan, run_dir, folds=(0,), config=run_config, resume=True,
+              preprocessed_dir=setting_dir.parent / "preprocessed" / _variant_name(plan), console=console)
+        train_s.append(time.perf_counter() - start)
+        fold_rows, seconds = _evaluate_fold(run_dir, run_config, manifest, fold["val"])
+        rows += [{**r, "fold": k, "method": arm.name} for r in fold_rows]
         infer.append(seconds)
-    total, front = _parameters(plan, config)
+    plan = arm_plan(fold_setups[0].plan, arm)
+    total, front = _parameters(plan, arm_config(arm, config, plan, fold_setups[0].fingerprint,
+                                                fold_setups[0].landmarks, len(folds)))
     costs = {"arm": arm.name, "parameters": total, "input_layer_parameters": front,
-             "train_s_per_fold": train_s / max(1, len(folds)), "inference_s_per_case": float(np.mean(infer)),
-             "learnt_steps": list(arm.learnt_steps), "layers": list(arm.layers), "network": config.network}
+             "train_s_per_fold": float(np.mean(train_s)), "inference_s_per_case": float(np.mean(infer)),
+             "learnt_steps": list(arm.learnt_steps), "layers": list(arm.layers),
+             "network": arm.network or config.network}
     write_json(costs_path, {"rows": rows, "costs": costs})
     return rows, costs
+
+
+@dataclass(frozen=True)
+class FoldSetup:
+    """What one fold's arms are built from: the plan and fingerprint of its training cases, and the monotone
+    layer's standard landmarks fitted on them (None when no arm needs them)."""
+
+    plan: Plan
+    fingerprint: Fingerprint | None
+    landmarks: list[list[float]] | None
+
+
+def _fold_setup(manifest: Manifest, fold: dict[str, list[str]], folder: Path, out: Path, user_plan: Plan | None,
+                needs_landmarks: bool) -> FoldSetup:
+    """Plan the fold on its training cases (unless the user gave a plan) and fit its landmarks on them."""
+    if user_plan is not None:
+        plan, fingerprint = user_plan, None
+    else:
+        plan, fingerprint = plan_training_cases(manifest, fold["train"], folder)
+    landmarks = None
+    if needs_landmarks:
+        minimal = with_learnt_steps(plan, ["intensity", "spacing"])
+        cache = out / "preprocessed" / _variant_name(minimal)
+        training = manifest.subset(fold["train"])
+        preprocess_cohort(training, minimal, cache, show_progress=False)
+        landmarks = _monotone_landmarks(plan, cache, training.case_ids)
+    return FoldSetup(plan, fingerprint, landmarks)
+
+
+def _setting_folds(setting: str, labelled: Manifest, out: Path, n_folds: int, seed: int,
+                   thick_factor: float) -> tuple[Manifest, list[dict[str, list[str]]]]:
+    """The cohort a setting draws on (with the thick-slice copies for ``spacing_shift``) and its folds."""
+    if setting == "in_domain":
+        return labelled, in_domain_folds(labelled, n_folds, seed)
+    if setting == "loso":
+        return labelled, leave_one_site_out_folds(labelled)
+    thick = thick_slice_cohort(labelled, out / setting / f"thick_x{thick_factor:g}", thick_factor)
+    combined = Manifest(channels=list(labelled.channels), cases=[*labelled.cases, *thick.cases],
+                        labels=dict(labelled.labels))
+    combined.save(out / setting / "manifest.json")
+    return Manifest.load(out / setting / "manifest.json"), spacing_shift_folds(labelled, seed)
 
 
 # ---------------------------------------------------------------------------- experiment
 def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | None = None,
                                  n_folds: int = 5, config: TrainConfig | None = None,
                                  arms: Sequence[str] = ARMS, settings: Sequence[str] = SETTINGS,
-                                 n_bootstrap: int = 1000,
+                                 n_bootstrap: int = 1000, thick_factor: float = THICK_FACTOR,
+                                 task: str = "segmentation",
                                  console: Console | None = None) -> dict[str, ComparisonResult]:
     """Run the experiment (module docstring); returns the comparison of each setting run.
 
     Args:
         manifest: a labelled cohort with sites (leave-one-site-out needs two or more).
         out_dir: the experiment folder (resumable).
-        plan: the fixed plan (default: planned on the cohort and saved as ``plan.json``).
+        plan: one fixed plan for every fold. Default (recommended): each fold is planned on its own training
+            cases, so nothing of its validation cases reaches the plan (:mod:`sarcomakit.experiments.protocol`).
         n_folds: folds of the in-domain cross-validation.
-        config: training options shared by every arm (network, epochs, iterations, batch, seed...).
+        config: training options shared by every arm (network, epochs, iterations, batch, seed...); the last
+            epoch is kept whatever its ``checkpoint_selection``.
         arms: a subset of :data:`ARMS` (``fixed``, the reference, is always run).
         settings: a subset of :data:`SETTINGS`.
+        thick_factor: slice thickness of the ``spacing_shift`` copies, as a multiple of each case's own.
+        task: ``segmentation``, or ``multitask`` (segmentation, grade and survival from one network: every arm's
+            grade and survival predictions are compared as well, on the same folds).
     """
     console = console or Console(stderr=True)
+    if not thick_factor > 1:
+        raise UserInputError(f"the thick-slice factor must be above 1, not {thick_factor}.",
+                             fix="give e.g. --thick-factor 3 (slices 3 times thicker).")
     unknown = [a for a in arms if a not in ARMS] + [s for s in settings if s not in SETTINGS]
     if unknown:
         raise UserInputError(f"unknown arm(s) or setting(s) {unknown}.",
@@ -272,28 +345,21 @@ def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, pla
     labelled = manifest.subset([c.case_id for c in manifest.cases if c.label is not None])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if plan is None:
-        plan_path = out / "plan.json"
-        plan = Plan.load(plan_path) if plan_path.exists() else plan_cohort(labelled, plan_path)
-    fingerprint_path = out / (plan.fingerprint_file or "fingerprint.json")
-    fingerprint = Fingerprint.load(fingerprint_path) if fingerprint_path.is_file() else None
-    config = config or TrainConfig()
-
-    plans = {name: arm_plan(plan, ARM_DEFINITIONS[name]) for name in chosen}
-    folders = {name: out / "preprocessed" / _variant_name(variant) for name, variant in plans.items()}
-    landmarks = None
-    if any("monotone" in ARM_DEFINITIONS[a].layers for a in chosen):
-        minimal = with_learnt_steps(plan, ["intensity", "spacing"])
-        folder = out / "preprocessed" / _variant_name(minimal)
-        preprocess_cohort(labelled, minimal, folder, show_progress=False)
-        landmarks = _monotone_landmarks(plan, folder, labelled.case_ids)
+    if task not in EXPERIMENT_TASKS:
+        raise UserInputError(f"unknown task {task!r} for the preprocessing experiment.",
+                             fix=f"choose {' or '.join(EXPERIMENT_TASKS)}.")
+    config = without_model_selection((config or TrainConfig()).updated(task=task, task_options={}))
+    options = {"config": config.model_dump(mode="json"), "folds": n_folds, "thick_slice_factor": thick_factor,
+               "plan": plan.model_dump(mode="json") if plan is not None else None,
+               "cohort": content_digest(manifest_record(labelled))}
+    _refuse_other_options(out, json_digest(options))
+    needs_landmarks = any("monotone" in ARM_DEFINITIONS[a].layers for a in chosen)
 
     results: dict[str, ComparisonResult] = {}
     all_costs: list[dict[str, Any]] = []
     sections: list[str] = []
     for setting in settings:
-        folds = in_domain_folds(labelled, n_folds, config.seed) if setting == "in_domain" \
-            else leave_one_site_out_folds(labelled)
+        cohort, folds = _setting_folds(setting, labelled, out, n_folds, config.seed, thick_factor)
         if not folds:
             sections += [f"## {setting}", "", "Left out: the cohort has fewer than two sites.", ""]
             continue
@@ -301,13 +367,12 @@ def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, pla
         setting_dir.mkdir(parents=True, exist_ok=True)
         if not (setting_dir / "splits.json").exists():
             save_folds(folds, setting_dir / "splits.json")
-        folds = json.loads((setting_dir / "splits.json").read_text())
+        folds = json.loads((setting_dir / "splits.json").read_text(encoding="utf-8"))
+        setups = [_fold_setup(cohort, fold, setting_dir / "plans" / f"split_{k}", out, plan, needs_landmarks)
+                  for k, fold in enumerate(folds)]
         rows: list[dict[str, Any]] = []
         for name in chosen:
-            arm = ARM_DEFINITIONS[name]
-            run_config = arm_config(arm, config, plans[name], fingerprint, landmarks, len(folds))
-            arm_rows, costs = _run_arm(arm, setting_dir, folds, labelled, plans[name], run_config, folders[name],
-                                       console)
+            arm_rows, costs = _run_arm(ARM_DEFINITIONS[name], setting_dir, folds, cohort, setups, config, console)
             rows += arm_rows
             all_costs.append({"setting": setting, **costs})
         write_oof(rows, setting_dir / OOF_FILE)
@@ -316,18 +381,36 @@ def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, pla
         write_comparison(result, setting_dir)
         results[setting] = result
         learnt = [{"arm": name, "layer": layer, "learnt (fold 0)": text} for name in chosen
-                  for layer, text in learnt_summary(setting_dir / "runs" / name).items()]
+                  for layer, text in learnt_summary(setting_dir / "runs" / name / "split_0").items()]
         sections += [f"## {setting} ({len(folds)} folds)", "", _demoted(comparison_markdown(result)), ""]
         if learnt:
             sections += ["### What the layers learnt", "", markdown_table(pd.DataFrame(learnt)), ""]
+        figure = learnt_intensity_figure([setting_dir / "runs" / name / "split_0" for name in chosen],
+                                         setting_dir / "learnt_intensity.png")
+        if figure is not None:
+            sections += [f"![learnt intensity mappings, {setting}]({figure.relative_to(out).as_posix()})", ""]
 
     costs_table = pd.DataFrame(all_costs)
     write_text(out / "costs.csv", costs_table.to_csv(index=False))
-    write_text(out / "comparison.md", _report(plan, config, chosen, sections, costs_table))
+    write_text(out / "comparison.md", _report(config, chosen, plan is None, sections, costs_table))
     write_json(out / "experiment.json", {"arms": chosen, "settings": list(settings), "folds": n_folds,
                                          "seed": config.seed, "reference": REFERENCE,
+                                         "planned_per_fold": plan is None, "thick_slice_factor": thick_factor,
+                                         "checkpoint": "last", "options_sha256": json_digest(options),
                                          "cohort": str(manifest.source) if manifest.source else None})
     return results
+
+
+def _refuse_other_options(out: Path, digest: str) -> None:
+    """Finished arms are reused on a rerun, so a folder made with other options or cases must not be."""
+    path = out / "experiment.json"
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text(encoding="utf-8")).get("options_sha256")
+    if stored != digest:
+        raise UserInputError("this experiment folder was made with other training options, folds, thick-slice "
+                             "factor, plan or cases; its finished arms cannot be reused.", path=out,
+                             fix="give a new --out folder (or remove this one to start again).")
 
 
 def learnt_summary(run_dir: Path, fold: int = 0) -> dict[str, str]:
@@ -342,7 +425,7 @@ def learnt_summary(run_dir: Path, fold: int = 0) -> dict[str, str]:
     specs = json.loads(config_path.read_text())["network_options"].get("input_layers", [])
     summary: dict[str, str] = {}
     for i, spec in enumerate(specs):
-        prefix = f"input_layers.{i}."
+        prefix = layer_prefix(state, i)
         name = spec["layer"]
         if name == "window":
             half = torch.exp(state[prefix + "log_width"]) / 2
@@ -378,13 +461,17 @@ def _demoted(markdown: str) -> str:
     return text.removesuffix("#### Notes").rstrip()  # a notes heading left without notes
 
 
-def _report(plan: Plan, config: TrainConfig, arms: Sequence[str], sections: list[str],
+def _report(config: TrainConfig, arms: Sequence[str], planned_per_fold: bool, sections: list[str],
             costs: pd.DataFrame) -> str:
     """comparison.md: the setup, each setting's comparison, then the costs."""
+    planning = ("each fold planned on its own training cases" if planned_per_fold
+                else "one plan given for every fold (it may have seen validation cases)")
     lines = ["# Fixed vs learnt preprocessing", "",
-             f"Arms: {', '.join(arms)}; reference: {REFERENCE} (nnU-Net-style plan). Backbone {config.network}, "
-             f"{config.epochs} epochs x {config.iterations_per_epoch} iterations, seed {config.seed}, "
-             f"patch {config.patch_size or plan.patch_size}. Dice and HD95 on each validation case's input grid.", "",
+             f"Arms: {', '.join(arms)}; reference: {REFERENCE} (nnU-Net-style plan, {planning}). "
+             f"Task {config.task}, backbone {config.network}, "
+             f"{config.epochs} epochs x {config.iterations_per_epoch} iterations, "
+             f"seed {config.seed}, patch {config.patch_size or 'from the plan'}, last epoch kept. "
+             "Dice and HD95 on each validation case's input grid.", "",
              *sections]
     if not costs.empty:
         shown = costs[["setting", "arm", "parameters", "input_layer_parameters", "train_s_per_fold",

@@ -9,14 +9,17 @@ the initialisation is the only difference). Every network is scored by Dice on t
 
 ```
 EXP/
-  plan.json, splits.json         one plan and one set of folds for every method
-  preprocessed/                  cases preprocessed once
-  pretrain/<method>/fold_K/      pretraining run of fold K (pretrain/<method>/pool/ with an external pool)
+  splits.json                    one set of folds for every method
+  plans/fold_K/                  fold K's plan, from its training cases only (the validation cases reach no plan)
+  preprocessed/fold_K/           cases preprocessed once per fold plan
+  pretrain/<method>/fold_K/      pretraining run of fold K (pretrain/<method>/pool_fold_K/ with an external pool,
+                                 preprocessed with fold K's plan)
   runs/<method>/n<N>/fold_K/     segmentation run on N labelled cases of fold K (scratch or fine-tuned)
   dice.csv                       Dice per validation case: method, labelled, fold, case_id, dice
   comparison.csv/.md             mean Dice [95% bootstrap CI] per method and N; paired differences against scratch
   dice_vs_labels.png, experiment.json
 ```
+Every network keeps its last epoch (no epoch is chosen by the validation cases it is scored on).
 Every step resumes: finished runs are reused when the experiment is rerun.
 """
 
@@ -32,22 +35,24 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from sarcomakit.core.device import select_device
 from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.io.atomic import atomic_path, write_json, write_text
-from sarcomakit.data.folds import make_folds, save_folds
+from sarcomakit.data.folds import make_folds
 from sarcomakit.data.manifest import Manifest
 from sarcomakit.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_difference
-from sarcomakit.planning.plan import Plan, plan_cohort
-from sarcomakit.planning.preprocess import PreprocessedCase
-from sarcomakit.runs.checkpoint import load_checkpoint
+from sarcomakit.experiments.protocol import plan_training_cases, without_model_selection
+from sarcomakit.experiments.setup import case_dice, experiment_folds
+from sarcomakit.planning.plan import Plan
 from sarcomakit.runs.config import TrainConfig
-from sarcomakit.tasks.segmentation import SegmentationTask, segmentation_dice
 from sarcomakit.training.api import train
 from sarcomakit.training.finetuning import resolved_warmup_epochs
 
-PRETRAINING = ("mae", "crmae")
+#: pretraining methods; every run of an experiment uses ``config.network`` (vit_mae needs unetr, simmim unetr or
+#: swinunetr, mae and crmae any network)
+PRETRAINING = ("mae", "crmae", "vit_mae", "simmim")
 METHODS = ("scratch", *PRETRAINING)
+#: the networks a transformer method pretrains (the others pretrain any registry network)
+METHOD_NETWORKS = {"vit_mae": ("unetr",), "simmim": ("unetr", "swinunetr")}
 
 
 def labelled_subsets(train_ids: Sequence[str], counts: Sequence[int | str], seed: int,
@@ -69,24 +74,6 @@ def _run_manifest(manifest: Manifest, train_ids: Sequence[str], val_ids: Sequenc
     return Manifest(channels=manifest.channels, cases=cases, labels=manifest.labels, source=manifest.source)
 
 
-def _validation_dice(run_dir: Path, plan: Plan, config: TrainConfig, val_ids: Sequence[str],
-                     preprocessed: Path) -> list[float]:
-    """Mean foreground Dice of each validation case, on the preprocessed grid, with the run's best weights."""
-    device = select_device(config.device)
-    task = SegmentationTask()
-    model = task.build_model(plan, config)
-    model.load_state_dict(load_checkpoint(run_dir / "fold_0" / "checkpoint_best.pt")["model"])
-    model.to(device).eval()
-    scores = []
-    for case_id in val_ids:
-        case = PreprocessedCase.load(preprocessed, case_id)
-        output = task.infer(model, case, plan, config, device, overlap=config.sw_overlap)
-        assert output.probabilities is not None
-        scores.append(float(np.mean(segmentation_dice(output.probabilities.argmax(0).cpu().numpy(),
-                                                      np.asarray(case.label), len(plan.labels)))))
-    return scores
-
-
 def _pretrain(method: str, manifest: Manifest, plan: Plan, config: TrainConfig, run_dir: Path,
               preprocessed: Path, console: Console) -> Path:
     """Pretrain ``method`` on ``manifest``'s cases (a fifth held out, at least one, to validate reconstruction)."""
@@ -101,7 +88,7 @@ def _pretrain(method: str, manifest: Manifest, plan: Plan, config: TrainConfig, 
 
 def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | None = None, n_folds: int = 5,
                        config: TrainConfig | None = None, labelled: Sequence[int | str] = (2, 4, 8, "all"),
-                       methods: Sequence[str] = METHODS, pretrain_epochs: int | None = None,
+                       methods: Sequence[str] = ("scratch", "mae", "crmae"), pretrain_epochs: int | None = None,
                        unlabelled: Manifest | None = None, n_bootstrap: int = 1000,
                        console: Console | None = None) -> pd.DataFrame:
     """Run the experiment (module docstring) and return the comparison table.
@@ -109,12 +96,14 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
     Args:
         manifest: the labelled cohort (cases without a label are used for pretraining only).
         out_dir: the experiment folder (resumable).
-        plan: the plan (default: planned on the cohort and saved as ``plan.json``).
+        plan: one plan for every fold. Default: each fold is planned on its own training cases (never on its
+            validation cases; :mod:`sarcomakit.experiments.protocol`), and pretraining uses the fold's plan.
         n_folds: cross-validation folds.
         config: training options shared by every segmentation run and the pretraining runs (``init_parts``,
             ``freeze_epochs`` and ``warmup_epochs`` apply to fine-tuning; scratch gets the same warm-up).
         labelled: numbers of labelled training cases (``all``: every labelled training case of the fold).
-        methods: ``scratch`` and pretraining methods (:data:`PRETRAINING`).
+        methods: ``scratch`` and pretraining methods (:data:`PRETRAINING`; the transformer ones need the network of
+            :data:`METHOD_NETWORKS` as ``config.network``).
         pretrain_epochs: epochs of pretraining (default: ``config.epochs``).
         unlabelled: an external pool to pretrain on once, instead of each fold's training cases.
     """
@@ -123,30 +112,33 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
     if unknown or "scratch" not in methods:
         raise UserInputError(f"methods must include scratch and come from {', '.join(METHODS)} (got {list(methods)}).",
                              fix="e.g. --methods scratch,mae,crmae.")
+    config = config or TrainConfig()
+    misfits = [m for m in methods if config.network not in METHOD_NETWORKS.get(m, (config.network,))]
+    if misfits:
+        raise UserInputError(f"{', '.join(misfits)} cannot pretrain a {config.network}; every method of the "
+                             "experiment trains the same network.",
+                             fix="use --network unetr (vit_mae, simmim) or swinunetr (simmim), or drop "
+                                 f"{', '.join(misfits)}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if plan is None:
-        plan_path = out / "plan.json"
-        plan = Plan.load(plan_path) if plan_path.exists() else plan_cohort(manifest, plan_path)
-    config = config or TrainConfig()
-    if not (out / "splits.json").exists():
-        save_folds(make_folds(manifest, n_folds, config.seed), out / "splits.json")
-    folds = json.loads((out / "splits.json").read_text(encoding="utf-8"))
-    preprocessed = out / "preprocessed"
+    folds = experiment_folds(out, lambda: make_folds(manifest, n_folds, config.seed))
     labelled_ids = {c.case_id for c in manifest.cases if c.label is not None}
     warmup = resolved_warmup_epochs(config.updated(init_checkpoint="pretrained"))
-    finetune = config.updated(task="segmentation", task_options={}, n_folds=2, warmup_epochs=warmup)
+    finetune = without_model_selection(config.updated(task="segmentation", task_options={}, n_folds=2,
+                                                      warmup_epochs=warmup))
     pretrain_config = config.updated(epochs=pretrain_epochs)
 
     rows: list[dict[str, Any]] = []
     for k, fold in enumerate(folds):
         train_ids = [c for c in fold["train"] if c in labelled_ids]
         val_ids = [c for c in fold["val"] if c in labelled_ids]
+        fold_plan = plan or plan_training_cases(manifest, fold["train"], out / "plans" / f"fold_{k}")[0]
+        preprocessed = out / "preprocessed" / ("given_plan" if plan is not None else f"fold_{k}")
         pretrained: dict[str, Path] = {}
         for method in (m for m in methods if m != "scratch"):
             pool = unlabelled or manifest.subset(fold["train"])
-            where = out / "pretrain" / method / ("pool" if unlabelled is not None else f"fold_{k}")
-            pretrained[method] = _pretrain(method, pool, plan, pretrain_config, where, preprocessed, console)
+            where = out / "pretrain" / method / (f"pool_fold_{k}" if unlabelled is not None else f"fold_{k}")
+            pretrained[method] = _pretrain(method, pool, fold_plan, pretrain_config, where, preprocessed, console)
         for count, subset in labelled_subsets(train_ids, labelled, config.seed, k).items():
             for method in methods:
                 run_dir = out / "runs" / method / f"n{count}" / f"fold_{k}"
@@ -155,10 +147,10 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
                     console.rule(f"fold {k}: {method} on {len(subset)} labelled case(s)")
                     run_config = finetune if method == "scratch" else finetune.updated(
                         init_checkpoint=str(pretrained[method]))
-                    train(_run_manifest(manifest, subset, val_ids), plan, run_dir, folds=(0,), config=run_config,
-                          resume=True, preprocessed_dir=preprocessed, console=console)
-                    write_json(dice_file, dict(zip(val_ids, _validation_dice(run_dir, plan, run_config, val_ids,
-                                                                                preprocessed), strict=True)))
+                    train(_run_manifest(manifest, subset, val_ids), fold_plan, run_dir, folds=(0,),
+                          config=run_config, resume=True, preprocessed_dir=preprocessed, console=console)
+                    write_json(dice_file, dict(zip(val_ids, case_dice(run_dir, fold_plan, run_config, val_ids,
+                                                                         preprocessed), strict=True)))
                 for case_id, dice in json.loads(dice_file.read_text(encoding="utf-8")).items():
                     rows.append({"method": method, "labelled": count, "n_cases": len(subset), "fold": k,
                                  "case_id": case_id, "dice": dice})
@@ -232,8 +224,9 @@ def plot_dice_vs_labels(table: pd.DataFrame, path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(5, 3.5))
     for method, rows in table.groupby("method", sort=False):
         rows = rows.sort_values("n_cases")
-        axes.errorbar(rows["n_cases"], rows["dice"], yerr=[rows["dice"] - rows["dice_ci_low"],
-                                                           rows["dice_ci_high"] - rows["dice"]],
+        dice = rows["dice"].to_numpy()
+        axes.errorbar(rows["n_cases"].to_numpy(), dice, yerr=[dice - rows["dice_ci_low"].to_numpy(),
+                                                              rows["dice_ci_high"].to_numpy() - dice],
                       marker="o", capsize=3, label=method)
     axes.set_xlabel("labelled training cases")
     axes.set_ylabel("Dice (validation cases)")

@@ -188,3 +188,17 @@ def build_aggregator(strategy: str, *, server_lr: float | None = None) -> Aggreg
         cls = FedAdam if strategy == "fedadam" else FedYogi
         return cls() if server_lr is None else cls(server_lr=server_lr)
     raise UserInputError(f"unknown strategy '{strategy}'.", fix=f"use one of {', '.join(STRATEGIES)}.")
+
+
+def secure_aggregation_error_bound(n_cases: Sequence[int], *, max_weight: float, clipping_range: float,
+                                   quantization_range: int) -> float:
+    """An upper bound on ``|SecAgg+ aggregate - FedAvg|`` per weight (Flower's SecAgg+ quantisation).
+
+    Each site multiplies its weights by ``n_i / max_weight``, clips them to ``[-r, r]`` and rounds them
+    stochastically to a grid of step ``2 r / Q`` (an error below one step); the server divides the sum by the
+    total weight ``sum_i n_i / max_weight``, itself quantised to ``1 / Q`` per site. Weights within ``[-r, r]``
+    are assumed (larger ones are clipped: choose the clipping range above the largest weight).
+    """
+    step = 2 * clipping_range / quantization_range
+    total = sum(n_cases) / max_weight
+    return len(n_cases) * (step + clipping_range / quantization_range) / total

@@ -170,7 +170,9 @@ def _prepare_folder(run: RunFolder, manifest: Manifest, plan: Plan, config: Trai
     write_json(run.provenance_path, current)
 
 
-def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows as a CSV whose columns are every key seen, in order of first appearance (sites report different
+    metrics)."""
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
@@ -336,7 +338,7 @@ def simulate(manifest: Manifest, plan: Plan, run_dir: str | Path, *, settings: F
         if privacy:
             write_json(run.root / "privacy.json", {"unit": "patient", "mechanism": "DP-SGD (Opacus), per site",
                                                    "sites": {k: v.summary() for k, v in privacy.items()}})
-        _write_history(fold_dir / "history.csv", history)
+        write_history(fold_dir / "history.csv", history)
         save_checkpoint(last_path, state_out)  # last: a crash before this line reruns the round
         say(f"round {round_index}: {len(updates)}/{len(sites)} site(s) aggregated; global {task.score_name} "
             f"{score:.3f}; {seconds:.1f} s; {payload / 1e6:.2f} MB each way per site")

@@ -31,9 +31,15 @@ from sarcomakit.models.registry import build_network
 
 
 def find_bottleneck(network: nn.Module) -> nn.Module:
-    """The deepest block of a MONAI UNet (residual U-Net) or DynUNet, whose output are bottleneck features."""
+    """The deepest block of a MONAI UNet (residual U-Net) or DynUNet, whose output are bottleneck features; of a
+    network with learnable input layers (:class:`~sarcomakit.models.compose.ComposedNetwork`) or of the OBELISK
+    hybrid, that of the U-Net inside."""
     if hasattr(network, "bottleneck") and isinstance(network.bottleneck, nn.Module):  # DynUNet
         return network.bottleneck
+    for wrapped in ("backbone", "unet"):  # learnable input layers' ComposedNetwork; the OBELISK hybrid's U-Net
+        inner = getattr(network, wrapped, None)
+        if isinstance(inner, nn.Module) and (hasattr(network, "input_layers") or hasattr(network, "sampling")):
+            return find_bottleneck(inner)
     module = getattr(network, "model", None)
     if module is None:
         raise UserInputError(f"the network {type(network).__name__} has no bottleneck the heads can read.",

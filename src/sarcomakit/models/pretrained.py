@@ -18,7 +18,9 @@ by N, so that N copies of the same image give the pretrained activations.
 
 Checkpoint layouts read (:func:`detect_layout`):
 
-- ``sarcomakit``: a run's ``checkpoint_*.pt`` (pretraining, segmentation or multi-task), which names its network;
+- ``sarcomakit``: a run's ``checkpoint_*.pt`` (pretraining, segmentation or multi-task), which names its network
+  (``vit_mae`` renamed into UNETR's ``vit.*``; ``simmim`` on UNETR or SwinUNETR already holds ``vit.*`` or
+  ``swinViT.*``, its mask token and decoder are left out);
 - ``monai-swinvit``: MONAI's SwinUNETR self-supervised ``model_swinvit.pt`` (``{"state_dict": {"module.patch_embed.
   ...", "module.layers1.0.blocks.0.mlp.fc1.weight", ...}}``, the layout ``SwinUNETR.load_from`` reads);
 - ``monai-ssl``: MONAI's ``ssl_pretrained_weights.pth`` (``{"model": {"encoder.patch_embed...", "encoder.layers1.0.0.
@@ -127,6 +129,9 @@ def _from_sarcomakit(checkpoint: Mapping[str, Any]) -> SourceWeights:
     task = str(checkpoint.get("task", config.get("task", "")))
     if task == "vit_mae":  # MONAI's MaskedAutoEncoderViT: its encoder is UNETR's ViT
         tensors, ignored = _vit_into_unetr(state)
+    elif task == "simmim":  # SimMIMViT / SimMIMSwin keep UNETR's vit.* / SwinUNETR's swinViT.* names
+        tensors = {k: v for k, v in state.items() if k.startswith(("vit.", "swinViT."))}
+        ignored = [k for k in state if k not in tensors]  # the mask token and the pretraining decoder
     elif any(k.startswith("backbone.") for k in state):  # a multi-task (or composed) network: its backbone
         tensors = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         ignored = [k for k in state if not k.startswith("backbone.")]

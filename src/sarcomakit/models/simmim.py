@@ -10,10 +10,25 @@ MONAI has the ViT and UNETR but no SimMIM wrapper, hence this module.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
+
+
+def patchify(image: torch.Tensor, token: int = 16) -> torch.Tensor:
+    """``(B, C, Z, Y, X)`` into ``(B, N, C * token³)`` in the order of the ViT's tokens (z, then y, then x)."""
+    b, c, z, y, x = image.shape
+    grid = (z // token, y // token, x // token)
+    blocks = image.reshape(b, c, grid[0], token, grid[1], token, grid[2], token)
+    return blocks.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, math.prod(grid), c * token**3)
+
+
+def random_token_mask(batch: int, n_tokens: int, ratio: float, device: torch.device) -> torch.Tensor:
+    """``(B, N)`` bool with exactly ``round(ratio * N)`` tokens masked per sample (torch's global generator)."""
+    order = torch.rand(batch, n_tokens, device=device).argsort(dim=1)
+    return order < round(ratio * n_tokens)
 
 
 class SimMIMViT(nn.Module):
@@ -39,8 +54,7 @@ class SimMIMViT(nn.Module):
 
     def random_mask(self, batch: int, n_tokens: int, device: torch.device) -> torch.Tensor:
         """``(B, N)`` bool with exactly ``round(ratio * N)`` tokens masked per sample (torch's global generator)."""
-        order = torch.rand(batch, n_tokens, device=device).argsort(dim=1)
-        return order < round(self.mask_ratio * n_tokens)
+        return random_token_mask(batch, n_tokens, self.mask_ratio, device)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted voxels of every token ``(B, N, C * token³)`` and the token mask used ``(B, N)``, 1 = masked."""

@@ -1,19 +1,25 @@
-"""Token-masking pretraining of UNETR's vision transformer: a masked autoencoder (``vit_mae``) and SimMIM.
+"""Token-masking pretraining of the transformers of UNETR (masked autoencoder ``vit_mae``, SimMIM) and SwinUNETR
+(SimMIM).
 
-The patch is cut into 16³-voxel tokens and a random fraction of them is masked; the loss is computed on the
-masked tokens' voxels only. Targets are the preprocessed intensities (after the plan's normalisation).
+The patch is cut into 16³-voxel tokens (SwinUNETR: mask blocks) and a random fraction of them is masked; the
+loss is computed on the masked tokens' voxels only. Targets are the preprocessed intensities (after the plan's
+normalisation).
 
 - ``vit_mae`` (He et al. 2022), with MONAI's ``MaskedAutoEncoderViT``: 75% of the tokens are dropped before
   the encoder, which sees only the visible ones; a light transformer decoder predicts the dropped ones;
   mean squared error.
 - ``simmim`` (Xie et al. 2022, :class:`~sarcomakit.models.simmim.SimMIMViT`): 60% of the tokens are replaced by
   a learnt mask token, the encoder sees all of them, a linear layer predicts the voxels; mean absolute error.
+- ``simmim`` with ``--network swinunetr`` (:class:`~sarcomakit.models.swin_simmim.SimMIMSwin`): the same on
+  SwinUNETR's Swin transformer, with 60% of 16³-voxel blocks of its 2³-voxel patch embeddings masked and a
+  transposed-convolution linear head; its ``swinViT.*`` tensors load into SwinUNETR unchanged (its relative
+  position biases do not depend on the patch, so fine-tuning may use another patch).
 
-Both encoders have the shape of the ``unetr`` network's ViT (MONAI's UNETR always has 12 layers; width, MLP size
+The UNETR encoders have the shape of the ``unetr`` network's ViT (MONAI's UNETR always has 12 layers; width, MLP size
 and heads come from ``network_options`` as for ``unetr``), so that ``sarcomakit train --network unetr --init RUN``
 loads every encoder tensor (:mod:`sarcomakit.models.pretrained` renames the MAE's ``patch_embedding``,
 ``blocks`` and ``norm`` into UNETR's ``vit``; SimMIM's are already ``vit.*``). The patch must be the one
-fine-tuning will use: the position embeddings have one entry per token of it.
+fine-tuning will use (UNETR): the position embeddings have one entry per token of it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 from torch import nn
 
 from sarcomakit.core.errors import UserInputError
+from sarcomakit.models.simmim import patchify
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
 from sarcomakit.runs.config import TrainConfig
@@ -46,14 +53,6 @@ UNETR_LAYERS = 12
 ENCODER_PREFIXES = ("patch_embedding.", "blocks.", "norm.")
 
 
-def patchify(image: torch.Tensor, token: int = TOKEN) -> torch.Tensor:
-    """``(B, C, Z, Y, X)`` into ``(B, N, C * token³)`` in the order of the ViT's tokens (z, then y, then x)."""
-    b, c, z, y, x = image.shape
-    grid = (z // token, y // token, x // token)
-    blocks = image.reshape(b, c, grid[0], token, grid[1], token, grid[2], token)
-    return blocks.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, math.prod(grid), c * token**3)
-
-
 def masked_token_error(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                        power: int = 2) -> torch.Tensor:
     """Mean squared (``power`` 2) or absolute (1) error over the voxels of the masked tokens (``mask`` (B, N),
@@ -69,16 +68,18 @@ def masked_token_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch
 
 
 class TokenMaskingObjective(Objective):
-    """The model masks tokens itself and returns ``(prediction, mask)``; the error is taken on masked tokens."""
+    """The model masks tokens itself and returns ``(prediction, mask)``; the error is taken on masked tokens
+    (``token``: the edge in voxels of the cubes the model masks, in :func:`patchify` order)."""
 
-    def __init__(self, power: int = 2) -> None:
+    def __init__(self, power: int = 2, token: int = TOKEN) -> None:
         super().__init__()
         self.power = power
+        self.token = token
 
     def forward(self, model: nn.Module, batch: Mapping[str, Any], device: torch.device) -> LossOutput:
         image = batch["image"].to(device, non_blocking=True)
         prediction, mask = model(image)
-        return LossOutput(masked_token_error(prediction, patchify(image), mask, self.power))
+        return LossOutput(masked_token_error(prediction, patchify(image, self.token), mask, self.power))
 
 
 def _whole_patch(n_channels: int, patch_size: Sequence[int], rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -126,8 +127,12 @@ class TokenMaskingTask(PretrainingTask):
         return MaskedPatchDataset(cases, config.patch_size or plan.patch_size, length, _whole_patch,
                                   flips=config.augmentation != "none", seed=config.seed)
 
+    def token(self, config: TrainConfig) -> int:
+        """Edge in voxels of the cubes the model masks (the ViT's tokens)."""
+        return TOKEN
+
     def objective(self, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig) -> Objective:
-        return TokenMaskingObjective(self.power)
+        return TokenMaskingObjective(self.power, self.token(config))
 
     @torch.no_grad()
     def case_error(self, model: nn.Module, case: PreprocessedCase, plan: Plan, config: TrainConfig,
@@ -143,7 +148,7 @@ class TokenMaskingTask(PretrainingTask):
             torch.manual_seed(config.seed + key)
             image = torch.from_numpy(images).to(device)
             prediction, mask = model(image)
-        return float(masked_token_error(prediction, patchify(image), mask, self.power))
+        return float(masked_token_error(prediction, patchify(image, self.token(config)), mask, self.power))
 
     def validate(self, model: nn.Module, cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig,
                  device: torch.device) -> dict[str, float]:
@@ -197,23 +202,64 @@ class ViTMaskedAutoencoderTask(TokenMaskingTask):
 
 
 class SimMIMTask(TokenMaskingTask):
-    """SimMIM on UNETR's vision transformer: a learnt mask token, a linear decoder, L1 on masked tokens.
+    """SimMIM: a learnt mask token, a light linear decoder, L1 on the masked voxels, on the network's transformer.
+
+    With ``--network unetr``, UNETR's ViT (:class:`~sarcomakit.models.simmim.SimMIMViT`): its 16³ tokens are masked.
+    With ``--network swinunetr``, SwinUNETR's Swin transformer (:class:`~sarcomakit.models.swin_simmim.SimMIMSwin`):
+    ``block_size``³-voxel blocks of its 2³-voxel patch embeddings are masked; SwinUNETR's ``feature_size``,
+    ``depths``, ``num_heads`` and ``use_v2`` come from ``network_options``, as for fine-tuning.
 
     Args:
-        mask_ratio: fraction of the 16³ tokens replaced by the mask token.
+        mask_ratio: fraction of the tokens (UNETR) or blocks (SwinUNETR) replaced by the mask token.
+        block_size: SwinUNETR only: mask block edge in voxels (even, dividing the patch; default 16).
         val_patches: fixed patches per validation case.
     """
 
     name = "simmim"
     power = 1
+    #: SwinUNETR's default mask block edge in voxels (8³ of its 2³-voxel patch embeddings)
+    SWIN_BLOCK: ClassVar[int] = 16
 
-    def __init__(self, manifest: Manifest | None = None, *, mask_ratio: float = 0.6, val_patches: int = 2) -> None:
+    def __init__(self, manifest: Manifest | None = None, *, mask_ratio: float = 0.6, block_size: int | None = None,
+                 val_patches: int = 2) -> None:
         super().__init__(manifest, mask_ratio=mask_ratio, val_patches=val_patches)
+        if block_size is not None and (not isinstance(block_size, int) or block_size < 2 or block_size % 2):
+            raise UserInputError(f"block_size {block_size} is not an even number of voxels.",
+                                 fix="use e.g. --task-option block_size=16 (a multiple of the 2-voxel patches).")
+        self.block_size = block_size
+
+    def token(self, config: TrainConfig) -> int:
+        return (self.block_size or self.SWIN_BLOCK) if config.network == "swinunetr" else TOKEN
 
     def build_model(self, plan: Plan, config: TrainConfig) -> nn.Module:
+        if config.network == "swinunetr":
+            return self._build_swin(plan, config)
+        if config.network != "unetr":
+            raise UserInputError(f"simmim pretrains the transformer of UNETR or SwinUNETR, not a {config.network}.",
+                                 fix="use --network unetr or --network swinunetr (mae and crmae pretrain the others).")
+        if self.block_size is not None:
+            raise UserInputError("block_size applies to SwinUNETR; UNETR masks its 16³-voxel tokens.",
+                                 fix="drop --task-option block_size, or use --network swinunetr.")
         from sarcomakit.models import build_network
         from sarcomakit.models.simmim import SimMIMViT
 
         patch, vit = self.vit_options(plan, config)
         unetr = build_network("unetr", in_channels=len(plan.channels), out_channels=1, patch_size=patch, **vit)
         return SimMIMViT(unetr.vit, len(plan.channels), token=TOKEN, mask_ratio=self.mask_ratio)
+
+    def _build_swin(self, plan: Plan, config: TrainConfig) -> nn.Module:
+        from sarcomakit.models import build_network
+        from sarcomakit.models.swin_simmim import SimMIMSwin
+
+        patch = [int(p) for p in (config.patch_size or plan.patch_size)]
+        block = self.token(config)
+        if any(p % block for p in patch):
+            raise UserInputError(f"the patch {patch} is not a multiple of the {block}-voxel mask blocks.",
+                                 fix="set --task-option block_size to a divisor of every patch axis (e.g. 16).")
+        if config.network_options.get("input_layers"):
+            raise UserInputError("simmim pretrains SwinUNETR's transformer itself, without input layers.",
+                                 fix="pretrain without network_options.input_layers.")
+        swin = build_network("swinunetr", in_channels=len(plan.channels), out_channels=1, patch_size=patch,
+                             **config.network_options)
+        return SimMIMSwin(swin.swinViT, len(plan.channels), block=block, mask_ratio=self.mask_ratio,
+                          normalize=bool(swin.normalize))

@@ -1,0 +1,1 @@
+"""Export trained runs to formats other tools load without sarcomakit (MONAI bundles)."""
