@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Smoke tests of the CPU images (make image-test; not part of make test: building takes minutes).
 # Builds the cli and server images (containers/image.sh), then runs them as the image's non-root user with no
-# network: --help, synth into a mounted folder, plan, one tiny training epoch, predict with that run, the
-# one-line errors for an unwritable or missing mount, and the server answering /info/ on a published port.
+# network: --help, synth into a mounted folder, plan, one tiny training epoch, predict and predict-io with that
+# run, the one-line errors for an unwritable or missing mount, and the server answering /info/ on a published
+# port.
 # Installs podman, buildah, runc and debootstrap with apt-get when no container tool is found (as root).
 #   SKIP_BUILD=1   test the images already built     RECORD=1   append the figures to benchmarks/RESULTS.md
 #   IMAGE, TOOL, BASE_IMAGE as for containers/image.sh
@@ -110,6 +111,11 @@ check train 0 sk train /work/cohort/manifest.csv --plan /work/cohort/plan.json -
 expect "train wrote a checkpoint" test -s "$work/data/run/fold_0/checkpoint_best.pt"
 check predict 0 sk predict /work/run /work/cohort/manifest.csv /work/pred --device cpu
 expect "predict wrote 4 masks" test "$(ls "$work"/data/pred/*.nii.gz 2>/dev/null | wc -l)" -eq 4
+# the pipeline entry point: images read from a read-only /input, masks and results.json in /output
+check predict-io 0 ctr run "${run_flags[@]}" -v "$work/data/cohort/images:/input:ro" -v "$work/data:/work" \
+  "$CLI" predict-io /input /work/output --model /work/run --device cpu
+expect "predict-io wrote results.json and 4 masks" test -s "$work/data/output/results.json" -a \
+  "$(find "$work/data/output" -name '*.mha' 2>/dev/null | wc -l)" -eq 4
 
 # bad input: sarcomakit's one-line error (exit 2), no traceback
 one_line_error() { [ "$(grep -c . "$1")" -le 2 ] && ! grep -q Traceback "$1" && grep -qi "error" "$1"; }
