@@ -12,7 +12,8 @@ LOCK      ?= requirements/lock.txt
 TORCH_PIN  = $(VENV)/torch-pin.txt
 PIP       := $(PY) -m pip install -q -c $(LOCK)
 
-.PHONY: web venv demo test test-latest lint typecheck lock lock-upgrade flower-lock bench wsi-demo clean
+.PHONY: web venv demo test test-latest lint typecheck lock lock-upgrade flower-lock bench wsi-demo clean image \
+	image-cuda image-site image-test
 
 $(VENV)/.stamp-base: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -143,6 +144,27 @@ bench: $(VENV)/.stamp-dev
 	$(PY) benchmarks/bench_wsi_tiling.py
 	$(PY) benchmarks/bench_wsi_read.py
 	$(PY) benchmarks/bench_wsi_embed.py
+
+# Container images (docs/containers.md), with podman, buildah or Docker, whichever is found (TOOL=...).
+# `make image`: the CPU cli and server images. The base is python:3.11-slim-bookworm from a registry, or,
+# with BASE_IMAGE=local or when that cannot be pulled, a Debian base built here with debootstrap (root).
+# `make image-cuda`: the same with a CUDA torch; `make image-site`: the federated site (sarcomakit + Flower).
+# `make image-test`: builds the CPU images and smoke-tests them (minutes; not part of `make test`);
+# RECORD=1 appends its figures to benchmarks/RESULTS.md.
+BASE_IMAGE    ?=
+IMAGE_TARGETS ?= cli server
+IMAGE_ENV      = BASE_IMAGE="$(BASE_IMAGE)" TORCH_VERSION="$(patsubst torch==%,%,$(TORCH_SPEC))"
+image:
+	$(IMAGE_ENV) VARIANT=cpu TARGETS="$(IMAGE_TARGETS)" containers/image.sh
+
+image-cuda:
+	$(IMAGE_ENV) VARIANT=cuda TARGETS="$(IMAGE_TARGETS)" containers/image.sh
+
+image-site:
+	$(IMAGE_ENV) VARIANT=cpu TARGETS=federated-site containers/image.sh
+
+image-test:
+	$(IMAGE_ENV) RECORD="$(RECORD)" containers/image-test.sh
 
 clean:
 	rm -rf $(VENV) $(FLOWER_VENV) build *.egg-info src/*.egg-info
