@@ -57,7 +57,7 @@ def test_experiment_runs_end_to_end(tiny_cohort: Manifest, tmp_path: Path) -> No
                                       "--folds", "2", "--bootstrap", "20", "--config", str(config_path),
                                       "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    report = (out / "comparison.md").read_text()
+    report = (out / "comparison.md").read_text(encoding="utf-8")
     for arm in ARMS:
         assert f"| {arm} |" in report  # every arm has a cost row
     assert "What the layers learnt" in report and "zoom (z, y, x)" in report
@@ -74,14 +74,17 @@ def test_experiment_runs_end_to_end(tiny_cohort: Manifest, tmp_path: Path) -> No
     assert by_arm.loc["fixed", "input_layer_parameters"] == 0
     assert by_arm.loc["all", "input_layer_parameters"] > by_arm.loc["window", "input_layer_parameters"] > 0
     assert by_arm.loc["obelisk", "input_layer_parameters"] > 0
-    run_config = json.loads((out / "loso" / "runs" / "all" / "split_0" / "config.json").read_text())
+    run_config = json.loads((out / "loso" / "runs" / "all" / "split_0" / "config.json").read_text(encoding="utf-8"))
     assert [s["layer"] for s in run_config["network_options"]["input_layers"]] == list(ARM_DEFINITIONS["all"].layers)
     assert run_config["checkpoint_selection"] == "last"  # no epoch chosen by the scored cases
+    boxed = json.loads((out / "loso" / "runs" / "roi_box" / "split_0" / "config.json").read_text(encoding="utf-8"))
+    assert boxed["network_options"]["input_layers"] == [{"layer": "roi", "box_weight": 1.0}]
     # each fold planned on its training cases: the held-out site's thicker slices are not in the plan
-    for k, fold in enumerate(json.loads((out / "loso" / "splits.json").read_text())):
-        fingerprint = json.loads((out / "loso" / "plans" / f"split_{k}" / "fingerprint.json").read_text())
+    for k, fold in enumerate(json.loads((out / "loso" / "splits.json").read_text(encoding="utf-8"))):
+        fingerprint_path = out / "loso" / "plans" / f"split_{k}" / "fingerprint.json"
+        fingerprint = json.loads(fingerprint_path.read_text(encoding="utf-8"))
         assert sorted([c["case_id"] for c in fingerprint["cases"]]) == sorted(fold["train"])
-    shift = json.loads((out / "spacing_shift" / "splits.json").read_text())
+    shift = json.loads((out / "spacing_shift" / "splits.json").read_text(encoding="utf-8"))
     assert all(c.endswith("-thick") for c in shift[0]["val"] + shift[1]["train"])
     assert (out / "in_domain" / "learnt_intensity.png").is_file()
     assert "learnt_intensity.png" in report
@@ -110,5 +113,6 @@ def test_experiment_compares_grade_and_survival_with_the_multitask_option(tiny_c
     assert oof["log_risk"].notna().all() and oof["grade_true"].notna().all() and oof["dice"].between(0, 1).all()
     metrics = set(results["loso"].table.index)
     assert "dice_mean" in metrics and any("auc" in m for m in metrics) and any("c_index" in m for m in metrics)
-    run_config = json.loads((tmp_path / "exp" / "loso" / "runs" / "window" / "split_0" / "config.json").read_text())
+    run_config_path = tmp_path / "exp" / "loso" / "runs" / "window" / "split_0" / "config.json"
+    run_config = json.loads(run_config_path.read_text(encoding="utf-8"))
     assert run_config["task"] == "multitask"

@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 
 # kept in step with sarcomakit.experiments.preprocessing_comparison.ARMS (imported lazily: torch is slow to load)
-ARMS = ("fixed", "minimal", "percentile", "window", "monotone", "normaliser", "resizer", "zoom", "roi", "all",
-        "obelisk")
+ARMS = ("fixed", "minimal", "percentile", "window", "monotone", "normaliser", "resizer", "zoom", "roi", "roi_box",
+        "all", "obelisk")
 
 
 def preprocessing_experiment_command(

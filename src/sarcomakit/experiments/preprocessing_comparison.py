@@ -9,6 +9,7 @@ Arms (every one trains the same backbone with the same options, epochs, iteratio
 - one learnable layer alone, replacing only the step it learns (:mod:`sarcomakit.models.preprocessing_layers`):
   ``window`` (CT/PET channels), ``monotone`` (the other channels; landmarks fitted on the fold's training
   images, z-scored), ``normaliser``, ``resizer``, ``zoom`` (both on the native grid), ``roi`` (on the fixed plan);
+- ``roi_box``: the ROI crop trained with its weak box loss too (the label's bounding box, enlarged);
 - ``all``: every learnable layer together on the minimal pipeline;
 - ``obelisk``: the OBELISK front end + small U-Net hybrid on the fixed plan.
 
@@ -42,8 +43,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,8 @@ from sarcomakit.tasks.segmentation import segmentation_dice
 from sarcomakit.training.api import train
 
 ALL_LAYERS = ("window", "monotone", "normaliser", "resizer", "zoom", "roi")
-ARMS = ("fixed", "minimal", "percentile", *ALL_LAYERS, "all", "obelisk")
+ARMS = ("fixed", "minimal", "percentile", *ALL_LAYERS, "roi_box", "all", "obelisk")
+BOX_WEIGHT = 1.0  # the roi_box arm's weak box loss weight
 SETTINGS = ("in_domain", "loso", "spacing_shift")
 EXPERIMENT_TASKS = ("segmentation", "multitask")
 THICK_FACTOR = 3.0  # default slice thickness of the spacing-shift copies, as a multiple of the original
@@ -94,6 +96,7 @@ class Arm:
     layers: tuple[str, ...] = ()
     scheme: str | None = None  # a fixed normalisation scheme for every channel (the fixed alternative)
     network: str | None = None  # default: the config's network
+    layer_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False)  # by layer name
 
 
 ARM_DEFINITIONS = {
@@ -106,6 +109,7 @@ ARM_DEFINITIONS = {
     "resizer": Arm("resizer", ("spacing",), layers=("resizer",)),
     "zoom": Arm("zoom", ("spacing",), layers=("zoom",)),
     "roi": Arm("roi", ("crop",), layers=("roi",)),
+    "roi_box": Arm("roi_box", ("crop",), layers=("roi",), layer_options={"roi": {"box_weight": BOX_WEIGHT}}),
     "all": Arm("all", ("intensity", "spacing", "crop"), "all", ALL_LAYERS),
     "obelisk": Arm("obelisk", ("sampling",), network="obelisk_unet"),
 }
@@ -173,6 +177,7 @@ def arm_config(arm: Arm, config: TrainConfig, plan: Plan, fingerprint: Fingerpri
         specs = input_layer_specs(list(arm.layers), plan, fingerprint, landmarks=landmarks)
         patch = config.patch_size or plan.patch_size
         for spec in specs:
+            spec.update(arm.layer_options.get(spec["layer"], {}))
             if spec["layer"] == "resizer":  # the average spacing change of the plan, kept divisible by 8
                 native = np.median(fingerprint.spacings, axis=0) if fingerprint is not None else plan.target_spacing
                 sizes = [max(8, int(round(p * n / t / 8)) * 8) for p, n, t in
@@ -422,7 +427,7 @@ def learnt_summary(run_dir: Path, fold: int = 0) -> dict[str, str]:
     if not checkpoint.is_file() or not config_path.is_file():
         return {}
     state = load_checkpoint(checkpoint)["model"]
-    specs = json.loads(config_path.read_text())["network_options"].get("input_layers", [])
+    specs = json.loads(config_path.read_text(encoding="utf-8"))["network_options"].get("input_layers", [])
     summary: dict[str, str] = {}
     for i, spec in enumerate(specs):
         prefix = layer_prefix(state, i)

@@ -31,6 +31,7 @@ from sarcomakit.losses.grade import balanced_class_weights
 from sarcomakit.losses.multitask import MultiTaskLoss
 from sarcomakit.losses.weighting import FixedWeighting, UncertaintyWeighting
 from sarcomakit.models.multitask import build_multitask_network
+from sarcomakit.models.preprocessing_layers.base import input_layer_losses
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
 from sarcomakit.runs.config import TrainConfig
@@ -125,7 +126,11 @@ class MultiTaskObjective(Objective):
         result = self.loss(outputs, targets)
         logged = {f"loss_{name}": float(value.detach()) for name, value in result.losses.items()
                   if name not in result.skipped}
-        return LossOutput(result.total, logged)
+        total = result.total
+        for name, value in input_layer_losses(model, targets["segmentation"]).items():
+            total = total + value
+            logged[name] = float(value.detach())
+        return LossOutput(total, logged)
 
     def get_extra_state(self) -> dict[str, Any]:
         return self.memory.state_dict()

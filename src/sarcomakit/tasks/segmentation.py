@@ -13,6 +13,7 @@ from sarcomakit.evaluation.metrics import dice
 from sarcomakit.inference.sliding_window import predict_volume
 from sarcomakit.losses.segmentation import dice_ce_loss
 from sarcomakit.models import build_network
+from sarcomakit.models.preprocessing_layers.base import input_layer_losses
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase
 from sarcomakit.runs.config import TrainConfig
@@ -26,7 +27,8 @@ def segmentation_dice(prediction: np.ndarray, reference: np.ndarray, n_classes: 
 
 
 class SegmentationObjective(Objective):
-    """Dice + cross-entropy of the network's logits against the patch labels."""
+    """Dice + cross-entropy of the network's logits against the patch labels, plus the auxiliary losses of
+    the network's input layers (e.g. a ROI crop's weak box loss), logged by name."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,7 +36,12 @@ class SegmentationObjective(Objective):
 
     def forward(self, model: nn.Module, batch: Mapping[str, Any], device: torch.device) -> LossOutput:
         logits = model(batch["image"].to(device, non_blocking=True))
-        return LossOutput(self.loss(logits, batch["label"].to(device, non_blocking=True)))
+        label = batch["label"].to(device, non_blocking=True)
+        total = self.loss(logits, label)
+        auxiliary = input_layer_losses(model, label)
+        for value in auxiliary.values():
+            total = total + value
+        return LossOutput(total, {name: float(value.detach()) for name, value in auxiliary.items()})
 
 
 def patch_dataset(cases: Sequence[PreprocessedCase], plan: Plan, config: TrainConfig, length: int) -> PatchDataset:

@@ -18,12 +18,15 @@ from torch import nn
 
 
 class InputLayer(nn.Module):
-    """A preprocessing layer that knows how many channels and what spatial size it outputs.
+    """A preprocessing layer that knows how many channels and what spatial size it outputs, and may add an
+    auxiliary loss to the task's (:meth:`auxiliary_loss`, e.g. the ROI crop's weak box loss).
 
     Args:
         in_channels: input channels.
         channels: indices of the channels it transforms (default: all); the others pass through unchanged.
     """
+
+    auxiliary_loss_name = "auxiliary_loss"
 
     def __init__(self, in_channels: int, channels: Sequence[int] | None = None) -> None:
         super().__init__()
@@ -36,6 +39,11 @@ class InputLayer(nn.Module):
     @property
     def out_channels(self) -> int:
         return self.in_channels
+
+    def auxiliary_loss(self, label: torch.Tensor) -> torch.Tensor | None:
+        """A loss of the layer's last training forward pass against the batch's label map (B, 1, Z, Y, X) on
+        the input grid, added to the task loss; None (the default) when the layer has none."""
+        return None
 
     def out_size(self, size: Sequence[int]) -> tuple[int, ...]:
         """The spatial size (z, y, x) of the output for an input of ``size``."""
@@ -67,3 +75,16 @@ def identity_grid_theta(batch: int, scale: torch.Tensor, shift: torch.Tensor | N
         theta[:, row, row] = scale[:, axis]
         theta[:, row, 3] = shift[:, axis]
     return theta
+
+
+def input_layer_losses(model: nn.Module, label: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The auxiliary losses of every input layer in ``model`` (any wrapper: DDP, a multi-task network) for the
+    batch whose label map is ``label``, by layer name (``box_loss`` for a ROI crop's box loss)."""
+    losses: dict[str, torch.Tensor] = {}
+    for module in model.modules():
+        if isinstance(module, InputLayer):
+            loss = module.auxiliary_loss(label)
+            if loss is not None:
+                key = module.auxiliary_loss_name
+                losses[key] = losses[key] + loss if key in losses else loss
+    return losses

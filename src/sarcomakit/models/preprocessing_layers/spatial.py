@@ -130,6 +130,14 @@ class ROICrop(GeometricLayer):
     identity crop. What it learns, from the task loss alone: where the tumour is and how large a box it
     needs, i.e. to spend the backbone's voxels on the region that matters.
 
+    Weak box loss (``box_weight > 0``): in training, the predicted box is also pulled towards the
+    foreground's bounding box in the patch's label map, enlarged by ``box_margin`` (at least ``min_scale``):
+    ``box_weight * (|c - c*|_1 + |log h - log h*|_1) / 3`` averaged over the patches that hold foreground
+    (:meth:`auxiliary_loss`; a patch without foreground adds nothing). The task loss alone reaches the box
+    only through the voxels it moves in or out of view; the box loss gives the localisation network a direct
+    target from the first step. The target is exact when no geometric layer that moves normalised
+    coordinates (a zoom) comes before the crop.
+
     Stability: the localisation network sees an instance-normalised input (whatever the layers before it
     output), and its output is scaled by ``rate``. Without both, a box that jumps off the tumour early
     saturates ``tanh`` in a corner, where the task loss no longer reaches it (seen in 2 of 3 folds of the
@@ -142,11 +150,18 @@ class ROICrop(GeometricLayer):
         outside_logit: background logit given outside the ROI on restore.
         rate: factor on the localisation network's output: the box moves ``rate`` times slower than the
             backbone learns (with Adam, about a ``rate`` times smaller learning rate).
+        box_weight: weight of the weak box loss (0: the task loss alone).
+        box_margin: the target box's half-width as a multiple of the foreground's.
     """
 
+    auxiliary_loss_name = "box_loss"
+
     def __init__(self, in_channels: int, hidden: int = 8, min_scale: float = 0.25,
-                 outside_logit: float = 10.0, rate: float = 0.1) -> None:
+                 outside_logit: float = 10.0, rate: float = 0.1, box_weight: float = 0.0,
+                 box_margin: float = 1.25) -> None:
         super().__init__(in_channels)
+        if box_weight < 0 or box_margin < 1:
+            raise ValueError(f"box_weight must be >= 0 and box_margin >= 1 (got {box_weight}, {box_margin})")
         self.localisation = nn.Sequential(
             nn.AdaptiveAvgPool3d(16), nn.InstanceNorm3d(in_channels),
             nn.Conv3d(in_channels, hidden, 3, stride=2, padding=1), nn.LeakyReLU(0.01),
@@ -159,6 +174,9 @@ class ROICrop(GeometricLayer):
         self.min_scale = float(min_scale)
         self.outside_logit = float(outside_logit)
         self.rate = float(rate)
+        self.box_weight = float(box_weight)
+        self.box_margin = float(box_margin)
+        self._training_box: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def box(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Centre (B, 3) and half-width (B, 3), (z, y, x), normalised to (-1, 1), of each case's ROI."""
@@ -169,7 +187,21 @@ class ROICrop(GeometricLayer):
 
     def transform(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         centre, scale = self.box(x)
+        # kept for the box loss of this training step only (never in evaluation, so nothing holds a graph)
+        self._training_box = (centre, scale) if self.training and self.box_weight > 0 else None
         return self.crop(x, centre, scale), (centre, scale)
+
+    def auxiliary_loss(self, label: torch.Tensor) -> torch.Tensor | None:
+        """The weak box loss of the last training forward pass (class docstring); None when it is off."""
+        if self._training_box is None:
+            return None
+        centre, scale = self._training_box
+        self._training_box = None
+        target_centre, target_scale, has_foreground = foreground_box(label, self.box_margin, self.min_scale)
+        if not bool(has_foreground.any()):
+            return centre.sum() * 0.0
+        error = ((centre - target_centre).abs() + (scale.log() - target_scale.log()).abs()).mean(dim=1)
+        return self.box_weight * error[has_foreground].mean()
 
     @staticmethod
     def crop(x: torch.Tensor, centre: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -184,3 +216,25 @@ class ROICrop(GeometricLayer):
         outside = torch.zeros_like(y[:1, :, :1, :1, :1])
         outside[:, 0] = self.outside_logit
         return inside * back + (1.0 - inside) * outside
+
+
+def foreground_box(label: torch.Tensor, margin: float = 1.0,
+                   min_half_width: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per case, the bounding box of ``label > 0`` (B, 1, Z, Y, X) in ``grid_sample``'s normalised coordinates
+    (``align_corners=False``: voxel ``i`` of ``n`` spans ``[2i/n - 1, 2(i+1)/n - 1]``), (z, y, x): centre (B, 3),
+    half-width (B, 3) times ``margin`` and at least ``min_half_width``, and whether the case has foreground (B,).
+    Cases without foreground get the whole grid (centre 0, half-width 1)."""
+    foreground = label.reshape(label.shape[0], *label.shape[-3:]) > 0
+    batch = foreground.shape[0]
+    centre = torch.zeros(batch, 3, device=label.device)
+    half = torch.ones(batch, 3, device=label.device)
+    has = foreground.flatten(1).any(dim=1)
+    for axis in range(3):
+        size = foreground.shape[1 + axis]
+        present = foreground.any(dim=[d for d in (1, 2, 3) if d != 1 + axis])  # (B, size)
+        index = torch.arange(size, device=label.device).expand(batch, size)
+        low = torch.where(present, index, size).amin(dim=1).float()
+        high = torch.where(present, index, -1).amax(dim=1).float() + 1.0
+        centre[:, axis] = torch.where(has, (low + high) / size - 1.0, 0.0)
+        half[:, axis] = torch.where(has, (high - low) / size * margin, 1.0)
+    return centre, half.clamp_min(min_half_width), has
