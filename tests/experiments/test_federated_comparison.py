@@ -36,18 +36,19 @@ def test_experiment_compares_every_method_on_the_same_held_out_cases(tmp_path: P
             "--bootstrap", "50", "--dp-epsilon", "8"]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    test_ids = json.loads((out / "splits.json").read_text())[0]["val"]
+    test_ids = json.loads((out / "splits.json").read_text(encoding="utf-8"))[0]["val"]
     dice = pd.read_csv(out / "dice.csv")
     for method in ("centralised", "local", "fedavg", "fedprox", "dp_fedavg"):  # every method scores every test case
         assert sorted(dice.loc[dice["method"] == method, "case_id"]) == sorted(test_ids)
     # the test cases are never trained on: the plan and every run saw the training cases only
     for run in [*(out / "runs").glob("*/federated.json"), *(out / "runs" / "local").glob("*/federated.json")]:
-        trained = {c for site in json.loads(run.read_text())["sites"].values() for c in site["train"] + site["val"]}
+        sites = json.loads(run.read_text(encoding="utf-8"))["sites"]
+        trained = {c for site in sites.values() for c in site["train"] + site["val"]}
         assert trained and not trained & set(test_ids)
-    centralised = json.loads((out / "runs" / "centralised" / "federated.json").read_text())["sites"]
+    centralised = json.loads((out / "runs" / "centralised" / "federated.json").read_text(encoding="utf-8"))["sites"]
     assert list(centralised) == ["pooled"] and len(centralised["pooled"]["train"]) == 6
     assert sorted(p.name for p in (out / "runs" / "local").iterdir()) == ["a", "b", "c"]
-    assert json.loads((out / "runs" / "dp_fedavg" / "privacy.json").read_text())["unit"] == "patient"
+    assert json.loads((out / "runs" / "dp_fedavg" / "privacy.json").read_text(encoding="utf-8"))["unit"] == "patient"
     # the same schedule for every run: 2 rounds from the same initial weights
     for run in ("centralised", "fedavg", "local/a"):
         assert load_checkpoint(out / "runs" / run / "fold_0" / "checkpoint_best.pt")["round"] == 1
@@ -65,5 +66,5 @@ def test_experiment_compares_every_method_on_the_same_held_out_cases(tmp_path: P
     assert (attack["members"] == 6).all() and (attack["non_members"] == 3).all()
     assert attack["attack_auc"].between(0, 1).all()
     assert (out / "federated_comparison.png").stat().st_size > 1000
-    assert "vs centralised" in (out / "comparison.md").read_text()
+    assert "vs centralised" in (out / "comparison.md").read_text(encoding="utf-8")
     Manifest.load(manifest.source)  # the input manifest is untouched and still loads

@@ -47,12 +47,12 @@ def test_experiment_writes_comparison_on_shared_folds(tiny_cohort, tmp_path: Pat
         assert list(rows["case_id"]) == sorted(tiny_cohort.case_ids)
     folds = oof.pivot(index="case_id", columns="method", values="fold")
     assert (folds.nunique(axis=1) == 1).all()
-    splits = json.loads((out / "splits.json").read_text())
+    splits = json.loads((out / "splits.json").read_text(encoding="utf-8"))
     for k, fold in enumerate(splits):  # each fold planned without its validation cases; last epoch kept
-        fingerprint = json.loads((out / "plans" / f"split_{k}" / "fingerprint.json").read_text())
+        fingerprint = json.loads((out / "plans" / f"split_{k}" / "fingerprint.json").read_text(encoding="utf-8"))
         assert {c["case_id"] for c in fingerprint["cases"]} == set(fold["train"])
         assert set(oof.loc[(oof["method"] == "multitask") & (oof["fold"] == k), "case_id"]) == set(fold["val"])
-        run_config = json.loads((out / "runs" / "multitask" / f"split_{k}" / "config.json").read_text())
+        run_config = json.loads((out / "runs" / "multitask" / f"split_{k}" / "config.json").read_text(encoding="utf-8"))
         assert run_config["checkpoint_selection"] == "last"
     assert oof.loc[oof["method"] == "grade_only", "dice"].isna().all()
     comparison = pd.read_csv(out / "comparison.csv", keep_default_na=False)

@@ -62,9 +62,9 @@ def test_single_fold_is_a_monai_network_with_a_state_dict(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
         "configs/inference.json", "configs/metadata.json", "docs/README.md", "models/model.pt"]
-    config = json.loads((out / "configs" / "inference.json").read_text())
+    config = json.loads((out / "configs" / "inference.json").read_text(encoding="utf-8"))
     assert config["network_def"]["_target_"] == "monai.networks.nets.UNet"
-    metadata = json.loads((out / "configs" / "metadata.json").read_text())
+    metadata = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert metadata["sarcomakit"]["folds"] == [1]
     assert metadata["network_data_format"]["inputs"]["image"]["channel_def"] == {"0": "T1", "1": "T2"}
     assert metadata["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "tumour"}
@@ -81,7 +81,7 @@ def test_an_ensemble_carries_every_fold_and_averages_them(tmp_path: Path) -> Non
     bundle = export_bundle(run, tmp_path / "bundle")
     assert bundle.folds == [0, 1]
     assert sorted(p.name for p in (tmp_path / "bundle" / "models").iterdir()) == ["fold_0.pt", "fold_1.pt"]
-    config = json.loads((tmp_path / "bundle" / "configs" / "inference.json").read_text())
+    config = json.loads((tmp_path / "bundle" / "configs" / "inference.json").read_text(encoding="utf-8"))
     post = [t["_target_"] for t in config["postprocessing"]["transforms"]]
     assert post[:2] == ["Activationsd", "MeanEnsembled"] and post.index("Invertd") > 1
     networks = parsed(tmp_path / "bundle", "networks")
@@ -96,9 +96,9 @@ def test_a_multitask_run_exports_its_segmentation_with_a_notice(tmp_path: Path) 
     result = invoke("export", "bundle", run, out)
     assert result.exit_code == 0, result.output
     assert "segmentation only" in result.output
-    metadata = json.loads((out / "configs" / "metadata.json").read_text())
+    metadata = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert metadata["sarcomakit"]["segmentation_only"] is True
-    assert "grade" in (out / "docs" / "README.md").read_text()
+    assert "grade" in (out / "docs" / "README.md").read_text(encoding="utf-8")
     network = parsed(out, "network")
     checkpoint = torch.load(run / "fold_0" / "checkpoint_best.pt", weights_only=True)["model"]
     backbone = {k[len("backbone."):]: v for k, v in checkpoint.items() if k.startswith("backbone.")}
@@ -111,7 +111,7 @@ def test_a_network_monai_cannot_build_is_exported_as_torchscript(tmp_path: Path)
     run = untrained_run(tmp_path / "run", config)
     out = tmp_path / "bundle"
     assert export_bundle(run, out).network_form == "torchscript"
-    assert "network_def" not in json.loads((out / "configs" / "inference.json").read_text())
+    assert "network_def" not in json.loads((out / "configs" / "inference.json").read_text(encoding="utf-8"))
     scripted = parsed(out, "network")
     plan = Plan.load(run / "plan.json")
     model = SegmentationTask().build_model(plan, config)
@@ -166,7 +166,7 @@ def test_an_existing_folder_is_kept_unless_overwrite(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "already exists" in result.output
     result = invoke("export", "bundle", run, out, "--overwrite")  # not a bundle: --overwrite does not replace it
     assert result.exit_code == 2 and "is not a MONAI bundle" in result.output
-    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
     (out / "notes.txt").unlink()
     out.rmdir()
     assert invoke("export", "bundle", run, out).exit_code == 0

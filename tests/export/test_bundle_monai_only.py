@@ -71,8 +71,9 @@ def test_the_bundle_runs_without_sarcomakit_and_agrees_with_predict(trained: dic
     single = export_bundle(trained["run"], root / "bundle-fold0", folds=[0], largest_component=True)
     assert sorted(p.name for p in (single.path / "models").iterdir()) == ["model.pt"]
     # the environment holds what the bundles declare they need, nothing of sarcomakit
-    required = {name for b in (bundle, single)
-                for name in json.loads((b.path / "configs" / "metadata.json").read_text())["required_packages_version"]}
+    metadata = [json.loads((b.path / "configs" / "metadata.json").read_text(encoding="utf-8"))
+                for b in (bundle, single)]
+    required = {name for m in metadata for name in m["required_packages_version"]}
     assert required == {"nibabel", "scikit-image"}
     python = make_monai_only_env(root / "monai-env", tuple(sorted(required)))
     env = clean_environ()

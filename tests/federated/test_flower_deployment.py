@@ -111,13 +111,14 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout_s: fl
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"the SuperLink exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+            pytest.fail(f"the SuperLink exited ({process.returncode}):\n{log.read_text(encoding='utf-8')[-3000:]}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return
         except OSError:
             time.sleep(0.5)
-    pytest.fail(f"the SuperLink did not listen on {port} within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+    tail = log.read_text(encoding="utf-8")[-3000:]
+    pytest.fail(f"the SuperLink did not listen on {port} within {timeout_s:.0f} s:\n{tail}")
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +182,7 @@ def test_secure_aggregation_equals_fedavg_within_quantisation_and_hides_each_upd
     history = pd.read_csv(out / "fold_0" / "history.csv")
     assert sorted(history["site"]) == list(SITES) and (history["status"] == "ok").all()
     # the server's strategy received three results that all carry one (the unmasked sum's) set of weights
-    assert json.loads((out / "fold_0" / "secure_aggregation.json").read_text()) == [
+    assert json.loads((out / "fold_0" / "secure_aggregation.json").read_text(encoding="utf-8")) == [
         {"round": 1, "results": 3, "distinct_parameter_sets": 1}]
     # each site's update, recomputed here exactly as its SuperNode trained it, and their plain FedAvg
     updates = []

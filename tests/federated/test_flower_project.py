@@ -22,7 +22,7 @@ def test_the_cli_writes_the_apps_pyproject_with_the_run_config(tmp_path: Path) -
                                       "--strategy", "fedprox", "--mu", "0.01", "--rounds", "4",
                                       "--secure-aggregation"])
     assert result.exit_code == 0, result.output
-    project = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())
+    project = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text(encoding="utf-8"))
     flwr = project["tool"]["flwr"]["app"]
     assert flwr["components"] == {"serverapp": "sarcomakit.federated.flower_app:server_app",
                                   "clientapp": "sarcomakit.federated.flower_app:client_app"}
@@ -37,9 +37,9 @@ def test_unknown_run_config_keys_are_refused_and_the_connection_file_names_the_s
     with pytest.raises(UserInputError, match="rounds"):
         write_flower_project(tmp_path, {"rounds": 3})
     path = write_superlink_connection(tmp_path / "home", "127.0.0.1:9090")
-    connection = tomllib.loads(path.read_text())
+    connection = tomllib.loads(path.read_text(encoding="utf-8"))
     assert connection["superlink"]["default"] == "local"
     assert connection["superlink"]["local"] == {"address": "127.0.0.1:9090", "insecure": True}
     secure = tomllib.loads(write_superlink_connection(tmp_path / "tls", "h:9090", root_certificates="ca.crt")
-                           .read_text())
+                           .read_text(encoding="utf-8"))
     assert secure["superlink"]["local"] == {"address": "h:9090", "root-certificates": "ca.crt"}

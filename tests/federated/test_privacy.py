@@ -78,7 +78,7 @@ def test_reported_epsilon_is_opacus_accountant_over_all_rounds(tmp_path: Path) -
                                  dp_max_grad_norm=1.0)
     result = simulate(manifest, plan, tmp_path / "run", settings=settings, config=config)
     assert [row["status"] for row in result.history] == ["ok", "ok"]  # the site trained privately in both rounds
-    recorded = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    recorded = json.loads((tmp_path / "run" / "privacy.json").read_text(encoding="utf-8"))
     assert recorded["unit"] == "patient"
     for name, n in (("a", 3),):
         site = recorded["sites"][name]

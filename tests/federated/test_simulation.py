@@ -83,7 +83,7 @@ def test_a_site_without_cases_or_with_other_channels_is_skipped_and_the_round_go
     assert "label" in reasons[(0, "empty")]
     ok = [row for row in result.history if row["status"] == "ok"]
     assert [(row["round"], row["site"]) for row in ok] == [(0, "good"), (1, "good")]
-    log = (tmp_path / "run" / "fold_0" / "train.log").read_text()
+    log = (tmp_path / "run" / "fold_0" / "train.log").read_text(encoding="utf-8")
     assert "site bad skipped" in log and "site empty skipped" in log
     assert (tmp_path / "run" / "fold_0" / "rounds" / "round_001.pt").is_file()
 
@@ -114,5 +114,5 @@ def test_a_site_that_fails_while_training_is_left_out_and_a_crashed_run_resumes(
     result = simulate(manifest, plan, tmp_path / "run", settings=settings, config=TINY, resume=True)
     assert [(row["round"], row["site"]) for row in result.history if row["status"] == "ok"] == [
         (0, "a"), (1, "a"), (1, "b"), (2, "a"), (2, "b")]
-    summary = json.loads((tmp_path / "run" / "fold_0" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "run" / "fold_0" / "summary.json").read_text(encoding="utf-8"))
     assert summary["rounds_run"] == 3

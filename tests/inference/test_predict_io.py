@@ -263,7 +263,7 @@ def test_files_and_dicom_series_give_predicts_masks_values_and_a_dicom_seg(run: 
     assert snapshot(inp) == before
     assert invoke("predict", run, flat, tmp_path / "predicted", "--device", "cpu").exit_code == 0
 
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert set(results) == {"format", "sarcomakit_version", "input", "output", "model", "summary", "cases"}
     assert results["summary"] == {"done": 4, "failed": 0} and results["model"]["channels"] == ["T1", "T2"]
     entries = {e["case_id"]: e for e in results["cases"]}
@@ -318,7 +318,7 @@ def test_a_grand_challenge_job_is_one_case_named_after_its_first_input(run: Path
     result = invoke("predict-io", inp, out, "--model", run, "--device", "cpu", "--mask-slug", "sts-segmentation",
                     "--channel-folder", "T1=t1-weighted-mri", "--channel-folder", "T2=t2-weighted-mri")
     assert result.exit_code == 0, result.output
-    (entry,) = json.loads((out / "results.json").read_text())["cases"]
+    (entry,) = json.loads((out / "results.json").read_text(encoding="utf-8"))["cases"]
     assert entry["case_id"] == "5d1c7e" and entry["outputs"] == {"mask": "images/sts-segmentation/5d1c7e.mha"}
     pred = tmp_path / "predicted"
     assert invoke("predict", run, f"T1={case.images['T1']},T2={case.images['T2']}", pred, "--device", "cpu") \
@@ -347,7 +347,7 @@ def test_a_corrupt_image_fails_alone(run: Path, cohort: Manifest, tmp_path: Path
     (line,) = [line for line in result.output.splitlines() if "failed case01" in line]
     assert "truncated or corrupt" in line and "case01.nii.gz" in line
     assert sorted(p.name for p in (out / "images" / "tumour-segmentation").iterdir()) == ["case00.mha", "case02.mha"]
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     entries = {e["case_id"]: e for e in results["cases"]}
     assert results["summary"] == {"done": 2, "failed": 1}
     assert set(entries["case01"]) == {"case_id", "status", "inputs", "error"}

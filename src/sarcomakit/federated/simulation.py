@@ -150,7 +150,7 @@ def _prepare_folder(run: RunFolder, manifest: Manifest, plan: Plan, config: Trai
     if recorded is not None:
         changes = describe_run_changes(recorded, current)
         if federated_path.exists():
-            before = json.loads(federated_path.read_text())["settings"]
+            before = json.loads(federated_path.read_text(encoding="utf-8"))["settings"]
             now = settings.model_dump(mode="json")
             before.pop("rounds", None)
             now.pop("rounds", None)
