@@ -38,7 +38,7 @@ def test_experiment_compares_every_method_on_the_same_held_out_cases(tmp_path: P
     assert result.exit_code == 0, result.output
     test_ids = json.loads((out / "splits.json").read_text(encoding="utf-8"))[0]["val"]
     dice = pd.read_csv(out / "dice.csv")
-    for method in ("centralised", "local", "fedavg", "fedprox", "dp_fedavg"):  # every method scores every test case
+    for method in ("centralised", "centralised_compute", "local", "fedavg", "fedprox", "dp_fedavg"):  # every test case
         assert sorted(dice.loc[dice["method"] == method, "case_id"]) == sorted(test_ids)
     # the test cases are never trained on: the plan and every run saw the training cases only
     for run in [*(out / "runs").glob("*/federated.json"), *(out / "runs" / "local").glob("*/federated.json")]:
@@ -60,9 +60,14 @@ def test_experiment_compares_every_method_on_the_same_held_out_cases(tmp_path: P
         assert overall.loc[method, "difference"] == pytest.approx(mean, abs=1e-9)
     cost = pd.read_csv(out / "cost.csv").set_index("run")
     assert cost.loc["fedavg", "sites"] == 3 and cost.loc["centralised", "sites"] == 1
+    # the equal-compute reference: one pooled site taking the three sites' steps per round
+    assert cost.loc["centralised_compute", "sites"] == 1
+    assert cost.loc["centralised_compute", "local_steps"] == 3 * cost.loc["fedavg", "local_steps"] == 3
+    pooled = json.loads((out / "runs" / "centralised_compute" / "federated.json").read_text(encoding="utf-8"))
+    assert pooled["settings"]["local_steps"] == 3 and list(pooled["sites"]) == ["pooled"]
     assert cost.loc["fedavg", "bytes_per_round_all_sites"] == 6 * cost.loc["fedavg", "bytes_each_way"] > 0
     attack = pd.read_csv(out / "membership.csv").set_index("method")
-    assert list(attack.index) == ["centralised", "fedavg", "fedprox", "dp_fedavg"]  # every global model
+    assert list(attack.index) == ["centralised", "centralised_compute", "fedavg", "fedprox", "dp_fedavg"]
     assert (attack["members"] == 6).all() and (attack["non_members"] == 3).all()
     assert attack["attack_auc"].between(0, 1).all()
     assert (out / "federated_comparison.png").stat().st_size > 1000

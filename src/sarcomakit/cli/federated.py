@@ -97,8 +97,10 @@ def federated_experiment_command(
     out_dir: Path = typer.Option(Path("experiments/federated"), "--out", "-o", help="Experiment folder (resumable)."),
     plan: Path = typer.Option(None, "--plan", help="Plan JSON (default: planned on the training cases)."),
     site_column: str = typer.Option("site", "--site-column", help="Manifest column naming each case's site."),
-    methods: str = typer.Option("centralised,local,fedavg,fedprox,dp_fedavg", "--methods",
-                                help="Comma list among centralised, local, fedavg, fedprox, dp_fedavg."),
+    methods: str = typer.Option("centralised,centralised_compute,local,fedavg,fedprox,dp_fedavg", "--methods",
+                                help="Comma list among centralised, centralised_compute (pooled, sites x local "
+                                     "steps per round: the federation's compute), local, fedavg, fedprox, "
+                                     "dp_fedavg."),
     rounds: int = typer.Option(5, "--rounds", min=1, help="Rounds every method trains for."),
     local_steps: int = typer.Option(10, "--local-steps", min=1, help="Optimisation steps per round."),
     mu: float = typer.Option(0.01, "--mu", min=0, help="FedProx's proximal coefficient."),

@@ -7,6 +7,9 @@ schedule, through the same in-process simulator (:func:`~sarcomakit.federated.si
 partition is the only difference:
 
 - ``centralised``: every site's training cases pooled into one site (what sharing the scans would allow);
+- ``centralised_compute``: the same pooled model with ``sites x local_steps`` steps per round, i.e. as many
+  gradient computations per round as the whole federation spends (a federated round averages every site's
+  ``local_steps``), so that "federated beats centralised" cannot come from more compute alone;
 - ``local``: each site alone on its own training cases (one model per site, scored on that site's test cases);
 - ``fedavg`` and ``fedprox`` (``mu``): the sites federated;
 - ``dp_fedavg``: FedAvg with patient-level DP-SGD at every site (target ``dp_epsilon``, unit = patient).
@@ -57,7 +60,7 @@ from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import preprocess_cohort
 from sarcomakit.runs.config import TrainConfig
 
-METHODS = ("centralised", "local", "fedavg", "fedprox", "dp_fedavg")
+METHODS = ("centralised", "centralised_compute", "local", "fedavg", "fedprox", "dp_fedavg")
 REFERENCE = "centralised"
 POOLED_SITE = "pooled"
 
@@ -104,7 +107,8 @@ def _train(run_dir: Path, manifest: Manifest, plan: Plan, config: TrainConfig, s
                       preprocessed_dir=preprocessed, console=console)
     sent = [row["bytes_each_way"] for row in result.history if row["status"] == "ok"]
     cost = {"wall_s": time.perf_counter() - started, "bytes_each_way": int(sent[0]) if sent else 0,
-            "sites": len({row["site"] for row in result.history}), "privacy": result.privacy}
+            "sites": len({row["site"] for row in result.history}), "local_steps": settings.local_steps,
+            "privacy": result.privacy}
     write_json(cost_path, cost)
     return cost
 
@@ -147,6 +151,7 @@ def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: P
     base = FederatedSettings(strategy="fedavg", rounds=rounds, local_steps=local_steps, site_column=site_column,
                              val_fraction=0.0)
 
+    n_sites = len(set(sites.values()))
     rows: list[dict[str, Any]] = []
     attacks: list[dict[str, Any]] = []
     costs: dict[str, dict[str, Any]] = {}
@@ -161,10 +166,11 @@ def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: P
                                                 plan, config, base, preprocessed, console)
                 rows += _scored(method, run_dir, plan, config, site_test, sites, preprocessed)
             continue
-        settings = {"centralised": base, "fedavg": base, "fedprox": base.model_copy(update={"strategy": "fedprox",
-                                                                                             "mu": mu}),
+        settings = {"centralised": base, "fedavg": base,
+                    "centralised_compute": base.model_copy(update={"local_steps": local_steps * n_sites}),
+                    "fedprox": base.model_copy(update={"strategy": "fedprox", "mu": mu}),
                     "dp_fedavg": base.model_copy(update={"dp_epsilon": dp_epsilon})}[method]
-        pooled = POOLED_SITE if method == REFERENCE else None
+        pooled = POOLED_SITE if method.startswith(REFERENCE) else None
         run_dir = out / "runs" / method
         costs[method] = _train(run_dir, _relabel_sites(manifest, train_ids, site_column, pooled), plan, config,
                                settings, preprocessed, console)
