@@ -94,3 +94,15 @@ def test_ssl_experiment_with_simmim_on_unetr(tiny_cohort, tmp_path: Path) -> Non
         assert pretrain_config["network"] == "unetr" and pretrain_config["task"] == "simmim"
     comparison = pd.read_csv(out / "comparison.csv")
     assert comparison.loc[comparison["method"] == "simmim", "difference"].notna().all()
+
+
+def test_the_table_gives_each_folds_labelled_cases_when_folds_differ() -> None:
+    from sarcomakit.experiments.ssl_comparison import compare_dice, comparison_markdown
+
+    rows = [{"method": method, "labelled": "all", "n_cases": n, "fold": fold, "case_id": f"{fold}-{i}",
+             "dice": 0.5 + 0.1 * i + (0.05 if method == "mae" else 0.0)}
+            for method in ("scratch", "mae") for fold, n in ((0, 6), (1, 10)) for i in range(3)]
+    table = compare_dice(pd.DataFrame(rows), ["scratch", "mae"], ["all"], n_bootstrap=50)
+    assert list(table["n_cases_per_fold"]) == ["6/10", "6/10"]
+    assert "| all (6/10) | mae | 6 |" in comparison_markdown(table)
+    assert table.loc[table["method"] == "mae", "difference"].iloc[0] == pytest.approx(0.05)

@@ -181,7 +181,9 @@ def compare_dice(per_case: pd.DataFrame, methods: Sequence[str], counts: Sequenc
                 continue
             low, high = bootstrap_ci(mine.to_numpy(), n_resamples=n_bootstrap, seed=seed) if len(mine) > 1 \
                 else (float("nan"), float("nan"))
+            per_fold = at.loc[at["method"] == method].groupby("fold")["n_cases"].first()
             row = {"labelled": count, "n_cases": float(at.loc[at["method"] == method, "n_cases"].mean()),
+                   "n_cases_per_fold": "/".join(dict.fromkeys(str(int(n)) for n in per_fold)),
                    "method": method, "cases": len(mine), "dice": float(mine.mean()), "dice_ci_low": low,
                    "dice_ci_high": high}
             if method != "scratch":
@@ -198,7 +200,8 @@ def compare_dice(per_case: pd.DataFrame, methods: Sequence[str], counts: Sequenc
 
 
 def comparison_markdown(table: pd.DataFrame) -> str:
-    """The comparison as a Markdown table (Dice and differences against scratch, in Dice points x100)."""
+    """The comparison as a Markdown table (Dice and differences against scratch, in Dice points x100); the
+    labelled count is followed by the labelled cases of each fold (``all (6/10)`` for folds of 6 and 10)."""
     lines = ["| labelled | method | cases | Dice [95% CI] | difference vs scratch [95% CI] | p |",
              "| --- | --- | --- | --- | --- | --- |"]
     for _, row in table.iterrows():
@@ -209,7 +212,7 @@ def comparison_markdown(table: pd.DataFrame) -> str:
             if pd.notna(row.get("difference_ci_low")):
                 difference += f" [{100 * row['difference_ci_low']:+.1f}, {100 * row['difference_ci_high']:+.1f}]"
                 p_value = f"{row['p_value']:.3f}"
-        lines.append(f"| {row['labelled']} ({row['n_cases']:.0f}) | {row['method']} | {row['cases']} | {dice} | "
+        lines.append(f"| {row['labelled']} ({row['n_cases_per_fold']}) | {row['method']} | {row['cases']} | {dice} | "
                      f"{difference} | {p_value} |")
     return "\n".join(lines) + "\n"
 
@@ -228,7 +231,7 @@ def plot_dice_vs_labels(table: pd.DataFrame, path: Path) -> Path:
         axes.errorbar(rows["n_cases"].to_numpy(), dice, yerr=[dice - rows["dice_ci_low"].to_numpy(),
                                                               rows["dice_ci_high"].to_numpy() - dice],
                       marker="o", capsize=3, label=method)
-    axes.set_xlabel("labelled training cases")
+    axes.set_xlabel("labelled training cases per fold (mean over folds)")
     axes.set_ylabel("Dice (validation cases)")
     axes.set_ylim(0, 1)
     axes.legend()
