@@ -72,4 +72,6 @@ def test_experiment_compares_every_method_on_the_same_held_out_cases(tmp_path: P
     assert attack["attack_auc"].between(0, 1).all()
     assert (out / "federated_comparison.png").stat().st_size > 1000
     assert "vs centralised" in (out / "comparison.md").read_text(encoding="utf-8")
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "centralised_compute" in page and "data:image/png;base64," in page
     Manifest.load(manifest.source)  # the input manifest is untouched and still loads

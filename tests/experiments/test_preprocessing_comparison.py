@@ -88,6 +88,8 @@ def test_experiment_runs_end_to_end(tiny_cohort: Manifest, tmp_path: Path) -> No
     assert all(c.endswith("-thick") for c in shift[0]["val"] + shift[1]["train"])
     assert (out / "in_domain" / "learnt_intensity.png").is_file()
     assert "learnt_intensity.png" in report
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "| roi_box |" not in page and "<td>roi_box</td>" in page and "data:image/png;base64," in page
     # resumable: a rerun reuses every finished arm
     again = CliRunner().invoke(app, ["experiment", "preprocessing", str(tiny_cohort.source), "--out", str(out),
                                      "--folds", "2", "--bootstrap", "20", "--config", str(config_path),

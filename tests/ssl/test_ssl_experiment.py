@@ -55,6 +55,8 @@ def test_ssl_experiment_end_to_end(tiny_cohort, tmp_path: Path) -> None:  # noqa
     assert set(comparison["method"]) == {"scratch", "mae"} and set(comparison["labelled"].astype(str)) == {"2", "all"}
     assert comparison.loc[comparison["method"] == "mae", "difference"].notna().all()
     assert "difference vs scratch" in (out / "comparison.md").read_text(encoding="utf-8")
+    page = (out / "report.html").read_text(encoding="utf-8")  # the same tables and plot in one HTML page
+    assert "difference vs scratch" in page and "data:image/png;base64," in page
     assert (out / "dice_vs_labels.png").stat().st_size > 1000
     again = CliRunner().invoke(app, ["experiment", "ssl", str(tiny_cohort.source), "--out", str(out), "--folds", "3",
                                      "--labelled", "2,all", "--methods", "scratch,mae", "--config", str(config),

@@ -58,6 +58,7 @@ from sarcomakit.experiments.setup import Folds, case_dice, experiment_folds, exp
 from sarcomakit.federated.simulation import FederatedSettings, simulate, site_groups, split_site
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import preprocess_cohort
+from sarcomakit.reporting.markdown_report import write_markdown_report
 from sarcomakit.runs.config import TrainConfig
 
 METHODS = ("centralised", "centralised_compute", "local", "fedavg", "fedprox", "dp_fedavg")
@@ -191,14 +192,16 @@ def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: P
     write_text(out / "cost.csv", cost.to_csv(index=False))
     membership = pd.DataFrame(attacks)
     write_text(out / "membership.csv", membership.to_csv(index=False))
-    write_text(out / "comparison.md", comparison_markdown(table) + "\n" + cost_markdown(cost) + "\n"
-               + membership_markdown(membership))
     plot_site_dice(table, out / "federated_comparison.png")
-    write_json(out / "experiment.json", {
-        "methods": list(methods), "rounds": rounds, "local_steps": local_steps, "mu": mu, "dp_epsilon": dp_epsilon,
-        "test_fraction": test_fraction, "seed": config.seed, "site_column": site_column,
-        "train_cases": len(train_ids), "test_cases": len(scorable),
-        "cohort": str(manifest.source) if manifest.source else None})
+    write_text(out / "comparison.md", comparison_markdown(table) + "\n" + cost_markdown(cost) + "\n"
+               + membership_markdown(membership) + "\n![Dice per site and method](federated_comparison.png)\n")
+    recorded = {"methods": list(methods), "rounds": rounds, "local_steps": local_steps, "mu": mu,
+                "dp_epsilon": dp_epsilon, "test_fraction": test_fraction, "seed": config.seed,
+                "site_column": site_column, "train_cases": len(train_ids), "test_cases": len(scorable),
+                "cohort": str(manifest.source) if manifest.source else None}
+    write_json(out / "experiment.json", recorded)
+    write_markdown_report(out / "comparison.md", title="Federated vs centralised vs local training",
+                          metadata=recorded)
     return table
 
 

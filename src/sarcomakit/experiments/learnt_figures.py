@@ -84,7 +84,7 @@ def learnt_intensity_figure(run_dirs: Sequence[Path], out_png: Path) -> Path | N
 
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for axis, (arm, name, layer, start, index) in zip(axes[0], panels, strict=True):
-        if isinstance(layer, LearnableWindow):  # one panel per windowed channel: CT and PET scales differ
+        if isinstance(layer, LearnableWindow) and index is not None:  # a panel per windowed channel (CT, PET)
             x, y, y0 = _window_curves(layer, start, index)
             axis.plot(x, y0, "--", color="grey", label="initial (plan's clip and z-score)")
             axis.plot(x, y, color="C0", label="learnt")

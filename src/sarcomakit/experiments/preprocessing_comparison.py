@@ -71,6 +71,7 @@ from sarcomakit.models.preprocessing_layers import WINDOWED_CHANNELS, fit_standa
 from sarcomakit.planning.fingerprint import Fingerprint
 from sarcomakit.planning.plan import Plan, with_learnt_steps
 from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_cohort
+from sarcomakit.reporting.markdown_report import write_markdown_report
 from sarcomakit.runs.checkpoint import load_checkpoint
 from sarcomakit.runs.config import TrainConfig
 from sarcomakit.tasks import build_task
@@ -398,11 +399,12 @@ def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, pla
     costs_table = pd.DataFrame(all_costs)
     write_text(out / "costs.csv", costs_table.to_csv(index=False))
     write_text(out / "comparison.md", _report(config, chosen, plan is None, sections, costs_table))
-    write_json(out / "experiment.json", {"arms": chosen, "settings": list(settings), "folds": n_folds,
-                                         "seed": config.seed, "reference": REFERENCE,
-                                         "planned_per_fold": plan is None, "thick_slice_factor": thick_factor,
-                                         "checkpoint": "last", "options_sha256": json_digest(options),
-                                         "cohort": str(manifest.source) if manifest.source else None})
+    recorded = {"arms": chosen, "settings": list(settings), "folds": n_folds, "seed": config.seed,
+                "reference": REFERENCE, "planned_per_fold": plan is None, "thick_slice_factor": thick_factor,
+                "checkpoint": "last", "options_sha256": json_digest(options),
+                "cohort": str(manifest.source) if manifest.source else None}
+    write_json(out / "experiment.json", recorded)
+    write_markdown_report(out / "comparison.md", title="Fixed vs learnt preprocessing", metadata=recorded)
     return results
 
 

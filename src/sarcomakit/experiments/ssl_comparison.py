@@ -43,6 +43,7 @@ from sarcomakit.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_diffe
 from sarcomakit.experiments.protocol import plan_training_cases, without_model_selection
 from sarcomakit.experiments.setup import case_dice, experiment_folds
 from sarcomakit.planning.plan import Plan
+from sarcomakit.reporting.markdown_report import write_markdown_report
 from sarcomakit.runs.config import TrainConfig
 from sarcomakit.training.api import train
 from sarcomakit.training.finetuning import resolved_warmup_epochs
@@ -158,12 +159,15 @@ def run_ssl_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | 
     write_text(out / "dice.csv", per_case.to_csv(index=False))
     table = compare_dice(per_case, methods, [str(c) for c in labelled], n_bootstrap=n_bootstrap, seed=config.seed)
     write_text(out / "comparison.csv", table.to_csv(index=False))
-    write_text(out / "comparison.md", comparison_markdown(table))
     plot_dice_vs_labels(table, out / "dice_vs_labels.png")
-    write_json(out / "experiment.json", {"methods": list(methods), "labelled": [str(c) for c in labelled],
-                                         "folds": len(folds), "seed": config.seed, "pretrain_epochs":
-                                         pretrain_config.epochs, "unlabelled_pool": bool(unlabelled),
-                                         "cohort": str(manifest.source) if manifest.source else None})
+    write_text(out / "comparison.md", comparison_markdown(table)
+               + "\n![Dice against the number of labelled cases](dice_vs_labels.png)\n")
+    settings = {"methods": list(methods), "labelled": [str(c) for c in labelled], "folds": len(folds),
+                "seed": config.seed, "pretrain_epochs": pretrain_config.epochs, "unlabelled_pool": bool(unlabelled),
+                "cohort": str(manifest.source) if manifest.source else None}
+    write_json(out / "experiment.json", settings)
+    write_markdown_report(out / "comparison.md", title="Self-supervised pretraining: scratch vs pretrained",
+                          metadata=settings)
     return table
 
 

@@ -34,7 +34,7 @@ class SimMIMSwin(nn.Module):
     """SimMIM on MONAI's ``SwinTransformer`` (``SwinUNETR(...).swinViT``).
 
     Args:
-        swin: the transformer.
+        swin: the transformer (MONAI's ``SwinTransformer``; typed loosely: its submodules are read by name).
         in_channels: image channels (the decoder predicts each of them).
         block: mask block edge in voxels (a multiple of the 2-voxel patch embedding that divides the patch).
         mask_ratio: fraction of blocks masked in each sample when :meth:`forward` draws the mask itself.
@@ -50,7 +50,7 @@ class SimMIMSwin(nn.Module):
 
     swinViT: Any  # noqa: N815  (SwinUNETR's attribute name: the tensors keep SwinUNETR's keys)
 
-    def __init__(self, swin: nn.Module, in_channels: int, *, block: int = 16, mask_ratio: float = 0.6,
+    def __init__(self, swin: Any, in_channels: int, *, block: int = 16, mask_ratio: float = 0.6,
                  normalize: bool = True) -> None:
         super().__init__()
         self.swinViT = swin

@@ -124,16 +124,20 @@ def _render_section(section: ReportSection, anchor: str) -> str:
     return "\n".join(parts)
 
 
-def _render_figure(path: Path) -> str:
+def image_data_uri(path: Path) -> str:
+    """The image file ``path`` as a ``data:`` URI a page can embed (PNG, JPEG, SVG or GIF)."""
     mime = _IMAGE_TYPES.get(path.suffix.lower())
     if mime is None:
         raise UserInputError("is not an image a report can embed.", path=path,
                              fix=f"give a figure in one of {', '.join(sorted(_IMAGE_TYPES))}.")
     if not path.is_file():
         raise UserInputError("figure not found.", path=path, fix="write the figure before the report.")
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def _render_figure(path: Path) -> str:
     caption = _escape(path.stem)
-    return (f'<figure><img src="data:{mime};base64,{data}" alt="{caption}">'
+    return (f'<figure><img src="{image_data_uri(path)}" alt="{caption}">'
             f"<figcaption>{caption}</figcaption></figure>")
 
 
