@@ -46,6 +46,28 @@ def test_each_arm_leaves_only_its_learnt_steps_to_the_network(tiny_cohort: Manif
     assert everything.learnt_steps == ["crop", "intensity", "spacing"] and not everything.resample
 
 
+def test_an_identity_crop_is_drawn_as_the_whole_patch_and_a_learnt_box_where_it_is(tiny_cohort: Manifest,
+                                                                                     tmp_path: Path) -> None:
+    import torch
+
+    from sarcomakit.experiments.learnt_geometry import _roi_panel
+    from sarcomakit.models.preprocessing_layers import ROICrop
+
+    plan = plan_cohort(tiny_cohort, tmp_path / "plan.json", num_samples_per_case=200, show_progress=False)
+    case = next(c for c in tiny_cohort.cases if c.label is not None)
+    crop = ROICrop(len(plan.channels))
+    _, case_id, image, mask, low, high = _roi_panel([crop], case, plan, [8, 16, 16])
+    assert case_id == case.case_id and image.shape == (8, 16, 16) and mask is not None and mask.any()
+    np.testing.assert_allclose(low, [-0.5] * 3, atol=1e-5)  # the identity crop covers every voxel
+    np.testing.assert_allclose(high, [7.5, 15.5, 15.5], atol=1e-5)
+    with torch.no_grad():  # a box at centre (0, 0.5, -0.5), half-width 0.5 (rate 1: the raw output is the box)
+        crop.rate = 1.0
+        crop.localisation[-1].bias.copy_(torch.tensor([0.0, np.arctanh(0.5), -np.arctanh(0.5), *[np.log(1 / 3)] * 3]))
+    _, _, _, _, low, high = _roi_panel([crop], case, plan, [8, 16, 16])
+    np.testing.assert_allclose(low, [1.5, 7.5, -0.5], atol=1e-4)  # (c - h + 1) * n / 2 - 0.5
+    np.testing.assert_allclose(high, [5.5, 15.5, 7.5], atol=1e-4)
+
+
 @pytest.mark.slow
 def test_experiment_runs_end_to_end(tiny_cohort: Manifest, tmp_path: Path) -> None:
     config = TrainConfig(network_options={"channels": [4, 8], "num_res_units": 1}, epochs=1, iterations_per_epoch=1,
@@ -88,6 +110,7 @@ def test_experiment_runs_end_to_end(tiny_cohort: Manifest, tmp_path: Path) -> No
     assert all(c.endswith("-thick") for c in shift[0]["val"] + shift[1]["train"])
     assert (out / "in_domain" / "learnt_intensity.png").is_file()
     assert "learnt_intensity.png" in report
+    assert (out / "in_domain" / "learnt_geometry.png").is_file() and "in_domain/learnt_geometry.png" in report
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "| roi_box |" not in page and "<td>roi_box</td>" in page and "data:image/png;base64," in page
     # resumable: a rerun reuses every finished arm

@@ -64,6 +64,7 @@ from sarcomakit.evaluation.comparison_tables import comparison_markdown, markdow
 from sarcomakit.evaluation.metrics import hausdorff_distance_95
 from sarcomakit.evaluation.oof import OOF_COLUMNS, OOF_FILE, write_oof
 from sarcomakit.experiments.learnt_figures import layer_prefix, learnt_intensity_figure
+from sarcomakit.experiments.learnt_geometry import learnt_geometry_figure
 from sarcomakit.experiments.protocol import plan_training_cases, without_model_selection
 from sarcomakit.experiments.spacing_shift import spacing_shift_folds, thick_slice_cohort
 from sarcomakit.inference.predictor import Predictor
@@ -395,6 +396,12 @@ def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, pla
                                          setting_dir / "learnt_intensity.png")
         if figure is not None:
             sections += [f"![learnt intensity mappings, {setting}]({figure.relative_to(out).as_posix()})", ""]
+        examples = [cohort[c] for c in folds[0]["val"][:2]]
+        geometry = learnt_geometry_figure([setting_dir / "runs" / name / "split_0" for name in chosen], examples,
+                                          setting_dir / "learnt_geometry.png")
+        if geometry is not None:
+            sections += [f"![learnt crops and sampling offsets, {setting}]({geometry.relative_to(out).as_posix()})",
+                         ""]
 
     costs_table = pd.DataFrame(all_costs)
     write_text(out / "costs.csv", costs_table.to_csv(index=False))
