@@ -185,12 +185,7 @@ def test_secure_aggregation_equals_fedavg_within_quantisation_and_hides_each_upd
     assert json.loads((out / "fold_0" / "secure_aggregation.json").read_text(encoding="utf-8")) == [
         {"round": 1, "results": 3, "distinct_parameter_sets": 1}]
     # each site's update, recomputed here exactly as its SuperNode trained it, and their plain FedAvg
-    updates = []
-    for node_config in federation.node_configs.values():
-        task, plan, config, site = load_local_site(node_config)
-        start = initial_weights(task, plan, config)
-        update = train_site(task, plan, config, site, start, steps=2, round_index=0)
-        updates.append((update.weights, update.n_cases))
+    start, updates = _site_updates(federation, steps=2)
     plain = weighted_mean(updates, start)
     secure = load_checkpoint(out / "fold_0" / "rounds" / "round_001.pt")["model"]
     bound = secure_aggregation_error_bound([n for _, n in updates], max_weight=settings["max-weight"],
@@ -200,6 +195,43 @@ def test_secure_aggregation_equals_fedavg_within_quantisation_and_hides_each_upd
     assert error <= bound
     # the aggregate is not any one site's update: that would differ from FedAvg by far more than the bound
     assert all(max(float((w[k] - plain[k]).abs().max()) for k in plain) > 10 * bound for w, _ in updates)
+
+
+def _site_updates(federation: Federation, steps: int) -> tuple[dict[str, torch.Tensor], list[tuple[dict, int]]]:
+    """Each SuperNode's first-round update, recomputed here exactly as it trained it, and the initial weights."""
+    updates, start = [], {}
+    for node_config in federation.node_configs.values():
+        task, plan, config, site = load_local_site(node_config)
+        start = initial_weights(task, plan, config)
+        update = train_site(task, plan, config, site, start, steps=steps, round_index=0)
+        updates.append((update.weights, update.n_cases))
+    return start, updates
+
+
+def test_central_dp_clips_each_sites_update_adds_calibrated_noise_and_reports_epsilon(
+        federation: Federation) -> None:
+    from sarcomakit.federated.privacy import central_dp_epsilon
+
+    noise, clip = 1.0, 0.05
+    out, status = federation.run("central-dp", {"num-server-rounds": 1, "local-steps": 2, "central-dp-noise": noise,
+                                                "central-dp-clip": clip, "central-dp-delta": 1e-3})
+    assert status == "finished:completed", (federation.root / "logs").as_posix()
+    start, updates = _site_updates(federation, steps=2)
+    clipped = []
+    for weights, _ in updates:
+        delta = {k: weights[k].double() - start[k].double() for k in start}
+        norm = float(torch.sqrt(sum(d.square().sum() for d in delta.values())))
+        assert norm > clip  # every update is clipped: the check below sees the clipping
+        clipped.append({k: d * min(1.0, clip / norm) for k, d in delta.items()})
+    released = load_checkpoint(out / "fold_0" / "rounds" / "round_001.pt")["model"]
+    # the released weights are the uniform mean of the clipped updates plus Gaussian noise of std noise*clip/3
+    residual = torch.cat([(released[k].double() - start[k].double()
+                           - sum(c[k] for c in clipped) / len(clipped)).flatten() for k in start])
+    expected = noise * clip / len(SITES)
+    assert abs(float(residual.std()) - expected) < 0.05 * expected and abs(float(residual.mean())) < 0.1 * expected
+    privacy = json.loads((out / "privacy.json").read_text(encoding="utf-8"))
+    assert privacy["unit"] == "site" and privacy["clipping_norm"] == clip
+    assert privacy["epsilon_by_round"]["1"] == pytest.approx(central_dp_epsilon(noise, 1, 1e-3))
 
 
 def test_client_app_handlers_pass_in_the_flower_venv() -> None:

@@ -80,14 +80,25 @@ def flower_project_command(
     mu: float = typer.Option(0.0, "--mu", min=0, help="FedProx's proximal coefficient."),
     secure_aggregation: bool = typer.Option(False, "--secure-aggregation",
                                             help="SecAgg+ (FedAvg only): the server sees only the sum."),
+    central_dp_noise: float = typer.Option(0.0, "--central-dp-noise", min=0,
+                                           help="Client-level DP: noise multiplier on the sites' mean (0: off)."),
+    central_dp_clip: float = typer.Option(1.0, "--central-dp-clip", min=0,
+                                          help="Client-level DP: L2 clipping norm of each site's update."),
+    central_dp_delta: float = typer.Option(1e-3, "--central-dp-delta", min=0,
+                                           help="Client-level DP: the delta epsilon is reported at."),
 ) -> None:
     """Write the Flower app project (pyproject.toml) that `flwr run APP_DIR SUPERLINK` submits to a SuperLink."""
+    from sarcomakit.core.errors import UserInputError
     from sarcomakit.federated.flower_project import write_flower_project
 
+    if central_dp_noise > 0 and (secure_aggregation or strategy not in ("fedavg", "fedprox") or central_dp_clip <= 0):
+        raise UserInputError("client-level DP needs --strategy fedavg or fedprox, a positive --central-dp-clip, and "
+                             "no --secure-aggregation.", fix="change those options, or leave --central-dp-noise at 0.")
     path = write_flower_project(app_dir, {
         "plan": str(plan.resolve()), "config": str(config_file.resolve()) if config_file else "",
         "out": str(run_dir.resolve()), "strategy": strategy, "num-server-rounds": rounds, "local-steps": local_steps,
-        "min-nodes": min_nodes, "proximal-mu": mu, "secure-aggregation": secure_aggregation})
+        "min-nodes": min_nodes, "proximal-mu": mu, "secure-aggregation": secure_aggregation,
+        "central-dp-noise": central_dp_noise, "central-dp-clip": central_dp_clip, "central-dp-delta": central_dp_delta})
     Console(stderr=True).print(f"written: {path} (submit it with: flwr run {app_dir} SUPERLINK, a connection "
                                "named in $FLWR_HOME/config.toml)", highlight=False)
 

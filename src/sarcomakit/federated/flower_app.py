@@ -31,6 +31,10 @@ FedProx's ``proximal-mu`` arrives in the round's config and the site adds the sq
 (:class:`~sarcomakit.federated.site.ProximalObjective`; Flower's docstring example forgets the square).
 A site's DP accountant is kept in the ClientApp's ``context.state`` across rounds. There is no resume.
 
+**Client-level (central) DP** (run config ``central-dp-noise`` > 0, ``central-dp-clip``, ``central-dp-delta``): Flower's
+``DifferentialPrivacyServerSideFixedClipping`` around FedAvg/FedProx with a uniform mean over the sites; the
+server writes ``privacy.json`` with epsilon after every round (unit: a site). Not combined with SecAgg+ here.
+
 Tested against a localhost SuperLink with three SuperNodes (``tests/federated/test_flower_deployment.py``).
 """
 
@@ -54,9 +58,10 @@ except ImportError as exc:  # pragma: no cover - depends on the optional install
 import numpy as np
 import torch
 
+from sarcomakit.core.io.atomic import write_json
 from sarcomakit.federated.aggregators import Weights
 from sarcomakit.federated.node import load_local_site, train_config
-from sarcomakit.federated.privacy import SitePrivacy
+from sarcomakit.federated.privacy import SitePrivacy, central_dp_epsilon
 from sarcomakit.federated.simulation import write_history
 from sarcomakit.federated.site import Site, evaluate_site, initial_weights, train_site
 from sarcomakit.planning.plan import Plan
@@ -91,8 +96,9 @@ def site_train(content: RecordDict, context: Context) -> RecordDict:
     update = train_site(task, plan, config, site, weights, steps=int(context.run_config["local-steps"]),
                         round_index=int(round_config.get("server-round", 1)) - 1,
                         mu=float(round_config.get("proximal-mu", 0.0)), privacy=privacy)
+    # "site-weight": every site weighs the same in central DP's uniform mean (whose sensitivity is clip / n)
     metrics: dict[str, float | int] = {"train_loss": float(update.metrics["train_loss"]),
-                                       "num-examples": update.n_cases}
+                                       "num-examples": update.n_cases, "site-weight": 1}
     if privacy is not None:
         context.state["privacy"] = ConfigRecord({"json": json.dumps(privacy.state_dict())})
         metrics["epsilon"] = privacy.epsilon()
@@ -216,11 +222,21 @@ def recording(cls: type, history: SiteHistory) -> type:
 
 
 def build_strategy(name: str, *, min_nodes: int, mu: float = 0.0, server_lr: float = 1e-2,
-                   fraction_evaluate: float = 1.0, history: SiteHistory | None = None) -> Any:
-    """Flower's strategy of that name, with ``min_nodes`` needed to train (a round goes on without the rest)."""
+                   fraction_evaluate: float = 1.0, history: SiteHistory | None = None,
+                   central_dp: tuple[float, float] | None = None) -> Any:
+    """Flower's strategy of that name, with ``min_nodes`` needed to train (a round goes on without the rest).
+
+    ``central_dp = (noise_multiplier, clipping_norm)``: client-level DP, Flower's server-side fixed clipping
+    around the strategy (each site's update clipped to the norm, Gaussian noise of standard deviation
+    ``noise_multiplier * clipping_norm / min_nodes`` on the mean); FedAvg or FedProx only, averaging the sites
+    uniformly (a case-weighted mean would let a large site move it by more than ``clipping_norm / n``)."""
     common = {"min_train_nodes": min_nodes, "min_evaluate_nodes": min_nodes if fraction_evaluate > 0 else 0,
               "min_available_nodes": min_nodes, "fraction_evaluate": fraction_evaluate,
               "evaluate_metrics_aggr_fn": weighted_metrics}
+    if central_dp is not None:
+        if name not in ("fedavg", "fedprox"):
+            raise ValueError(f"central DP is combined with fedavg or fedprox, not {name!r}")
+        common["weighted_by_key"] = "site-weight"
     options: dict[str, Any] = {}
     if name == "fedavg":
         cls = flower_strategy.FedAvg
@@ -235,7 +251,12 @@ def build_strategy(name: str, *, min_nodes: int, mu: float = 0.0, server_lr: flo
         raise ValueError(f"unknown strategy {name!r}")
     if history is not None:
         cls = recording(cls, history)
-    return cls(**options, **common)
+    strategy = cls(**options, **common)
+    if central_dp is None:
+        return strategy
+    noise_multiplier, clipping_norm = central_dp
+    return flower_strategy.DifferentialPrivacyServerSideFixedClipping(
+        strategy, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm, num_sampled_clients=min_nodes)
 
 
 server_app = ServerApp()
@@ -265,19 +286,45 @@ def main(grid: Grid, context: Context) -> None:
 
     rounds = int(run_config.get("num-server-rounds", 3))
     min_nodes = int(run_config.get("min-nodes", 2))
+    noise = float(run_config.get("central-dp-noise", 0.0))
+    central_dp = (noise, float(run_config.get("central-dp-clip", 1.0))) if noise > 0 else None
     if bool(run_config.get("secure-aggregation", False)):
+        if central_dp is not None:
+            raise ValueError("secure aggregation is not combined with central DP here: choose one")
         _run_secure(grid, context, start, rounds, min_nodes, keep, history)
         return
     strategy = build_strategy(str(run_config.get("strategy", "fedavg")), min_nodes=min_nodes,
                               mu=float(run_config.get("proximal-mu", 0.0)),
                               server_lr=float(run_config.get("server-lr", 1e-2)),
-                              fraction_evaluate=float(run_config.get("fraction-evaluate", 1.0)), history=history)
+                              fraction_evaluate=float(run_config.get("fraction-evaluate", 1.0)), history=history,
+                              central_dp=central_dp)
+    record_privacy = None if central_dp is None else central_dp_recorder(
+        out / "privacy.json", *central_dp, delta=float(run_config.get("central-dp-delta", 1e-3)))
 
     def keep_arrays(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         keep(server_round, arrays.to_torch_state_dict())
+        if record_privacy is not None:
+            record_privacy(server_round)
         return None
 
     strategy.start(grid=grid, initial_arrays=ArrayRecord(start), num_rounds=rounds, evaluate_fn=keep_arrays)
+
+
+def central_dp_recorder(path: Path, noise_multiplier: float, clipping_norm: float, *,
+                        delta: float) -> Callable[[int], None]:
+    """A callback that writes ``path`` (``privacy.json``) after every round: the client-level epsilon spent so far
+    (:func:`~sarcomakit.federated.privacy.central_dp_epsilon`; unit: a site, every site sampled each round)."""
+    by_round: dict[str, float] = {}
+
+    def record(server_round: int) -> None:
+        by_round[str(server_round)] = central_dp_epsilon(noise_multiplier, server_round, delta)
+        write_json(path, {"unit": "site", "mechanism": "Gaussian; server-side fixed clipping of each site's update "
+                          "(Flower's DifferentialPrivacyServerSideFixedClipping), uniform mean",
+                          "accountant": "RDP (Opacus), no sampling amplification",
+                          "noise_multiplier": noise_multiplier, "clipping_norm": clipping_norm, "delta": delta,
+                          "epsilon_by_round": by_round})
+
+    return record
 
 
 def _run_secure(grid: Grid, context: Context, start: Weights, rounds: int, min_nodes: int,

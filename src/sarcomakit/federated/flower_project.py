@@ -37,6 +37,9 @@ RUN_CONFIG_DEFAULTS: dict[str, ConfigValue] = {
     "config": "",                   # the shared TrainConfig JSON, on the server ("": defaults)
     "out": "runs/flower",           # the global run folder, on the server
     "secure-aggregation": False,    # SecAgg+ (Flower's legacy workflow; FedAvg only)
+    "central-dp-noise": 0.0,        # client-level DP: noise multiplier (0: off); FedAvg/FedProx, not with SecAgg+
+    "central-dp-clip": 1.0,         # client-level DP: L2 clipping norm of each site's update
+    "central-dp-delta": 0.001,      # client-level DP: delta epsilon is reported at (below 1 / sites)
     "num-shares": 3,                # SecAgg+: shares of each node's secret (an int, or a fraction of the nodes)
     "reconstruction-threshold": 2,  # SecAgg+: shares needed to reconstruct a dropped node's mask
     "max-weight": 1000.0,           # SecAgg+: the largest number of training cases of one site

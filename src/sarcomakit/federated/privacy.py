@@ -81,6 +81,27 @@ def require_opacus() -> None:
                              fix="pip install 'sarcomakit[privacy]' (opacus>=1.6).") from exc
 
 
+#: Rényi orders of the client-level accountant (Opacus's RDP defaults)
+RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
+
+
+def central_dp_epsilon(noise_multiplier: float, rounds: int, delta: float, sample_rate: float = 1.0) -> float:
+    """Client-level epsilon of central DP (each site's clipped update, Gaussian noise on their mean) after
+    ``rounds`` rounds: the sampled Gaussian mechanism's Rényi DP composed over the rounds (Opacus's RDP analysis,
+    Mironov 2017) and converted at ``delta``. The unit is a site: its whole update, every patient of it.
+    ``sample_rate`` is the share of sites sampled per round (1: every site, no amplification)."""
+    require_opacus()
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    if rounds <= 0:
+        return 0.0
+    if noise_multiplier <= 0:
+        return math.inf
+    rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=rounds, orders=list(RDP_ORDERS))
+    epsilon, _ = get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=delta)
+    return float(epsilon)
+
+
 def default_delta(n_patients: int) -> float:
     """``1 / (10 N)``: the largest delta accepted for a site of N patients."""
     return 1.0 / (10 * max(1, n_patients))
