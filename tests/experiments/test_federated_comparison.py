@@ -33,12 +33,14 @@ def test_experiment_compares_every_method_on_the_same_held_out_cases(tmp_path: P
     out = tmp_path / "exp"
     args = ["experiment", "federated", str(manifest.source), "--out", str(out), "--config",
             str(tmp_path / "config.json"), "--rounds", "2", "--local-steps", "1", "--test-fraction", "0.34",
-            "--bootstrap", "50", "--dp-epsilon", "8"]
+            "--bootstrap", "50", "--dp-epsilon", "4,8"]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     test_ids = json.loads((out / "splits.json").read_text(encoding="utf-8"))[0]["val"]
     dice = pd.read_csv(out / "dice.csv")
-    for method in ("centralised", "centralised_compute", "local", "fedavg", "fedprox", "dp_fedavg"):  # every test case
+    methods = ("centralised", "centralised_compute", "local", "fedavg", "fedprox", "dp_fedavg_eps4", "dp_fedavg_eps8")
+    assert set(dice["method"]) == set(methods)
+    for method in methods:  # every method scores every test case
         assert sorted(dice.loc[dice["method"] == method, "case_id"]) == sorted(test_ids)
     # the test cases are never trained on: the plan and every run saw the training cases only
     for run in [*(out / "runs").glob("*/federated.json"), *(out / "runs" / "local").glob("*/federated.json")]:
@@ -48,7 +50,10 @@ def test_experiment_compares_every_method_on_the_same_held_out_cases(tmp_path: P
     centralised = json.loads((out / "runs" / "centralised" / "federated.json").read_text(encoding="utf-8"))["sites"]
     assert list(centralised) == ["pooled"] and len(centralised["pooled"]["train"]) == 6
     assert sorted(p.name for p in (out / "runs" / "local").iterdir()) == ["a", "b", "c"]
-    assert json.loads((out / "runs" / "dp_fedavg" / "privacy.json").read_text(encoding="utf-8"))["unit"] == "patient"
+    for epsilon in (4, 8):  # one DP run per budget, each spending its own
+        privacy = json.loads((out / "runs" / f"dp_fedavg_eps{epsilon}" / "privacy.json").read_text(encoding="utf-8"))
+        assert privacy["unit"] == "patient"
+        assert max(site["epsilon"] for site in privacy["sites"].values()) == pytest.approx(epsilon, rel=0.05)
     # the same schedule for every run: 2 rounds from the same initial weights
     for run in ("centralised", "fedavg", "local/a"):
         assert load_checkpoint(out / "runs" / run / "fold_0" / "checkpoint_best.pt")["round"] == 1
@@ -67,7 +72,8 @@ def test_experiment_compares_every_method_on_the_same_held_out_cases(tmp_path: P
     assert pooled["settings"]["local_steps"] == 3 and list(pooled["sites"]) == ["pooled"]
     assert cost.loc["fedavg", "bytes_per_round_all_sites"] == 6 * cost.loc["fedavg", "bytes_each_way"] > 0
     attack = pd.read_csv(out / "membership.csv").set_index("method")
-    assert list(attack.index) == ["centralised", "centralised_compute", "fedavg", "fedprox", "dp_fedavg"]
+    assert list(attack.index) == ["centralised", "centralised_compute", "fedavg", "fedprox", "dp_fedavg_eps4",
+                                  "dp_fedavg_eps8"]
     assert (attack["members"] == 6).all() and (attack["non_members"] == 3).all()
     assert attack["attack_auc"].between(0, 1).all()
     assert (out / "federated_comparison.png").stat().st_size > 1000
@@ -75,3 +81,18 @@ def test_experiment_compares_every_method_on_the_same_held_out_cases(tmp_path: P
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "centralised_compute" in page and "data:image/png;base64," in page
     Manifest.load(manifest.source)  # the input manifest is untouched and still loads
+
+
+def test_dp_budgets_name_one_run_per_epsilon_and_bad_values_are_one_line_errors(tmp_path: Path) -> None:
+    from sarcomakit.core.errors import UserInputError
+    from sarcomakit.experiments.federated_comparison import dp_budgets
+
+    assert dp_budgets(8) == {"dp_fedavg": 8.0}
+    assert dp_budgets([1, 4, 0.5]) == {"dp_fedavg_eps1": 1.0, "dp_fedavg_eps4": 4.0, "dp_fedavg_eps0.5": 0.5}
+    for bad in ([], [0.0], [4, 4]):
+        with pytest.raises(UserInputError):
+            dp_budgets(bad)
+    manifest, _ = multi_site_cohort(tmp_path, SITES)
+    result = CliRunner().invoke(app, ["experiment", "federated", str(manifest.source), "--out", str(tmp_path / "x"),
+                                      "--dp-epsilon", "1,four"])
+    assert result.exit_code == 2 and "--dp-epsilon" in result.output and not (tmp_path / "x").exists()

@@ -115,7 +115,8 @@ def federated_experiment_command(
     rounds: int = typer.Option(5, "--rounds", min=1, help="Rounds every method trains for."),
     local_steps: int = typer.Option(10, "--local-steps", min=1, help="Optimisation steps per round."),
     mu: float = typer.Option(0.01, "--mu", min=0, help="FedProx's proximal coefficient."),
-    dp_epsilon: float = typer.Option(8.0, "--dp-epsilon", help="DP-FedAvg's target epsilon per site (unit: patient)."),
+    dp_epsilon: str = typer.Option("8", "--dp-epsilon", help="DP-FedAvg's target epsilon per site (unit: patient); "
+                                                          "a comma list (1,4,8) gives one DP-FedAvg run each."),
     test_fraction: float = typer.Option(0.25, "--test-fraction", help="Share of each site's cases held out."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for intervals."),
     seed: int = typer.Option(None, "--seed", help="Seed of the split, training and bootstrap."),
@@ -133,7 +134,7 @@ def federated_experiment_command(
     console = Console(stderr=True)
     table = run_federated_experiment(Manifest.load(manifest), out_dir, plan=Plan.load(plan) if plan else None,
                                      config=config, site_column=site_column, rounds=rounds, local_steps=local_steps,
-                                     mu=mu, dp_epsilon=dp_epsilon, test_fraction=test_fraction,
+                                     mu=mu, dp_epsilon=_epsilons(dp_epsilon), test_fraction=test_fraction,
                                      methods=[m.strip() for m in methods.split(",")], n_bootstrap=bootstrap,
                                      console=console)
     Console().print(comparison_markdown(table), highlight=False)
@@ -144,3 +145,14 @@ def federated_experiment_command(
 def register(app: typer.Typer) -> None:
     """Add the ``federated`` command group."""
     app.add_typer(federated_app, name="federated")
+
+
+def _epsilons(text: str) -> list[float]:
+    """``--dp-epsilon 8`` or ``1,4,8`` as numbers (a one-line error otherwise)."""
+    from sarcomakit.core.errors import UserInputError
+
+    try:
+        return [float(value) for value in text.split(",") if value.strip()]
+    except ValueError as exc:
+        raise UserInputError(f"--dp-epsilon {text!r} is not a number or a comma list of numbers.",
+                             fix="e.g. --dp-epsilon 8, or --dp-epsilon 1,4,8.") from exc

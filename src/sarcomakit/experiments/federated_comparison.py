@@ -12,7 +12,8 @@ partition is the only difference:
   ``local_steps``), so that "federated beats centralised" cannot come from more compute alone;
 - ``local``: each site alone on its own training cases (one model per site, scored on that site's test cases);
 - ``fedavg`` and ``fedprox`` (``mu``): the sites federated;
-- ``dp_fedavg``: FedAvg with patient-level DP-SGD at every site (target ``dp_epsilon``, unit = patient).
+- ``dp_fedavg``: FedAvg with patient-level DP-SGD at every site (target ``dp_epsilon``, unit = patient); with
+  several epsilons, one run per epsilon, named ``dp_fedavg_eps<epsilon>`` (e.g. ``dp_fedavg_eps1``).
 
 Each model runs ``rounds`` rounds of ``local_steps`` optimisation steps from the same initial weights and seed (a
 round restarts the local optimiser, centralised and local runs too). Scored by Dice on every site's test cases:
@@ -116,7 +117,7 @@ def _train(run_dir: Path, manifest: Manifest, plan: Plan, config: TrainConfig, s
 
 def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | None = None,
                              config: TrainConfig | None = None, site_column: str = "site", rounds: int = 5,
-                             local_steps: int = 10, mu: float = 0.01, dp_epsilon: float = 8.0,
+                             local_steps: int = 10, mu: float = 0.01, dp_epsilon: float | Sequence[float] = 8.0,
                              test_fraction: float = 0.25, methods: Sequence[str] = METHODS,
                              n_bootstrap: int = 1000, console: Console | None = None) -> pd.DataFrame:
     """Run the experiment (module docstring) and return the comparison table.
@@ -128,7 +129,8 @@ def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: P
         config: training options shared by every method (network, batch, learning rate, seed...).
         rounds, local_steps: the schedule every method follows.
         mu: FedProx's proximal coefficient.
-        dp_epsilon: DP-FedAvg's target epsilon per site over the whole run (delta = 1/(10 N_site)).
+        dp_epsilon: DP-FedAvg's target epsilon per site over the whole run (delta = 1/(10 N_site)); several
+            values give one DP-FedAvg run each.
         test_fraction: share of each site's labelled cases held out for testing.
         methods: a subset of :data:`METHODS` that includes ``centralised``.
     """
@@ -137,6 +139,8 @@ def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: P
     if unknown or REFERENCE not in methods:
         raise UserInputError(f"methods must include {REFERENCE} and come from {', '.join(METHODS)} "
                              f"(got {list(methods)}).", fix="e.g. --methods centralised,local,fedavg,fedprox.")
+    epsilons = dp_budgets(dp_epsilon)
+    methods = [name for method in methods for name in (list(epsilons) if method == "dp_fedavg" else [method])]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = (config or TrainConfig()).updated(task="segmentation", task_options={})
@@ -170,7 +174,8 @@ def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: P
         settings = {"centralised": base, "fedavg": base,
                     "centralised_compute": base.model_copy(update={"local_steps": local_steps * n_sites}),
                     "fedprox": base.model_copy(update={"strategy": "fedprox", "mu": mu}),
-                    "dp_fedavg": base.model_copy(update={"dp_epsilon": dp_epsilon})}[method]
+                    **{name: base.model_copy(update={"dp_epsilon": epsilon}) for name, epsilon in epsilons.items()},
+                    }[method]
         pooled = POOLED_SITE if method.startswith(REFERENCE) else None
         run_dir = out / "runs" / method
         costs[method] = _train(run_dir, _relabel_sites(manifest, train_ids, site_column, pooled), plan, config,
@@ -196,13 +201,22 @@ def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: P
     write_text(out / "comparison.md", comparison_markdown(table) + "\n" + cost_markdown(cost) + "\n"
                + membership_markdown(membership) + "\n![Dice per site and method](federated_comparison.png)\n")
     recorded = {"methods": list(methods), "rounds": rounds, "local_steps": local_steps, "mu": mu,
-                "dp_epsilon": dp_epsilon, "test_fraction": test_fraction, "seed": config.seed,
+                "dp_epsilon": list(epsilons.values()), "test_fraction": test_fraction, "seed": config.seed,
                 "site_column": site_column, "train_cases": len(train_ids), "test_cases": len(scorable),
                 "cohort": str(manifest.source) if manifest.source else None}
     write_json(out / "experiment.json", recorded)
     write_markdown_report(out / "comparison.md", title="Federated vs centralised vs local training",
                           metadata=recorded)
     return table
+
+
+def dp_budgets(dp_epsilon: float | Sequence[float]) -> dict[str, float]:
+    """The DP-FedAvg runs by name: ``dp_fedavg`` for one epsilon, ``dp_fedavg_eps<e>`` for each of several."""
+    values = [float(dp_epsilon)] if isinstance(dp_epsilon, (int, float)) else [float(e) for e in dp_epsilon]
+    if not values or any(not e > 0 for e in values) or len(set(values)) < len(values):
+        raise UserInputError(f"DP epsilons must be positive and distinct (got {values}).",
+                             fix="e.g. --dp-epsilon 8, or --dp-epsilon 1,4,8.")
+    return {"dp_fedavg": values[0]} if len(values) == 1 else {f"dp_fedavg_eps{e:g}": e for e in values}
 
 
 def membership_attack(method: str, member_dice: Sequence[float], non_member_dice: Sequence[float]) -> dict[str, Any]:
