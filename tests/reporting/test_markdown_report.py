@@ -58,3 +58,22 @@ def test_figures_outside_the_folder_missing_or_not_images_are_refused(tmp_path: 
     with pytest.raises(UserInputError):
         write_markdown_report(source, title="Experiment")
     assert not (tmp_path / "report.html").exists()
+
+
+def test_the_report_command_renders_an_experiments_comparison_md(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from sarcomakit.cli.main import app
+
+    _experiment(tmp_path)
+    (tmp_path / "experiment.json").write_text(json.dumps({"seed": 3, "methods": ["scratch", "mae"]}),
+                                              encoding="utf-8")
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "page.html")])
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "page.html").read_text(encoding="utf-8")
+    assert "<td>71.3 [60.0, 80.1]</td>" in html and "data:image/png;base64," in html and "scratch, mae" in html
+    (tmp_path / "figures" / "dice.png").unlink()  # a figure gone: one line, exit 2, no page
+    again = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "again.html")])
+    assert again.exit_code == 2 and "dice.png" in again.output and not (tmp_path / "again.html").exists()

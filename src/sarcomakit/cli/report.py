@@ -32,8 +32,13 @@ def register(app: typer.Typer) -> None:
         """Metrics of every method with bootstrap 95% intervals, paired differences against the reference, and
         an HTML report with ROC, reliability, Kaplan-Meier and overlay figures.
 
-        Also writes comparison.csv, comparison.md and differences.csv beside the report.
+        Also writes comparison.csv, comparison.md and differences.csv beside the report. An experiment folder
+        without out-of-fold predictions but with a comparison.md (ssl, preprocessing, federated) gets that
+        comparison.md rendered as the report again.
         """
+        if not (source_dir / "oof_predictions.csv").exists() and (source_dir / "comparison.md").is_file():
+            _markdown_report(source_dir, out)
+            return
         from sarcomakit.evaluation.comparison import compare_methods
         from sarcomakit.evaluation.comparison_tables import display_differences, display_table, write_comparison
         from sarcomakit.evaluation.oof_source import load_oof_source
@@ -55,6 +60,19 @@ def register(app: typer.Typer) -> None:
         path = write_multitask_report(source, target, comparison=result)
         console.print(f"Wrote {path}", highlight=False, soft_wrap=True)
         console.print(f"Wrote {', '.join(str(p) for p in tables.values())}", highlight=False, soft_wrap=True)
+
+
+def _markdown_report(source_dir: Path, out: Path | None) -> None:
+    """``SOURCE_DIR/comparison.md`` (and its figures) as one HTML page, the experiment's settings under the title."""
+    import json
+
+    from sarcomakit.reporting.markdown_report import write_markdown_report
+
+    settings_file = source_dir / "experiment.json"
+    settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else None
+    path = write_markdown_report(source_dir / "comparison.md", out, title=f"Experiment {source_dir.resolve().name}",
+                                 metadata=settings if isinstance(settings, dict) else None)
+    Console().print(f"Wrote {path}", highlight=False, soft_wrap=True)
 
 
 def _rich_table(frame: pd.DataFrame, title: str) -> Table:
