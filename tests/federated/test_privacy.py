@@ -100,6 +100,8 @@ def test_reported_epsilon_is_opacus_accountant_over_all_rounds(tmp_path: Path) -
 def test_delta_above_one_over_ten_patients_and_the_cox_loss_are_refused() -> None:
     with pytest.raises(UserInputError, match="1/\\(10 N\\)"):
         SitePrivacy.plan(20, 4, target_epsilon=3.0, total_steps=10, delta=0.01)
+    with pytest.raises(UserInputError, match="epsilon of 100000"):  # no endless noise search
+        SitePrivacy.plan(20, 4, target_epsilon=1e5, total_steps=10)
     with pytest.raises(UserInputError, match="Cox"):
         check_private_task(MultiTaskTask())
 

@@ -81,6 +81,9 @@ def require_opacus() -> None:
                              fix="pip install 'sarcomakit[privacy]' (opacus>=1.6).") from exc
 
 
+#: the largest target epsilon accepted (beyond it DP-SGD's noise search does not converge, and protects nothing)
+MAX_EPSILON = 100.0
+
 #: Rényi orders of the client-level accountant (Opacus's RDP defaults)
 RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
 
@@ -142,6 +145,10 @@ class SitePrivacy:
 
         if n_patients < 1:
             raise UserInputError("a site without patients cannot be trained privately.")
+        if not 0 < target_epsilon <= MAX_EPSILON:
+            raise UserInputError(f"a target epsilon of {target_epsilon:g} is outside (0, {MAX_EPSILON:g}]: above that "
+                                 "DP protects nothing (and the accountant's noise search fails to converge).",
+                                 fix="train without DP, or give an epsilon such as 1, 4 or 8.")
         limit = default_delta(n_patients)
         if delta is None:
             delta = limit
