@@ -321,7 +321,9 @@ def plot_site_dice(table: pd.DataFrame, path: Path) -> Path:
     groups = list(dict.fromkeys(table["site"]))
     methods = list(dict.fromkeys(table["method"]))
     width = 0.8 / len(methods)
-    figure, axes = plt.subplots(figsize=(1.6 + 1.4 * len(groups), 3.6))
+    columns = min(len(methods), 4)  # the legend in rows of four, so that it stays inside the figure
+    legend_rows = -(-len(methods) // columns)
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.6 + 1.4 * len(groups)), 3.4 + 0.25 * legend_rows))
     for i, method in enumerate(methods):
         rows = table[table["method"] == method].set_index("site").reindex(groups)
         x = np.arange(len(groups)) + (i - (len(methods) - 1) / 2) * width
@@ -330,7 +332,7 @@ def plot_site_dice(table: pd.DataFrame, path: Path) -> Path:
     axes.set_xticks(np.arange(len(groups)), groups)
     axes.set_ylabel("Dice (held-out test cases)")
     axes.set_ylim(0, 1)
-    axes.legend(fontsize=7, ncol=len(methods), loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    axes.legend(fontsize=7, ncol=columns, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     figure.tight_layout()
     save_png(figure, path)
     plt.close(figure)
