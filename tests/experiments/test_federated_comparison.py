@@ -38,7 +38,8 @@ def test_experiment_compares_every_method_on_the_same_held_out_cases(tmp_path: P
     assert result.exit_code == 0, result.output
     test_ids = json.loads((out / "splits.json").read_text(encoding="utf-8"))[0]["val"]
     dice = pd.read_csv(out / "dice.csv")
-    methods = ("centralised", "centralised_compute", "local", "fedavg", "fedprox", "dp_fedavg_eps4", "dp_fedavg_eps8")
+    methods = ("centralised", "centralised_compute", "local", "fedavg", "fedprox", "cdp_fedavg", "dp_fedavg_eps4",
+               "dp_fedavg_eps8")
     assert set(dice["method"]) == set(methods)
     for method in methods:  # every method scores every test case
         assert sorted(dice.loc[dice["method"] == method, "case_id"]) == sorted(test_ids)
@@ -72,8 +73,11 @@ def test_experiment_compares_every_method_on_the_same_held_out_cases(tmp_path: P
     assert pooled["settings"]["local_steps"] == 3 and list(pooled["sites"]) == ["pooled"]
     assert cost.loc["fedavg", "bytes_per_round_all_sites"] == 6 * cost.loc["fedavg", "bytes_each_way"] > 0
     attack = pd.read_csv(out / "membership.csv").set_index("method")
-    assert list(attack.index) == ["centralised", "centralised_compute", "fedavg", "fedprox", "dp_fedavg_eps4",
-                                  "dp_fedavg_eps8"]
+    assert list(attack.index) == ["centralised", "centralised_compute", "fedavg", "fedprox", "cdp_fedavg",
+                                  "dp_fedavg_eps4", "dp_fedavg_eps8"]
+    client_level = json.loads((out / "runs" / "cdp_fedavg" / "privacy.json").read_text(encoding="utf-8"))
+    assert client_level["unit"] == "site" and client_level["rounds"] == 2
+    assert cost.loc["cdp_fedavg", "epsilon"] == pytest.approx(client_level["epsilon"])
     assert (attack["members"] == 6).all() and (attack["non_members"] == 3).all()
     assert attack["attack_auc"].between(0, 1).all()
     assert (out / "federated_comparison.png").stat().st_size > 1000

@@ -78,3 +78,25 @@ def test_proximal_term_is_half_mu_times_the_squared_distance_and_its_gradient_mu
     output.total.backward()
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(parameter.grad, mu * (parameter.detach() - anchor[name]))
+
+
+def test_central_dp_clips_each_update_averages_uniformly_and_adds_noise_of_sigma_c_over_n() -> None:
+    from sarcomakit.federated.aggregators import CentralDP
+
+    start = {"w": torch.zeros(20_000), "count": torch.tensor(3)}
+    small = torch.zeros(20_000)
+    small[0] = 0.3  # norm 0.3: kept as it is
+    large = torch.zeros(20_000)
+    large[1] = 4.0  # norm 4: clipped to norm 1, i.e. 1.0 at index 1
+    sites = [SiteUpdate("a", {"w": small, "count": torch.tensor(9)}, 1, {}),
+             SiteUpdate("b", {"w": large, "count": torch.tensor(9)}, 100, {})]  # case counts do not weigh
+    tiny = CentralDP(noise_multiplier=1e-9, clipping_norm=1.0).aggregate(start, sites)
+    torch.testing.assert_close(tiny["w"][:2], torch.tensor([0.15, 0.5]), atol=1e-6, rtol=0)  # uniform mean
+    assert int(tiny["count"]) == 3
+    dp = CentralDP(noise_multiplier=2.0, clipping_norm=1.0, seed=1)
+    noisy = dp.aggregate(start, sites)["w"][2:]  # coordinates where both clipped updates are 0: noise alone
+    assert float(noisy.std()) == pytest.approx(2.0 * 1.0 / 2, rel=0.03) and abs(float(noisy.mean())) < 0.03
+    again = CentralDP(noise_multiplier=2.0, clipping_norm=1.0, seed=1)
+    torch.testing.assert_close(again.aggregate(start, sites)["w"][2:], noisy)  # seeded by seed and round
+    second = dp.aggregate(start, sites)["w"][2:]
+    assert not torch.equal(second, noisy) and dp.state_dict() == {"rounds": 2}

@@ -65,5 +65,5 @@ def test_central_dp_wraps_a_uniform_fedavg_and_records_epsilon_each_round(tmp_pa
     for server_round in (0, 1, 2):
         record(server_round)
     written = json.loads((tmp_path / "privacy.json").read_text(encoding="utf-8"))
-    assert written["epsilon_by_round"] == {"0": 0.0, "1": central_dp_epsilon(1.2, 1, 1e-3),
-                                           "2": central_dp_epsilon(1.2, 2, 1e-3)}
+    assert written["epsilon_by_round"] == {"1": central_dp_epsilon(1.2, 1, 1e-3), "2": central_dp_epsilon(1.2, 2, 1e-3)}
+    assert written["epsilon"] == central_dp_epsilon(1.2, 2, 1e-3) and written["unit"] == "site"

@@ -116,3 +116,23 @@ def test_a_site_that_fails_while_training_is_left_out_and_a_crashed_run_resumes(
         (0, "a"), (1, "a"), (1, "b"), (2, "a"), (2, "b")]
     summary = json.loads((tmp_path / "run" / "fold_0" / "summary.json").read_text(encoding="utf-8"))
     assert summary["rounds_run"] == 3
+
+
+def test_client_level_dp_in_the_simulator_writes_epsilon_per_round_and_refuses_other_strategies(tmp_path: Path) -> None:
+    from sarcomakit.federated.privacy import central_dp_epsilon
+
+    manifest, plan = multi_site_cohort(tmp_path, ["s1", "s1", "s2", "s2", "s3", "s3"])
+    TINY.save(tmp_path / "config.json")
+    common = ["federated", "simulate", str(manifest.source), "--plan", str(tmp_path / "plan.json"), "--config",
+              str(tmp_path / "config.json"), "--rounds", "2", "--local-steps", "1", "--val-fraction", "0",
+              "--central-dp-noise", "1.0", "--central-dp-clip", "0.5"]
+    result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    privacy = json.loads((tmp_path / "run" / "privacy.json").read_text(encoding="utf-8"))
+    assert privacy["unit"] == "site" and privacy["rounds"] == 2 and privacy["clipping_norm"] == 0.5
+    assert privacy["epsilon"] == pytest.approx(central_dp_epsilon(1.0, 2, 1e-3))
+    round0, round1 = (load_checkpoint(tmp_path / "run" / "fold_0" / "rounds" / f"round_00{r}.pt")["model"]
+                      for r in (0, 1))
+    assert any(not torch.equal(round0[k], round1[k]) for k in round0)
+    refused = CliRunner().invoke(app, [*common, "--strategy", "fedmedian", "--out", str(tmp_path / "other")])
+    assert refused.exit_code == 2 and "client-level DP" in refused.output

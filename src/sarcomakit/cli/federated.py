@@ -28,6 +28,11 @@ def simulate_command(
                                                                  "target epsilon over the whole run."),
     dp_delta: float = typer.Option(None, "--dp-delta", help="DP delta (default and maximum 1/(10 N) per site)."),
     dp_max_grad_norm: float = typer.Option(1.0, "--dp-max-grad-norm", help="Per-patient clipping norm."),
+    central_dp_noise: float = typer.Option(None, "--central-dp-noise",
+                                           help="Client-level DP: noise multiplier on the sites' uniform mean."),
+    central_dp_clip: float = typer.Option(1.0, "--central-dp-clip",
+                                          help="Client-level DP: L2 clipping norm of each site's update."),
+    central_dp_delta: float = typer.Option(1e-3, "--central-dp-delta", help="Client-level DP: the delta reported."),
     task: str = typer.Option(None, "--task", help="What to train (default segmentation)."),
     network: str = typer.Option(None, "--network", help="Network name (resunet, dynunet, segresnet)."),
     config_file: Path = typer.Option(None, "--config", help="TrainConfig JSON; options given here override it."),
@@ -53,7 +58,9 @@ def simulate_command(
     try:
         settings = FederatedSettings(strategy=strategy, rounds=rounds, local_steps=local_steps, mu=mu,
                                      site_column=site_column, val_fraction=val_fraction, server_lr=server_lr,
-                                     dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm)
+                                     dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm,
+                                     central_dp_noise=central_dp_noise, central_dp_clip=central_dp_clip,
+                                     central_dp_delta=central_dp_delta)
     except ValidationError as exc:
         error = exc.errors()[0]
         raise UserInputError(f"invalid federated option: {error['loc'][0]} {error['msg']}.",
@@ -64,6 +71,8 @@ def simulate_command(
     for name, summary in result.privacy.items():
         console.print(f"site {name}: epsilon {summary['epsilon']:.2f} at delta {summary['delta']:.2g} "
                       f"(unit: patient)", highlight=False)
+    if settings.central_dp_noise is not None:
+        console.print(f"client-level DP: see {result.run_dir / 'privacy.json'} (unit: a site)", highlight=False)
     console.print(f"{result.rounds_run} round(s); global checkpoints in {result.run_dir / 'fold_0'}", highlight=False)
 
 
@@ -108,15 +117,19 @@ def federated_experiment_command(
     out_dir: Path = typer.Option(Path("experiments/federated"), "--out", "-o", help="Experiment folder (resumable)."),
     plan: Path = typer.Option(None, "--plan", help="Plan JSON (default: planned on the training cases)."),
     site_column: str = typer.Option("site", "--site-column", help="Manifest column naming each case's site."),
-    methods: str = typer.Option("centralised,centralised_compute,local,fedavg,fedprox,dp_fedavg", "--methods",
+    methods: str = typer.Option("centralised,centralised_compute,local,fedavg,fedprox,cdp_fedavg,dp_fedavg",
+                                "--methods",
                                 help="Comma list among centralised, centralised_compute (pooled, sites x local "
                                      "steps per round: the federation's compute), local, fedavg, fedprox, "
-                                     "dp_fedavg."),
+                                     "cdp_fedavg (client-level DP), dp_fedavg (patient-level DP-SGD)."),
     rounds: int = typer.Option(5, "--rounds", min=1, help="Rounds every method trains for."),
     local_steps: int = typer.Option(10, "--local-steps", min=1, help="Optimisation steps per round."),
     mu: float = typer.Option(0.01, "--mu", min=0, help="FedProx's proximal coefficient."),
     dp_epsilon: str = typer.Option("8", "--dp-epsilon", help="DP-FedAvg's target epsilon per site (unit: patient); "
                                                           "a comma list (1,4,8) gives one DP-FedAvg run each."),
+    central_dp_noise: float = typer.Option(1.0, "--central-dp-noise", help="cdp_fedavg: noise multiplier."),
+    central_dp_clip: float = typer.Option(1.0, "--central-dp-clip", help="cdp_fedavg: clipping norm of each site's "
+                                                                         "update."),
     test_fraction: float = typer.Option(0.25, "--test-fraction", help="Share of each site's cases held out."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for intervals."),
     seed: int = typer.Option(None, "--seed", help="Seed of the split, training and bootstrap."),
@@ -134,7 +147,8 @@ def federated_experiment_command(
     console = Console(stderr=True)
     table = run_federated_experiment(Manifest.load(manifest), out_dir, plan=Plan.load(plan) if plan else None,
                                      config=config, site_column=site_column, rounds=rounds, local_steps=local_steps,
-                                     mu=mu, dp_epsilon=_epsilons(dp_epsilon), test_fraction=test_fraction,
+                                     mu=mu, dp_epsilon=_epsilons(dp_epsilon), central_dp_noise=central_dp_noise,
+                                     central_dp_clip=central_dp_clip, test_fraction=test_fraction,
                                      methods=[m.strip() for m in methods.split(",")], n_bootstrap=bootstrap,
                                      console=console)
     Console().print(comparison_markdown(table), highlight=False)

@@ -12,6 +12,9 @@ partition is the only difference:
   ``local_steps``), so that "federated beats centralised" cannot come from more compute alone;
 - ``local``: each site alone on its own training cases (one model per site, scored on that site's test cases);
 - ``fedavg`` and ``fedprox`` (``mu``): the sites federated;
+- ``cdp_fedavg``: FedAvg with client-level DP (:class:`~sarcomakit.federated.aggregators.CentralDP`: each site's
+  update clipped to ``central_dp_clip``, uniform mean, Gaussian noise of ``central_dp_noise`` times the clip over
+  the number of sites; unit = a whole site);
 - ``dp_fedavg``: FedAvg with patient-level DP-SGD at every site (target ``dp_epsilon``, unit = patient); with
   several epsilons, one run per epsilon, named ``dp_fedavg_eps<epsilon>`` (e.g. ``dp_fedavg_eps1``).
 
@@ -62,7 +65,7 @@ from sarcomakit.planning.preprocess import preprocess_cohort
 from sarcomakit.reporting.markdown_report import write_markdown_report
 from sarcomakit.runs.config import TrainConfig
 
-METHODS = ("centralised", "centralised_compute", "local", "fedavg", "fedprox", "dp_fedavg")
+METHODS = ("centralised", "centralised_compute", "local", "fedavg", "fedprox", "cdp_fedavg", "dp_fedavg")
 REFERENCE = "centralised"
 POOLED_SITE = "pooled"
 
@@ -108,9 +111,12 @@ def _train(run_dir: Path, manifest: Manifest, plan: Plan, config: TrainConfig, s
     result = simulate(manifest, plan, run_dir, settings=settings, config=config, resume=True,
                       preprocessed_dir=preprocessed, console=console)
     sent = [row["bytes_each_way"] for row in result.history if row["status"] == "ok"]
+    privacy = dict(result.privacy)  # patient-level: per site; client-level: one record for the federation
+    if settings.central_dp_noise is not None:
+        privacy["client-level"] = json.loads((run_dir / "privacy.json").read_text(encoding="utf-8"))
     cost = {"wall_s": time.perf_counter() - started, "bytes_each_way": int(sent[0]) if sent else 0,
             "sites": len({row["site"] for row in result.history}), "local_steps": settings.local_steps,
-            "privacy": result.privacy}
+            "privacy": privacy}
     write_json(cost_path, cost)
     return cost
 
@@ -118,6 +124,7 @@ def _train(run_dir: Path, manifest: Manifest, plan: Plan, config: TrainConfig, s
 def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: Plan | None = None,
                              config: TrainConfig | None = None, site_column: str = "site", rounds: int = 5,
                              local_steps: int = 10, mu: float = 0.01, dp_epsilon: float | Sequence[float] = 8.0,
+                             central_dp_noise: float = 1.0, central_dp_clip: float = 1.0,
                              test_fraction: float = 0.25, methods: Sequence[str] = METHODS,
                              n_bootstrap: int = 1000, console: Console | None = None) -> pd.DataFrame:
     """Run the experiment (module docstring) and return the comparison table.
@@ -131,6 +138,7 @@ def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: P
         mu: FedProx's proximal coefficient.
         dp_epsilon: DP-FedAvg's target epsilon per site over the whole run (delta = 1/(10 N_site)); several
             values give one DP-FedAvg run each.
+        central_dp_noise, central_dp_clip: client-level DP's noise multiplier and clipping norm (``cdp_fedavg``).
         test_fraction: share of each site's labelled cases held out for testing.
         methods: a subset of :data:`METHODS` that includes ``centralised``.
     """
@@ -139,6 +147,10 @@ def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: P
     if unknown or REFERENCE not in methods:
         raise UserInputError(f"methods must include {REFERENCE} and come from {', '.join(METHODS)} "
                              f"(got {list(methods)}).", fix="e.g. --methods centralised,local,fedavg,fedprox.")
+    if "cdp_fedavg" in methods and not (central_dp_noise > 0 and central_dp_clip > 0):
+        raise UserInputError(f"client-level DP needs a positive noise multiplier and clipping norm (got "
+                             f"{central_dp_noise:g}, {central_dp_clip:g}).",
+                             fix="e.g. --central-dp-noise 1 --central-dp-clip 1, or leave cdp_fedavg out of --methods.")
     epsilons = dp_budgets(dp_epsilon)
     methods = [name for method in methods for name in (list(epsilons) if method == "dp_fedavg" else [method])]
     out = Path(out_dir)
@@ -174,6 +186,8 @@ def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: P
         settings = {"centralised": base, "fedavg": base,
                     "centralised_compute": base.model_copy(update={"local_steps": local_steps * n_sites}),
                     "fedprox": base.model_copy(update={"strategy": "fedprox", "mu": mu}),
+                    "cdp_fedavg": base.model_copy(update={"central_dp_noise": central_dp_noise,
+                                                          "central_dp_clip": central_dp_clip}),
                     **{name: base.model_copy(update={"dp_epsilon": epsilon}) for name, epsilon in epsilons.items()},
                     }[method]
         pooled = POOLED_SITE if method.startswith(REFERENCE) else None
@@ -201,7 +215,8 @@ def run_federated_experiment(manifest: Manifest, out_dir: str | Path, *, plan: P
     write_text(out / "comparison.md", comparison_markdown(table) + "\n" + cost_markdown(cost) + "\n"
                + membership_markdown(membership) + "\n![Dice per site and method](federated_comparison.png)\n")
     recorded = {"methods": list(methods), "rounds": rounds, "local_steps": local_steps, "mu": mu,
-                "dp_epsilon": list(epsilons.values()), "test_fraction": test_fraction, "seed": config.seed,
+                "dp_epsilon": list(epsilons.values()), "central_dp_noise": central_dp_noise,
+                "central_dp_clip": central_dp_clip, "test_fraction": test_fraction, "seed": config.seed,
                 "site_column": site_column, "train_cases": len(train_ids), "test_cases": len(scorable),
                 "cohort": str(manifest.source) if manifest.source else None}
     write_json(out / "experiment.json", recorded)

@@ -61,7 +61,7 @@ import torch
 from sarcomakit.core.io.atomic import write_json
 from sarcomakit.federated.aggregators import Weights
 from sarcomakit.federated.node import load_local_site, train_config
-from sarcomakit.federated.privacy import SitePrivacy, central_dp_epsilon
+from sarcomakit.federated.privacy import SitePrivacy, central_dp_summary
 from sarcomakit.federated.simulation import write_history
 from sarcomakit.federated.site import Site, evaluate_site, initial_weights, train_site
 from sarcomakit.planning.plan import Plan
@@ -313,16 +313,13 @@ def main(grid: Grid, context: Context) -> None:
 def central_dp_recorder(path: Path, noise_multiplier: float, clipping_norm: float, *,
                         delta: float) -> Callable[[int], None]:
     """A callback that writes ``path`` (``privacy.json``) after every round: the client-level epsilon spent so far
-    (:func:`~sarcomakit.federated.privacy.central_dp_epsilon`; unit: a site, every site sampled each round)."""
-    by_round: dict[str, float] = {}
+    (:func:`~sarcomakit.federated.privacy.central_dp_summary`; unit: a site, every site sampled each round)."""
 
     def record(server_round: int) -> None:
-        by_round[str(server_round)] = central_dp_epsilon(noise_multiplier, server_round, delta)
-        write_json(path, {"unit": "site", "mechanism": "Gaussian; server-side fixed clipping of each site's update "
-                          "(Flower's DifferentialPrivacyServerSideFixedClipping), uniform mean",
-                          "accountant": "RDP (Opacus), no sampling amplification",
-                          "noise_multiplier": noise_multiplier, "clipping_norm": clipping_norm, "delta": delta,
-                          "epsilon_by_round": by_round})
+        write_json(path, central_dp_summary(noise_multiplier, clipping_norm, server_round, delta,
+                                            mechanism="Gaussian; server-side fixed clipping of each site's update "
+                                                      "(Flower's DifferentialPrivacyServerSideFixedClipping), "
+                                                      "uniform mean"))
 
     return record
 

@@ -105,6 +105,15 @@ def central_dp_epsilon(noise_multiplier: float, rounds: int, delta: float, sampl
     return float(epsilon)
 
 
+def central_dp_summary(noise_multiplier: float, clipping_norm: float, rounds: int, delta: float, *,
+                       mechanism: str) -> dict[str, Any]:
+    """What a run folder's ``privacy.json`` states under client-level DP after ``rounds`` rounds (unit: a site)."""
+    by_round = {str(r): central_dp_epsilon(noise_multiplier, r, delta) for r in range(1, rounds + 1)}
+    return {"unit": "site", "mechanism": mechanism, "accountant": "RDP (Opacus), no sampling amplification",
+            "noise_multiplier": noise_multiplier, "clipping_norm": clipping_norm, "delta": delta,
+            "rounds": rounds, "epsilon": by_round.get(str(rounds), 0.0), "epsilon_by_round": by_round}
+
+
 def default_delta(n_patients: int) -> float:
     """``1 / (10 N)``: the largest delta accepted for a site of N patients."""
     return 1.0 / (10 * max(1, n_patients))

@@ -47,8 +47,8 @@ from sarcomakit.core.errors import UserInputError
 from sarcomakit.core.io.atomic import write_json, write_text
 from sarcomakit.core.provenance import describe_value_change
 from sarcomakit.data.manifest import Case, Manifest
-from sarcomakit.federated.aggregators import STRATEGIES, SiteUpdate, Weights, build_aggregator
-from sarcomakit.federated.privacy import SitePrivacy, check_private_task
+from sarcomakit.federated.aggregators import STRATEGIES, CentralDP, SiteUpdate, Weights, build_aggregator
+from sarcomakit.federated.privacy import SitePrivacy, central_dp_summary, check_private_task
 from sarcomakit.federated.site import Site, evaluate_site, initial_weights, site_cases, train_site
 from sarcomakit.planning.plan import Plan
 from sarcomakit.planning.preprocess import PreprocessedCase, preprocess_cohort
@@ -73,6 +73,9 @@ class FederatedSettings(BaseModel):
     dp_epsilon: float | None = Field(None, gt=0)
     dp_delta: float | None = Field(None, gt=0, lt=1)
     dp_max_grad_norm: float = Field(1.0, gt=0)
+    central_dp_noise: float | None = Field(None, gt=0)  # client-level DP: noise multiplier (None: off)
+    central_dp_clip: float = Field(1.0, gt=0)  # client-level DP: L2 clipping norm of each site's update
+    central_dp_delta: float = Field(1e-3, gt=0, lt=1)  # client-level DP: the delta epsilon is reported at
 
 
 @dataclass
@@ -210,6 +213,11 @@ def simulate(manifest: Manifest, plan: Plan, run_dir: str | Path, *, settings: F
     if settings.strategy == "fedprox" and mu <= 0:
         raise UserInputError("FedProx needs a proximal coefficient above 0.", fix="add --mu, e.g. --mu 0.01.")
     task = build_task(config, manifest)
+    if settings.central_dp_noise is not None and (settings.strategy not in ("fedavg", "fedprox")
+                                                  or settings.dp_epsilon is not None):
+        raise UserInputError("client-level DP (--central-dp-noise) goes with --strategy fedavg or fedprox and without "
+                             "patient-level DP-SGD (--dp-epsilon) here.",
+                             fix="choose one kind of DP, with fedavg or fedprox.")
     if settings.dp_epsilon is not None:
         check_private_task(task)
         if mu > 0:
@@ -261,7 +269,9 @@ def simulate(manifest: Manifest, plan: Plan, run_dir: str | Path, *, settings: F
         raise UserInputError("no site has cases to train on (" + "; ".join(f"{k}: {v}" for k, v in reasons.items())
                              + ").", path=manifest.source, fix="check the site column, labels and channels.")
 
-    aggregator = build_aggregator(settings.strategy, server_lr=settings.server_lr)
+    aggregator = (build_aggregator(settings.strategy, server_lr=settings.server_lr)
+                  if settings.central_dp_noise is None
+                  else CentralDP(settings.central_dp_noise, settings.central_dp_clip, seed=config.seed))
     privacy: dict[str, SitePrivacy] = {}
     if settings.dp_epsilon is not None:
         for site in active:
@@ -338,6 +348,10 @@ def simulate(manifest: Manifest, plan: Plan, run_dir: str | Path, *, settings: F
         if privacy:
             write_json(run.root / "privacy.json", {"unit": "patient", "mechanism": "DP-SGD (Opacus), per site",
                                                    "sites": {k: v.summary() for k, v in privacy.items()}})
+        if isinstance(aggregator, CentralDP):
+            write_json(run.root / "privacy.json", central_dp_summary(
+                aggregator.noise_multiplier, aggregator.clipping_norm, aggregator.rounds, settings.central_dp_delta,
+                mechanism="Gaussian; each site's update clipped, uniform mean, noise on the mean (CentralDP)"))
         write_history(fold_dir / "history.csv", history)
         save_checkpoint(last_path, state_out)  # last: a crash before this line reruns the round
         say(f"round {round_index}: {len(updates)}/{len(sites)} site(s) aggregated; global {task.score_name} "
