@@ -19,13 +19,11 @@ import torch
 from torch import nn
 
 from sarcomakit.data.manifest import Case
+from sarcomakit.inference.predictor import Predictor
 from sarcomakit.models.compose import ComposedNetwork
 from sarcomakit.models.preprocessing_layers import ObeliskSampling, ROICrop
 from sarcomakit.models.preprocessing_layers.base import GeometricLayer
 from sarcomakit.planning.preprocess import preprocess_case
-from sarcomakit.runs.checkpoint import load_checkpoint
-from sarcomakit.runs.folder import RunFolder
-from sarcomakit.tasks import build_task
 
 
 def learnt_geometry_figure(run_dirs: Sequence[Path], cases: Sequence[Case], out_png: Path,
@@ -70,15 +68,12 @@ def learnt_geometry_figure(run_dirs: Sequence[Path], cases: Sequence[Case], out_
 
 def _networks(run_dir: Path, fold: int) -> tuple[nn.Module, nn.Module, Any, list[int]] | None:
     """The run's fold network (learnt), the same network as built (initial), its plan and training patch."""
-    checkpoint = run_dir / f"fold_{fold}" / "checkpoint_best.pt"
-    if not (checkpoint.is_file() and (run_dir / "config.json").is_file()):
+    if not (run_dir / f"fold_{fold}" / "checkpoint_best.pt").is_file():
         return None
-    run = RunFolder.open(run_dir)
-    plan, config = run.plan(), run.config()
-    task = build_task(config)
-    learnt, initial = task.build_model(plan, config), task.build_model(plan, config)
-    learnt.load_state_dict(load_checkpoint(checkpoint)["model"])
-    return learnt.eval(), initial.eval(), plan, list(config.patch_size or plan.patch_size)
+    predictor = Predictor.from_run(run_dir, folds=[fold], device="cpu")
+    plan, config = predictor.plan, predictor.config
+    initial = predictor.task.build_model(plan, config).eval()
+    return predictor.models[0], initial, plan, list(config.patch_size or plan.patch_size)
 
 
 def _input_layers_up_to(model: nn.Module, kind: type) -> list[Any] | None:
