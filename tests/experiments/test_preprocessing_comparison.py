@@ -111,6 +111,7 @@ def test_experiment_runs_end_to_end(tiny_cohort: Manifest, tmp_path: Path) -> No
     assert (out / "in_domain" / "learnt_intensity.png").is_file()
     assert "learnt_intensity.png" in report
     assert (out / "in_domain" / "learnt_geometry.png").is_file() and "in_domain/learnt_geometry.png" in report
+    assert "in_domain/learnt_intensity_by_site.png" in report and "loso/learnt_intensity_by_site.png" in report
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "| roi_box |" not in page and "<td>roi_box</td>" in page and "data:image/png;base64," in page
     # resumable: a rerun reuses every finished arm

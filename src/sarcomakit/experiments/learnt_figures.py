@@ -1,5 +1,5 @@
 """Figures of what learnable intensity layers learnt: each window's mapping and each standard scale, learnt
-against the initial (fixed-preprocessing) one.
+against the initial (fixed-preprocessing) one, and each site's images mapped onto the learnt standard scale.
 
 The layers are rebuilt from the run's own ``config.json`` and ``plan.json`` and loaded from the fold's kept
 checkpoint, so the curves are the layers' own ``forward`` (a window) and ``output_landmarks`` (the monotone
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sarcomakit.data.manifest import Case
 from sarcomakit.models.preprocessing_layers import build_input_layers
 from sarcomakit.models.preprocessing_layers.intensity import LearnableWindow, MonotoneIntensity
 from sarcomakit.runs.checkpoint import load_checkpoint
@@ -102,6 +103,68 @@ def learnt_intensity_figure(run_dirs: Sequence[Path], out_png: Path) -> Path | N
             axis.set_ylabel("standard-scale landmark")
         axis.set_title(name if arm == name else f"{arm}: {name}")
         axis.legend(fontsize=7)
+    figure.tight_layout()
+    try:
+        return save_png(figure, out_png)
+    finally:
+        plt.close(figure)
+
+
+def intensity_by_site_figure(run_dirs: Sequence[Path], cases: Sequence[Case], out_png: Path,
+                             fold: int = 0) -> Path | None:
+    """One panel per standardised channel of each run with a monotone layer: every example case's own map from
+    its intensities (the layer's input, after the layers before it) to the learnt standard scale, coloured by
+    site, beside the initial map (dashed). Sites whose scanners scale intensities differently get different
+    input landmarks and one shared output scale: the panel shows how far apart they start. None when no run
+    of ``run_dirs`` has a monotone layer."""
+    from sarcomakit.experiments.learnt_geometry import input_layers_up_to, load_run_networks
+    from sarcomakit.models.preprocessing_layers.base import GeometricLayer
+    from sarcomakit.planning.preprocess import preprocess_case
+
+    panels = []
+    for run_dir in run_dirs:
+        loaded = load_run_networks(run_dir, fold)
+        layers = input_layers_up_to(loaded[0], MonotoneIntensity) if loaded is not None else None
+        if loaded is None or layers is None:
+            continue
+        _, initial, plan, _ = loaded
+        start = (input_layers_up_to(initial, MonotoneIntensity) or [None])[-1]
+        inputs = []
+        for case in cases:
+            x = torch.from_numpy(np.asarray(preprocess_case(case, plan).data, np.float32))[None]
+            with torch.no_grad():
+                for layer in layers[:-1]:
+                    x = layer.transform(x)[0] if isinstance(layer, GeometricLayer) else layer(x)
+            inputs.append((str(case.site), x[0].numpy()))
+        for row, channel in enumerate(layers[-1].channels):
+            name = plan.channels[channel] if channel < len(plan.channels) else f"channel {channel}"
+            panels.append((run_dir.parent.name, (channel, name), row, layers[-1], start, inputs))
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sarcomakit.reporting.figures import save_png
+
+    sites = sorted({site for *_, inputs in panels for site, _ in inputs})
+    colour = {site: f"C{i % 10}" for i, site in enumerate(sites)}
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for axis, (arm, (channel, name), row, layer, start, inputs) in zip(axes[0], panels, strict=True):
+        with torch.no_grad():
+            learnt, initial = layer.output_landmarks()[row].numpy(), start.output_landmarks()[row].numpy()
+        labelled: set[str] = set()
+        for site, volume in inputs:
+            landmarks = np.percentile(volume[channel], layer.probabilities.numpy() * 100)
+            axis.plot(landmarks, initial, "--", color="lightgrey", lw=1)
+            axis.plot(landmarks, learnt, "o-", ms=2.5, lw=1.2, color=colour[site],
+                      label=site if site not in labelled else None)
+            labelled.add(site)
+        axis.set_xlabel(f"input intensity, {name} (each case's own scale)")
+        axis.set_ylabel("standard scale (learnt; initial dashed)")
+        axis.set_title(f"{arm}: {name} onto the learnt standard scale", fontsize=9)
+        axis.legend(fontsize=7, title="site", title_fontsize=7)
     figure.tight_layout()
     try:
         return save_png(figure, out_png)

@@ -32,12 +32,12 @@ def learnt_geometry_figure(run_dirs: Sequence[Path], cases: Sequence[Case], out_
     ``run_dirs`` (each an arm's run folder) has either layer or a kept checkpoint."""
     panels: list[tuple[str, Any]] = []
     for run_dir in run_dirs:
-        loaded = _networks(run_dir, fold)
+        loaded = load_run_networks(run_dir, fold)
         if loaded is None:
             continue
         learnt, initial, plan, patch = loaded
         arm = run_dir.parent.name
-        crops = _input_layers_up_to(learnt, ROICrop)
+        crops = input_layers_up_to(learnt, ROICrop)
         if crops is not None:
             panels += [(arm, _roi_panel(crops, case, plan, patch)) for case in cases if case.label is not None]
         sampling = [m for m in learnt.modules() if isinstance(m, ObeliskSampling)]
@@ -66,8 +66,9 @@ def learnt_geometry_figure(run_dirs: Sequence[Path], cases: Sequence[Case], out_
         plt.close(figure)
 
 
-def _networks(run_dir: Path, fold: int) -> tuple[nn.Module, nn.Module, Any, list[int]] | None:
-    """The run's fold network (learnt), the same network as built (initial), its plan and training patch."""
+def load_run_networks(run_dir: Path, fold: int) -> tuple[nn.Module, nn.Module, Any, list[int]] | None:
+    """The run's fold network (learnt), the same network as built (initial), its plan and training patch; None
+    without a kept checkpoint."""
     if not (run_dir / f"fold_{fold}" / "checkpoint_best.pt").is_file():
         return None
     predictor = Predictor.from_run(run_dir, folds=[fold], device="cpu")
@@ -76,7 +77,7 @@ def _networks(run_dir: Path, fold: int) -> tuple[nn.Module, nn.Module, Any, list
     return predictor.models[0], initial, plan, list(config.patch_size or plan.patch_size)
 
 
-def _input_layers_up_to(model: nn.Module, kind: type) -> list[Any] | None:
+def input_layers_up_to(model: nn.Module, kind: type) -> list[Any] | None:
     """The input layers of the composed network inside ``model`` up to and including the first ``kind``."""
     for module in model.modules():
         if isinstance(module, ComposedNetwork):

@@ -63,7 +63,7 @@ from sarcomakit.evaluation.comparison import ComparisonResult, compare_methods
 from sarcomakit.evaluation.comparison_tables import comparison_markdown, markdown_table, write_comparison
 from sarcomakit.evaluation.metrics import hausdorff_distance_95
 from sarcomakit.evaluation.oof import OOF_COLUMNS, OOF_FILE, write_oof
-from sarcomakit.experiments.learnt_figures import layer_prefix, learnt_intensity_figure
+from sarcomakit.experiments.learnt_figures import intensity_by_site_figure, layer_prefix, learnt_intensity_figure
 from sarcomakit.experiments.learnt_geometry import learnt_geometry_figure
 from sarcomakit.experiments.protocol import plan_training_cases, without_model_selection
 from sarcomakit.experiments.spacing_shift import spacing_shift_folds, thick_slice_cohort
@@ -402,6 +402,13 @@ def run_preprocessing_experiment(manifest: Manifest, out_dir: str | Path, *, pla
         if geometry is not None:
             sections += [f"![learnt crops and sampling offsets, {setting}]({geometry.relative_to(out).as_posix()})",
                          ""]
+        by_site = [c for site in sorted({str(c.site) for c in cohort.cases})
+                   for c in [c for c in cohort.cases if str(c.site) == site][:2]]
+        standard = intensity_by_site_figure([setting_dir / "runs" / name / "split_0" for name in chosen], by_site,
+                                            setting_dir / "learnt_intensity_by_site.png")
+        if standard is not None:
+            sections += [f"![each site's cases on the learnt standard scale, {setting}]"
+                         f"({standard.relative_to(out).as_posix()})", ""]
 
     costs_table = pd.DataFrame(all_costs)
     write_text(out / "costs.csv", costs_table.to_csv(index=False))
