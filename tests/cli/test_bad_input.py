@@ -180,3 +180,13 @@ def test_folder_given_for_the_plan_says_so(good, tmp_path: Path) -> None:
     result = invoke("preprocess", good["cohort"] / "manifest.csv", "--plan", good["plan"].parent, "--out", tmp_path)
     assert result.exit_code == 2 and "is a folder, not a plan file" in result.output
     assert f"give {good['plan']}" in result.output
+
+
+@pytest.mark.parametrize("command", [["predict", "RUN", "SRC", "OUT"], ["predict-io", "SRC", "OUT", "--model", "RUN"],
+                                     ["export", "bundle", "RUN", "OUT"]])
+def test_a_bad_fold_or_checkpoint_is_one_line_before_anything_is_read(tmp_path: Path, command: list[str]) -> None:
+    args = [str(tmp_path / a) if a in ("RUN", "SRC", "OUT") else a for a in command]
+    for extra, named in ((["--folds", "0,x"], "--folds"), (["--checkpoint", "newest"], "checkpoint")):
+        result = CliRunner().invoke(app, [*args, *extra])
+        assert result.exit_code == 2 and named in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "OUT").exists()

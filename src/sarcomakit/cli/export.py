@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from sarcomakit.core.errors import UserInputError
+from sarcomakit.cli.options import folds_and_checkpoint
 
 export_app = typer.Typer(help="Export a trained run for other tools (a MONAI bundle).", no_args_is_help=True)
 
@@ -30,13 +30,7 @@ def bundle_command(
     """Export a run as a MONAI bundle whose pipeline runs with MONAI alone."""
     from sarcomakit.export.bundle import export_bundle
 
-    if checkpoint not in ("best", "last"):
-        raise UserInputError(f"unknown checkpoint '{checkpoint}'.", fix="use --checkpoint best or last.")
-    try:
-        chosen = None if folds == "all" else [int(f) for f in folds.split(",")]
-    except ValueError:
-        raise UserInputError(f"--fold takes 'all', a fold number or a comma list, not '{folds}'.",
-                             fix="e.g. --fold 0.") from None
+    chosen = folds_and_checkpoint(folds, checkpoint)
     console = Console(stderr=True)
     bundle = export_bundle(run_dir, out_dir, folds=chosen, checkpoint=checkpoint, largest_component=largest_component,
                            overwrite=overwrite, authors=authors, copyright=copyright_)

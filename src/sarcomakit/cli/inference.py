@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from sarcomakit.cli.options import folds_and_checkpoint
 from sarcomakit.core.errors import UserInputError
 
 
@@ -28,9 +29,7 @@ def predict_command(
     from sarcomakit.core import distributed
     from sarcomakit.inference.predictor import predict
 
-    if checkpoint not in ("best", "last"):
-        raise UserInputError(f"unknown checkpoint '{checkpoint}'.", fix="use --checkpoint best or last.")
-    chosen = None if folds == "all" else [int(f) for f in folds.split(",")]
+    chosen = folds_and_checkpoint(folds, checkpoint)
     console = Console(stderr=True)
     result = predict(run_dir, source, out_dir, folds=chosen, checkpoint=checkpoint, mirror=mirror,
                      save_probabilities=probabilities, largest_component=largest_component, overwrite=overwrite,
@@ -66,13 +65,7 @@ def predict_io_command(
     """
     from sarcomakit.inference.predict_io import predict_io
 
-    if checkpoint not in ("best", "last"):
-        raise UserInputError(f"unknown checkpoint '{checkpoint}'.", fix="use --checkpoint best or last.")
-    try:
-        chosen = None if folds == "all" else [int(f) for f in folds.split(",")]
-    except ValueError:
-        raise UserInputError(f"--folds '{folds}' is not 'all' or a comma list of fold numbers.",
-                             fix="write e.g. --folds 0,1,2.") from None
+    chosen = folds_and_checkpoint(folds, checkpoint)
     mapping = {}
     for item in channel_folder:
         channel, _, folder = item.partition("=")
