@@ -118,7 +118,6 @@ def intensity_by_site_figure(run_dirs: Sequence[Path], cases: Sequence[Case], ou
     input landmarks and one shared output scale: the panel shows how far apart they start. None when no run
     of ``run_dirs`` has a monotone layer."""
     from sarcomakit.experiments.learnt_geometry import input_layers_up_to, load_run_networks
-    from sarcomakit.models.preprocessing_layers.base import GeometricLayer
     from sarcomakit.planning.preprocess import preprocess_case
 
     panels = []
@@ -134,7 +133,7 @@ def intensity_by_site_figure(run_dirs: Sequence[Path], cases: Sequence[Case], ou
             x = torch.from_numpy(np.asarray(preprocess_case(case, plan).data, np.float32))[None]
             with torch.no_grad():
                 for layer in layers[:-1]:
-                    x = layer.transform(x)[0] if isinstance(layer, GeometricLayer) else layer(x)
+                    x = layer(x)  # a geometric layer's forward is its transform
             inputs.append((str(case.site), x[0].numpy()))
         for row, channel in enumerate(layers[-1].channels):
             name = plan.channels[channel] if channel < len(plan.channels) else f"channel {channel}"

@@ -22,7 +22,6 @@ from sarcomakit.data.manifest import Case
 from sarcomakit.inference.predictor import Predictor
 from sarcomakit.models.compose import ComposedNetwork
 from sarcomakit.models.preprocessing_layers import ObeliskSampling, ROICrop
-from sarcomakit.models.preprocessing_layers.base import GeometricLayer
 from sarcomakit.planning.preprocess import preprocess_case
 
 
@@ -104,7 +103,7 @@ def _roi_panel(layers: list[Any], case: Case, plan: Any, patch: list[int]) -> tu
     tensor = torch.from_numpy(x)[None]
     with torch.no_grad():
         for layer in layers[:-1]:
-            tensor = layer.transform(tensor)[0] if isinstance(layer, GeometricLayer) else layer(tensor)
+            tensor = layer(tensor)  # a geometric layer's forward is its transform
         centre_n, half_n = (v[0].numpy() for v in layers[-1].box(tensor))
     size = np.array(tensor.shape[2:])
     low = (centre_n - half_n + 1) * size / 2 - 0.5
